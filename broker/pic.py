@@ -37,7 +37,7 @@ def problem(code: str) -> str | None:
     except InvalidFormat:
         return "personal identity code: not in the form DDMMYYCNNNT"
     except ValidationError as exc:  # any other stdnum verdict
-        return f"personal identity code {mask(code)}: {exc.message}"
+        return f"personal identity code {mask(code)}: {exc}"
     return None
 
 

@@ -1,0 +1,494 @@
+"""What one organisation may do in its SFTP session (the asyncssh SFTPServer).
+
+Every request resolves its path through ``sftp_paths.Jail`` and runs inside
+``sftp_status``, the one place where errors become SFTP status codes (and where
+local paths are kept out of messages). Operations not listed here as allowed are
+refused, whatever asyncssh's default implementation would have done:
+
+- ``/``: list and stat only (two synthetic folders).
+- ``/from-kela/``: list, stat, read, and delete (the file is moved to the
+  retain folder, never destroyed). No write, create, rename, mkdir, setstat.
+- ``/to-kela/``: create/write (upload), rename within it, list, stat, set times.
+  No read-back, no delete, no mkdir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import hashlib
+import logging
+import os
+import stat
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import asyncssh
+
+from adapters.sftp_paths import Area, Denied, Jail, NotFound, Resolved, hidden_in_outbox
+from adapters.sftp_paths import normalise as normalise_path
+from adapters.sftp_paths import open_nofollow as _open_nofollow
+from broker.audit import AuditEvent
+
+log = logging.getLogger(__name__)
+
+# One read reply is at most this big, whatever the client asks for (asyncssh
+# would allow 4 MiB): bounds memory per request.
+MAX_READ = 256 * 1024
+# A session stops reading the disk while this much is queued for the client;
+# asyncssh's channel buffers without limit, so without this a client that asks
+# faster than it consumes (paramiko prefetch) grows the server by the file size.
+MAX_QUEUED = 1024 * 1024
+_DRAIN_POLL = 0.002
+_HASH_CHUNK = 1024 * 1024
+
+_WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
+_WRITE_FLAGS |= asyncssh.FXF_APPEND | asyncssh.FXF_EXCL
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class SessionContext:
+    """What the filesystem needs from the connection and the service."""
+
+    org: str
+    address: str
+    jail: Jail
+    retain_dir: Path  # <retain>/<org>
+    max_upload_bytes: int
+    emit: Callable[[AuditEvent], None]
+    touch: Callable[[], None]
+    writing_add: Callable[[Path], None]
+    writing_remove: Callable[[Path], None]
+    is_writing: Callable[[Path], bool]
+    upload_closed: Callable[[str, Path], None]
+
+
+@dataclass(eq=False)
+class _Handle:
+    fd: int
+    resolved: Resolved
+    writing: bool
+    hasher: Any = field(default_factory=hashlib.sha256)
+    hashed_upto: int = 0  # -1: writes/reads were not sequential, rehash on close
+    transferred: int = 0
+    too_large: bool = False
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        # asyncssh's ranges@asyncssh.com extension seeks the file object.
+        return os.lseek(self.fd, offset, whence)
+
+    def feed(self, offset: int, data: bytes) -> None:
+        """Hash in-order traffic as it passes, so close rarely has to re-read."""
+        if self.hashed_upto == offset:
+            self.hasher.update(data)
+            self.hashed_upto += len(data)
+        elif offset < self.hashed_upto and not self.writing:
+            pass  # a re-read of bytes already hashed changes nothing
+        else:
+            self.hashed_upto = -1
+
+
+@contextlib.contextmanager
+def sftp_status() -> Iterator[None]:
+    """The one place where failures become SFTP status codes.
+
+    Messages name client paths only: OSError text (which may carry local paths)
+    is reduced to its strerror.
+    """
+    try:
+        yield
+    except asyncssh.SFTPError:
+        raise
+    except Denied as exc:
+        raise asyncssh.SFTPPermissionDenied(exc.message) from None
+    except NotFound as exc:
+        raise asyncssh.SFTPNoSuchFile(exc.message) from None
+    except FileNotFoundError:
+        raise asyncssh.SFTPNoSuchFile("no such file") from None
+    except FileExistsError:
+        raise asyncssh.SFTPFailure("file already exists") from None
+    except (PermissionError, IsADirectoryError) as exc:
+        raise asyncssh.SFTPPermissionDenied(exc.strerror or "permission denied") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise asyncssh.SFTPPermissionDenied("symbolic links are not followed") from None
+        log.warning("sftp: %s", exc)
+        raise asyncssh.SFTPFailure(exc.strerror or "failure") from None
+
+
+def _guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Run a request under ``sftp_status`` and count it as activity (idle timer)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        server = args[0]
+        assert isinstance(server, JailedSftp)
+        server.ctx.touch()
+        with sftp_status():
+            return await fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _dir_attrs(mode: int = 0o500) -> asyncssh.SFTPAttrs:
+    now = int(time.time())
+    return asyncssh.SFTPAttrs(
+        type=asyncssh.FILEXFER_TYPE_DIRECTORY,
+        permissions=stat.S_IFDIR | mode,
+        size=0,
+        uid=0,
+        gid=0,
+        atime=now,
+        mtime=now,
+        nlink=2,
+    )
+
+
+def _hash_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, _HASH_CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
+
+
+class JailedSftp(asyncssh.SFTPServer):
+    """An organisation's SFTP session; see the module docstring for the rules."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, ctx: SessionContext) -> None:
+        super().__init__(chan)
+        self.ctx = ctx
+
+    # -- names -----------------------------------------------------------
+
+    def format_user(self, uid: int | None) -> str:
+        return self.ctx.org
+
+    def format_group(self, gid: int | None) -> str:
+        return self.ctx.org
+
+    def map_path(self, path: bytes) -> bytes:
+        """Every path asyncssh itself might map goes through the jail too."""
+        resolved = self.ctx.jail.resolve(path)
+        if resolved.local is None:
+            raise Denied("/: not a file")
+        return os.fsencode(resolved.local)
+
+    def reverse_map_path(self, path: bytes) -> bytes:
+        return path  # client paths are already virtual
+
+    def _resolve(self, path: bytes) -> Resolved:
+        return self.ctx.jail.resolve(path)
+
+    @_guarded
+    async def realpath(self, path: bytes) -> bytes:
+        return normalise_path(path).encode("utf-8")
+
+    # -- metadata --------------------------------------------------------
+
+    def _stat_resolved(self, res: Resolved) -> os.stat_result | asyncssh.SFTPAttrs:
+        if res.local is None:
+            return _dir_attrs()
+        st = os.lstat(res.local)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise NotFound(f"{res.virtual}: no such file")
+        return st
+
+    @_guarded
+    async def stat(self, path: bytes) -> os.stat_result | asyncssh.SFTPAttrs:
+        return self._stat_resolved(self._resolve(path))
+
+    @_guarded
+    async def lstat(self, path: bytes) -> os.stat_result | asyncssh.SFTPAttrs:
+        return self._stat_resolved(self._resolve(path))
+
+    @_guarded
+    async def fstat(self, file_obj: object) -> os.stat_result:
+        return os.fstat(self._handle(file_obj).fd)
+
+    def _apply_times(self, target: int | Path, attrs: asyncssh.SFTPAttrs) -> None:
+        # Clients (WinSCP, `put -p`) set times after an upload; permissions and
+        # owners are the broker's business and are silently left alone.
+        if attrs.atime is not None and attrs.mtime is not None:
+            os.utime(target, (attrs.atime, attrs.mtime))
+
+    @_guarded
+    async def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        res = self._resolve(path)
+        if res.area is not Area.TO_KELA or res.local is None or res.is_area_root:
+            raise Denied(f"{res.virtual}: attributes cannot be changed here")
+        if not stat.S_ISREG(os.lstat(res.local).st_mode):
+            raise Denied(f"{res.virtual}: not a file")
+        self._apply_times(res.local, attrs)
+
+    @_guarded
+    async def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        await self.setstat(path, attrs)
+
+    @_guarded
+    async def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
+        handle = self._handle(file_obj)
+        if not handle.writing:
+            raise Denied(f"{handle.resolved.virtual}: attributes cannot be changed here")
+        self._apply_times(handle.fd, attrs)
+
+    @_guarded
+    async def statvfs(self, path: bytes) -> os.statvfs_result:
+        raise Denied("statvfs is not available")
+
+    @_guarded
+    async def fstatvfs(self, file_obj: object) -> os.statvfs_result:
+        raise Denied("statvfs is not available")
+
+    # -- directories -----------------------------------------------------
+
+    def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
+        # Not async: the path is checked when the client opens the directory,
+        # so a refused or missing path fails OPENDIR, not the first READDIR.
+        self.ctx.touch()
+        with sftp_status():
+            res = self._resolve(path)
+            if res.local is not None and not stat.S_ISDIR(os.lstat(res.local).st_mode):
+                raise asyncssh.SFTPNotADirectory(f"{res.virtual}: not a directory")
+        return self._entries(res)
+
+    async def _entries(self, res: Resolved) -> AsyncIterator[asyncssh.SFTPName]:
+        yield asyncssh.SFTPName(b".", attrs=_dir_attrs())
+        yield asyncssh.SFTPName(b"..", attrs=_dir_attrs())
+        if res.local is None:
+            yield asyncssh.SFTPName(b"from-kela", attrs=_dir_attrs(0o700))
+            yield asyncssh.SFTPName(b"to-kela", attrs=_dir_attrs(0o300))
+            return
+        with sftp_status(), os.scandir(res.local) as entries:
+            listing = list(entries)
+        for entry in listing:
+            self.ctx.touch()
+            if res.area is Area.FROM_KELA and hidden_in_outbox(entry.name):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished while listing
+            # Symlinks, devices, sockets: never shown, never followed.
+            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                attrs = asyncssh.SFTPAttrs.from_local(st)
+                yield asyncssh.SFTPName(os.fsencode(entry.name), attrs=attrs)
+
+    @_guarded
+    async def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        raise Denied(f"{normalise_path(path)}: folders cannot be created")
+
+    @_guarded
+    async def rmdir(self, path: bytes) -> None:
+        raise Denied(f"{normalise_path(path)}: folders cannot be removed")
+
+    # -- links -----------------------------------------------------------
+
+    @_guarded
+    async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        raise Denied("symbolic links cannot be created")
+
+    @_guarded
+    async def link(self, oldpath: bytes, newpath: bytes) -> None:
+        raise Denied("links cannot be created")
+
+    @_guarded
+    async def readlink(self, path: bytes) -> bytes:
+        self._resolve(path)  # a symlink anywhere on the way is refused here
+        raise asyncssh.SFTPNoSuchFile(f"{normalise_path(path)}: not a symbolic link")
+
+    # -- files -----------------------------------------------------------
+
+    def _handle(self, file_obj: object) -> _Handle:
+        if not isinstance(file_obj, _Handle):
+            raise asyncssh.SFTPInvalidHandle("invalid handle")
+        return file_obj
+
+    @_guarded
+    async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> _Handle:
+        res = self._resolve(path)
+        if res.local is None or res.is_area_root:
+            raise Denied(f"{res.virtual}: is a folder")
+        if res.area is Area.FROM_KELA:
+            return self._open_for_read(res, pflags)
+        return self._open_for_write(res, pflags)
+
+    @_guarded
+    async def open56(
+        self, path: bytes, desired_access: int, flags: int, attrs: asyncssh.SFTPAttrs
+    ) -> _Handle:
+        raise asyncssh.SFTPOpUnsupported("SFTP version 3 only")
+
+    def _open_for_read(self, res: Resolved, pflags: int) -> _Handle:
+        assert res.local is not None
+        if pflags & _WRITE_FLAGS:
+            raise Denied(f"{res.virtual}: /from-kela/ is read-only")
+        fd = _open_nofollow(res.local, os.O_RDONLY)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise Denied(f"{res.virtual}: not a file")
+        return _Handle(fd, res, writing=False)
+
+    def _open_for_write(self, res: Resolved, pflags: int) -> _Handle:
+        assert res.local is not None
+        if pflags & asyncssh.FXF_READ or not pflags & asyncssh.FXF_WRITE:
+            raise Denied(f"{res.virtual}: /to-kela/ is write-only")
+        if len(res.parts) != 1:
+            raise Denied(f"{res.virtual}: upload directly into /to-kela/")
+        flags = os.O_WRONLY
+        flags |= os.O_CREAT if pflags & asyncssh.FXF_CREAT else 0
+        flags |= os.O_TRUNC if pflags & asyncssh.FXF_TRUNC else 0
+        flags |= os.O_EXCL if pflags & asyncssh.FXF_EXCL else 0
+        flags |= os.O_APPEND if pflags & asyncssh.FXF_APPEND else 0
+        fd = _open_nofollow(res.local, flags, 0o600)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise Denied(f"{res.virtual}: not a file")
+        handle = _Handle(fd, res, writing=True)
+        if st.st_size:
+            handle.hashed_upto = -1  # resuming: hash the whole file on close
+        self.ctx.writing_add(res.local)
+        return handle
+
+    @_guarded
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        handle = self._handle(file_obj)
+        if handle.writing:
+            raise Denied(f"{handle.resolved.virtual}: /to-kela/ is write-only")
+        chan = self.channel
+        while chan.get_write_buffer_size() > MAX_QUEUED and not chan.is_closing():
+            await asyncio.sleep(_DRAIN_POLL)
+        data = os.pread(handle.fd, min(size, MAX_READ), offset)
+        handle.feed(offset, data)
+        handle.transferred += len(data)
+        return data
+
+    @_guarded
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        handle = self._handle(file_obj)
+        if not handle.writing:
+            raise Denied(f"{handle.resolved.virtual}: /from-kela/ is read-only")
+        if handle.too_large or offset + len(data) > self.ctx.max_upload_bytes:
+            handle.too_large = True
+            raise asyncssh.SFTPFailure(
+                f"{handle.resolved.virtual}: file exceeds the upload limit of "
+                f"{self.ctx.max_upload_bytes} bytes"
+            )
+        written = os.pwrite(handle.fd, data, offset)
+        handle.feed(offset, data[:written])
+        handle.transferred += written
+        return written
+
+    @_guarded
+    async def fsync(self, file_obj: object) -> None:
+        handle = self._handle(file_obj)
+        if handle.writing:
+            os.fsync(handle.fd)
+
+    @_guarded
+    async def close(self, file_obj: object) -> None:
+        handle = self._handle(file_obj)
+        try:
+            size = os.fstat(handle.fd).st_size
+            if handle.hashed_upto == size:
+                digest = handle.hasher.hexdigest()
+            else:
+                digest = await asyncio.to_thread(_hash_fd, handle.fd)
+        finally:
+            os.close(handle.fd)
+            if handle.writing and handle.resolved.local is not None:
+                self.ctx.writing_remove(handle.resolved.local)
+        if handle.writing:
+            self._upload_closed(handle, size, digest)
+        else:
+            self._event("download", handle.resolved.virtual, handle.transferred, digest)
+
+    def _upload_closed(self, handle: _Handle, size: int, digest: str) -> None:
+        local = handle.resolved.local
+        assert local is not None
+        if handle.too_large:
+            # A truncated upload must never be processed: remove what arrived.
+            with contextlib.suppress(OSError):
+                os.unlink(local)
+            self._event(
+                "upload_rejected", handle.resolved.virtual, size, digest, "over the upload limit"
+            )
+            return
+        self._event("upload", handle.resolved.virtual, size, digest)
+        self.ctx.upload_closed(self.ctx.org, local)
+
+    def _event(
+        self,
+        action: str,
+        path: str | None,
+        size: int | None = None,
+        sha256: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.ctx.emit(
+            AuditEvent(action, self.ctx.org, self.ctx.address, path, size, sha256, detail)
+        )
+
+    # -- delete and rename -----------------------------------------------
+
+    @_guarded
+    async def remove(self, path: bytes) -> None:
+        res = self._resolve(path)
+        if res.area is not Area.FROM_KELA or res.local is None or res.is_area_root:
+            raise Denied(f"{res.virtual}: files cannot be deleted here")
+        if not stat.S_ISREG(os.lstat(res.local).st_mode):
+            raise Denied(f"{res.virtual}: not a file")
+        # The organisation's copy goes away; the broker keeps its own.
+        target = self.ctx.retain_dir.joinpath(*res.parts)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if target.exists():
+            target = target.with_name(f"{target.name}.{time.time_ns()}")
+        os.rename(res.local, target)
+        size, digest = await asyncio.to_thread(self._size_and_hash, target)
+        self._event("delete", res.virtual, size, digest, "moved to retain")
+
+    @staticmethod
+    def _size_and_hash(path: Path) -> tuple[int, str]:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            return os.fstat(fd).st_size, _hash_fd(fd)
+        finally:
+            os.close(fd)
+
+    async def _rename(self, oldpath: bytes, newpath: bytes, overwrite: bool) -> None:
+        old, new = self._resolve(oldpath), self._resolve(newpath)
+        for res in (old, new):
+            if res.area is not Area.TO_KELA or len(res.parts) != 1:
+                raise Denied(f"{res.virtual}: files can be renamed only within /to-kela/")
+        assert old.local is not None and new.local is not None
+        st = os.lstat(old.local)
+        if not stat.S_ISREG(st.st_mode):
+            raise Denied(f"{old.virtual}: not a file")
+        if self.ctx.is_writing(old.local) or self.ctx.is_writing(new.local):
+            raise asyncssh.SFTPFailure(f"{old.virtual}: still open for writing")
+        if os.path.lexists(new.local):
+            if not overwrite:
+                raise asyncssh.SFTPFailure(f"{new.virtual}: file already exists")
+            if not stat.S_ISREG(os.lstat(new.local).st_mode):
+                raise Denied(f"{new.virtual}: not a file")
+        os.rename(old.local, new.local)
+        self._event("rename", old.virtual, st.st_size, None, f"to {new.virtual}")
+        self.ctx.upload_closed(self.ctx.org, new.local)
+
+    @_guarded
+    async def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._rename(oldpath, newpath, overwrite=False)
+
+    @_guarded
+    async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._rename(oldpath, newpath, overwrite=True)

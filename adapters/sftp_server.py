@@ -1,0 +1,363 @@
+"""The SFTP server built into the broker (asyncssh).
+
+An organisation logs in with its id as user name and one of the keys in
+``<keys_dir>/<org>/authorized_keys``; it sees ``/from-kela/`` (its outbox) and
+``/to-kela/`` (its inbox), nothing else (see ``sftp_fs`` and ``sftp_paths``).
+Only SFTP: no shell, exec, scp, port/agent/X11 forwarding, no passwords.
+
+Threading: everything runs on the event loop that called ``start``; the
+callbacks ``on_event`` and ``on_upload_closed`` are called on that loop and must
+not block for long. ``is_writing`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from adapters.sftp_fs import JailedSftp, SessionContext
+from adapters.sftp_paths import Jail
+from adapters.ssh_policy import (
+    ENCRYPTION_ALGS,
+    KEX_ALGS,
+    MAC_ALGS,
+    SIGNATURE_ALGS,
+    AuthorizedKeys,
+    BanList,
+    fingerprint,
+    load_or_create_host_key,
+)
+from broker.audit import AuditEvent
+
+log = logging.getLogger(__name__)
+
+# Failed key offers tolerated per connection before it is dropped (OpenSSH: 6).
+MAX_AUTH_TRIES = 6
+
+
+@dataclass(frozen=True)
+class SftpOptions:
+    host: str
+    port: int
+    host_key_path: Path
+    keys_dir: Path
+    outbox_dir: Path
+    inbox_dir: Path
+    retain_dir: Path
+    organisations: frozenset[str]
+    idle_timeout: float = 1800
+    login_grace: float = 120
+    max_sessions_per_org: int = 10
+    max_upload_bytes: int = 512 * 1024**2
+    ban_after_failures: int = 5
+    ban_window: float = 600
+    ban_seconds: float = 900
+
+
+class _WritingSet:
+    """Local paths with an open write handle; read from other threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: Counter[Path] = Counter()
+
+    def add(self, path: Path) -> None:
+        with self._lock:
+            self._open[path] += 1
+
+    def remove(self, path: Path) -> None:
+        with self._lock:
+            self._open[path] -= 1
+            if self._open[path] <= 0:
+                del self._open[path]
+
+    def __contains__(self, path: Path) -> bool:
+        with self._lock:
+            return path in self._open
+
+
+class _Connection(asyncssh.SSHServer):
+    """One client connection: authentication, session limit, idle timer."""
+
+    def __init__(self, service: SftpService) -> None:
+        self._service = service
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self.address = "?"
+        self.username: str | None = None
+        self.org: str | None = None  # set once authenticated and admitted
+        self._failed_tries = 0
+        self._last_activity = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._close_reason: str | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        peer = conn.get_extra_info("peername")
+        self.address = str(peer[0]) if peer else "?"
+        loop = asyncio.get_running_loop()
+        if self._service.bans.is_banned(self.address, loop.time()):
+            log.warning("sftp: refused connection from banned address %s", self.address)
+            self._close_reason = "banned"
+            conn.close()
+            return
+        self._service.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._service.connections.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self.org is not None:
+            self._service.session_ended(self.org)
+            detail = self._close_reason or (str(exc) if exc else None)
+            self._service.emit(AuditEvent("logout", self.org, self.address, detail=detail))
+        elif self.username is not None and self._close_reason != "too many sessions":
+            self._service.login_failed(self.username, self.address)
+
+    def close(self, reason: str) -> None:
+        self._close_reason = reason
+        if self._conn is not None:
+            self._conn.close()
+
+    # -- authentication --------------------------------------------------
+
+    def begin_auth(self, username: str) -> bool:
+        self.username = username
+        return True  # authentication is always required
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        ok = False
+        if username in self._service.organisations:
+            keys = self._service.keys.get(username)
+            if keys is not None and self._conn is not None:
+                peer = self._conn.get_extra_info("peername")
+                # from="..." options in authorized_keys are honoured; others ignored.
+                ok = keys.validate(key, self.address, str(peer[0]) if peer else "") is not None
+        if not ok:
+            self._failed_tries += 1
+            if self._failed_tries > MAX_AUTH_TRIES and self._conn is not None:
+                self._conn.disconnect(
+                    asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many authentication failures"
+                )
+        return ok
+
+    def auth_completed(self) -> None:
+        assert self.username is not None and self._conn is not None
+        org = self.username
+        if not self._service.session_started(org):
+            self._close_reason = "too many sessions"
+            self._service.emit(
+                AuditEvent("session_refused", org, self.address, detail="too many sessions")
+            )
+            self._conn.disconnect(
+                asyncssh.DISC_TOO_MANY_CONNECTIONS,
+                f"too many concurrent sessions for {org} "
+                f"(limit {self._service.options.max_sessions_per_org})",
+            )
+            return
+        self.org = org
+        self._service.emit(AuditEvent("login", org, self.address))
+        self.touch()
+        self._arm_idle_timer(self._service.options.idle_timeout)
+
+    # -- idle timeout ----------------------------------------------------
+
+    def touch(self) -> None:
+        self._last_activity = asyncio.get_running_loop().time()
+
+    def _arm_idle_timer(self, delay: float) -> None:
+        if delay > 0:
+            self._idle_timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        # One timer per connection, re-armed lazily: no timer churn per request.
+        timeout = self._service.options.idle_timeout
+        idle = asyncio.get_running_loop().time() - self._last_activity
+        if idle >= timeout:
+            log.info("sftp: closing idle session of %s from %s", self.org, self.address)
+            self.close("idle timeout")
+        else:
+            self._arm_idle_timer(timeout - idle)
+
+
+class SftpService:
+    """The embedded SFTP server; start it on an event loop, stop it on the same."""
+
+    def __init__(
+        self,
+        options: SftpOptions,
+        on_event: Callable[[AuditEvent], None],
+        on_upload_closed: Callable[[str, Path], None] | None = None,
+    ) -> None:
+        self.options = options
+        self._on_event = on_event
+        self._on_upload_closed = on_upload_closed
+        self.organisations = options.organisations
+        self.keys = AuthorizedKeys(options.keys_dir)
+        self.bans = BanList(options.ban_after_failures, options.ban_window, options.ban_seconds)
+        self.connections: set[_Connection] = set()
+        self._sessions: Counter[str] = Counter()
+        self._writing = _WritingSet()
+        self._host_key = load_or_create_host_key(options.host_key_path)
+        self.host_key_fingerprint: str = fingerprint(self._host_key)
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        log.info("sftp: host key %s", self.host_key_fingerprint)
+
+    # -- public interface ------------------------------------------------
+
+    async def start(self) -> int:
+        """Listen; returns the bound port (``options.port`` may be 0)."""
+        self._loop = asyncio.get_running_loop()
+        self._make_dirs(self.organisations)
+        self._acceptor = await asyncssh.listen(
+            self.options.host,
+            self.options.port,
+            server_factory=lambda: _Connection(self),
+            server_host_keys=[self._host_key],
+            server_version="KelaBroker",
+            kex_algs=list(KEX_ALGS),
+            encryption_algs=list(ENCRYPTION_ALGS),
+            mac_algs=list(MAC_ALGS),
+            compression_algs=["none"],
+            signature_algs=list(SIGNATURE_ALGS),
+            sftp_factory=self._make_sftp,
+            allow_scp=False,
+            allow_pty=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            password_auth=False,
+            kbdint_auth=False,
+            host_based_auth=False,
+            gss_host=None,
+            login_timeout=self.options.login_grace,
+        )
+        port: int = self._acceptor.get_port()
+        log.info("sftp: listening on %s:%d", self.options.host, port)
+        return port
+
+    async def stop(self) -> None:
+        """Stop listening and close every session."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            for conn in list(self.connections):
+                conn.close("server stopping")
+            await self._acceptor.wait_closed()
+            self._acceptor = None
+
+    def update_organisations(self, organisations: frozenset[str]) -> None:
+        """Config reload: new organisations can log in, removed ones are disconnected."""
+        self.organisations = organisations
+        self._make_dirs(organisations)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._drop_removed)
+
+    def is_writing(self, path: Path) -> bool:
+        """True while an SFTP client holds ``path`` (in an inbox) open for writing."""
+        return self._key(path) in self._writing
+
+    # -- used by connections and sessions --------------------------------
+
+    def emit(self, event: AuditEvent) -> None:
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("sftp: recording audit event %s failed", event.action)
+
+    def login_failed(self, username: str, address: str) -> None:
+        org = username if username in self.organisations else None
+        self.emit(AuditEvent("login_failed", org, address, detail=f"user {username[:100]!r}"))
+        now = asyncio.get_running_loop().time()
+        if self.bans.record_failure(address, now):
+            log.warning("sftp: banning %s for %ss", address, self.options.ban_seconds)
+            self.emit(
+                AuditEvent(
+                    "ban",
+                    None,
+                    address,
+                    detail=f"{self.options.ban_after_failures} failed logins within "
+                    f"{self.options.ban_window:g}s; banned for {self.options.ban_seconds:g}s",
+                )
+            )
+
+    def session_started(self, org: str) -> bool:
+        if self._sessions[org] >= self.options.max_sessions_per_org:
+            return False
+        self._sessions[org] += 1
+        return True
+
+    def session_ended(self, org: str) -> None:
+        self._sessions[org] -= 1
+        if self._sessions[org] <= 0:
+            del self._sessions[org]
+
+    # -- internals -------------------------------------------------------
+
+    def _key(self, path: Path) -> Path:
+        path = Path(path)
+        return path.parent.resolve() / path.name
+
+    def _make_dirs(self, organisations: frozenset[str]) -> None:
+        for org in organisations:
+            for d in (
+                self.options.outbox_dir / org,
+                self.options.outbox_dir / org / "acks",
+                self.options.inbox_dir / org,
+            ):
+                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _drop_removed(self) -> None:
+        for conn in list(self.connections):
+            if conn.org is not None and conn.org not in self.organisations:
+                conn.close("organisation removed from configuration")
+
+    def _upload_closed(self, org: str, path: Path) -> None:
+        if self._on_upload_closed is None:
+            return
+        try:
+            self._on_upload_closed(org, path)
+        except Exception:
+            log.exception("sftp: on_upload_closed failed for %s", path)
+
+    def _make_sftp(self, chan: asyncssh.SSHServerChannel) -> JailedSftp:
+        owner = chan.get_connection().get_owner()
+        assert isinstance(owner, _Connection) and owner.org is not None
+        org = owner.org
+        ctx = SessionContext(
+            org=org,
+            address=owner.address,
+            jail=Jail(
+                org,
+                self.options.outbox_dir.resolve() / org,
+                self.options.inbox_dir.resolve() / org,
+            ),
+            retain_dir=self.options.retain_dir / org,
+            max_upload_bytes=self.options.max_upload_bytes,
+            emit=self.emit,
+            touch=owner.touch,
+            writing_add=lambda p: self._writing.add(self._key(p)),
+            writing_remove=lambda p: self._writing.remove(self._key(p)),
+            is_writing=self.is_writing,
+            upload_closed=self._upload_closed,
+        )
+        return JailedSftp(chan, ctx)

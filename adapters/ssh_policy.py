@@ -1,0 +1,165 @@
+"""SSH policy of the SFTP server: algorithms, host key, client keys, bans.
+
+Kept apart from the server so the security-relevant choices are in one short
+file an auditor can read (and ``ssh-audit`` checks them in the tests).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+from asyncssh.encryption import get_encryption_algs
+from asyncssh.kex import get_kex_algs
+from asyncssh.mac import get_mac_algs
+
+# Post-quantum hybrids first where this asyncssh/cryptography build offers them;
+# curve25519 as the classical fallback every OpenSSH since 6.5 speaks.
+_KEX_WANTED = (
+    "mlkem768x25519-sha256",
+    "sntrup761x25519-sha512",
+    "sntrup761x25519-sha512@openssh.com",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+)
+# AEAD only. The order was measured with bench/sftp_bench.py (see report): AES-GCM
+# runs on AES-NI through OpenSSL, asyncssh's chacha20-poly1305 is composed of two
+# primitives and is slower. Clients choose by *their* preference order (RFC 4253
+# 7.1), so this order matters only for clients that defer to the server.
+_CIPHERS_WANTED = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+)
+_MACS_WANTED = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
+HOST_KEY_ALGS = ("ssh-ed25519",)
+# Client key signature algorithms: no SHA-1 ("ssh-rsa"), no DSA.
+SIGNATURE_ALGS = (
+    "ssh-ed25519",
+    "sk-ssh-ed25519@openssh.com",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+)
+
+
+def _available(wanted: tuple[str, ...], offered: list[bytes]) -> tuple[str, ...]:
+    have = {a.decode("ascii") for a in offered}
+    return tuple(a for a in wanted if a in have)
+
+
+KEX_ALGS = _available(_KEX_WANTED, get_kex_algs())
+ENCRYPTION_ALGS = _available(_CIPHERS_WANTED, get_encryption_algs())
+MAC_ALGS = _available(_MACS_WANTED, get_mac_algs())
+
+
+def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
+    """The server's ed25519 host key; generated (mode 0600) on first start."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        # O_EXCL: two starting servers never overwrite each other's key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key.export_private_key())
+    key = asyncssh.read_private_key(path)
+    if key.get_algorithm() != "ssh-ed25519":
+        raise ValueError(f"{path}: host key must be ssh-ed25519, not {key.get_algorithm()}")
+    return key
+
+
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    """OpenSSH-style fingerprint, e.g. ``SHA256:abc...`` (what ``ssh`` shows on first use)."""
+    return key.get_fingerprint("sha256")
+
+
+@dataclass
+class _KeysEntry:
+    stamp: tuple[int, int, int]  # (inode, size, mtime_ns)
+    keys: asyncssh.SSHAuthorizedKeys | None
+
+
+class AuthorizedKeys:
+    """``<keys_dir>/<org>/authorized_keys``, re-read whenever the file changes.
+
+    Checked on every authentication attempt by (inode, size, mtime), so an
+    operator adds or revokes a key by editing the file; no restart, no reload.
+    """
+
+    def __init__(self, keys_dir: Path) -> None:
+        self._dir = keys_dir
+        self._cache: dict[str, _KeysEntry] = {}
+        self._lock = threading.Lock()
+
+    def path_of(self, org: str) -> Path:
+        return self._dir / org / "authorized_keys"
+
+    def get(self, org: str) -> asyncssh.SSHAuthorizedKeys | None:
+        """The organisation's keys, or None when it has no (valid) file."""
+        path = self.path_of(org)
+        try:
+            st = os.stat(path)
+        except OSError:
+            with self._lock:
+                self._cache.pop(org, None)
+            return None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            entry = self._cache.get(org)
+            if entry is not None and entry.stamp == stamp:
+                return entry.keys
+        try:
+            keys: asyncssh.SSHAuthorizedKeys | None = asyncssh.read_authorized_keys(str(path))
+        except (OSError, ValueError, asyncssh.KeyImportError):
+            keys = None  # an unreadable file grants nothing
+        with self._lock:
+            self._cache[org] = _KeysEntry(stamp, keys)
+        return keys
+
+
+class BanList:
+    """Addresses with too many failed logins in a window are refused for a while."""
+
+    def __init__(self, failures: int, window: float, ban_seconds: float) -> None:
+        self._failures = failures
+        self._window = window
+        self._ban_seconds = ban_seconds
+        self._recent: dict[str, deque[float]] = {}
+        self._banned_until: dict[str, float] = {}
+
+    def is_banned(self, address: str, now: float) -> bool:
+        until = self._banned_until.get(address)
+        if until is None:
+            return False
+        if now >= until:
+            del self._banned_until[address]
+            return False
+        return True
+
+    def record_failure(self, address: str, now: float) -> bool:
+        """Count one failed login; True when this failure starts a ban."""
+        if self._failures <= 0:
+            return False
+        recent = self._recent.setdefault(address, deque())
+        recent.append(now)
+        while recent and recent[0] <= now - self._window:
+            recent.popleft()
+        if len(recent) >= self._failures:
+            del self._recent[address]
+            self._banned_until[address] = now + self._ban_seconds
+            return True
+        self._prune(now)
+        return False
+
+    def _prune(self, now: float) -> None:
+        # Bounded memory under a scan from many addresses.
+        if len(self._recent) > 10_000:
+            for addr in [a for a, d in self._recent.items() if d[-1] <= now - self._window]:
+                del self._recent[addr]

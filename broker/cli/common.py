@@ -1,0 +1,81 @@
+"""What every command needs: the home's config and store, opened the same way."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console
+
+from broker.config import Config, load_config
+from broker.errors import ConfigError
+
+if TYPE_CHECKING:
+    from broker.audit import AuditLog
+    from broker.blobs import BlobStore
+    from broker.store import Store
+
+
+def console() -> Console:
+    return Console(highlight=False)
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"kela-broker: {message}", err=True)
+    sys.exit(code)
+
+
+def parse_now(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time") from None
+    if value.tzinfo is None:
+        raise click.BadParameter("give the offset too, e.g. 2026-11-23T06:00:00+02:00")
+    return value.astimezone(UTC)
+
+
+@dataclass
+class Home:
+    """A broker home opened for a command; the database is opened on first use."""
+
+    path: Path
+
+    @cached_property
+    def config(self) -> Config:
+        try:
+            return load_config(self.path)
+        except ConfigError as exc:
+            fail(f"configuration is not valid:\n{exc}")
+            raise
+
+    @cached_property
+    def store(self) -> Store:
+        from broker.db import make_engine
+        from broker.store import Store
+
+        return Store(make_engine(self.config.database))
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        from broker.audit import AuditLog
+        from broker.db import make_engine
+
+        return AuditLog(make_engine(self.config.var / "audit.db"))
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        from broker.blobs import BlobStore
+
+        return BlobStore(self.config.var / "blobs")
+
+
+def home_of(ctx: click.Context) -> Home:
+    return Home(ctx.find_root().obj.home)

@@ -1,0 +1,121 @@
+"""Operator commands: run the daemon, make a home, check config, explain routes."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from broker.cli.common import console, fail, home_of
+from broker.config import load_config
+from broker.errors import ConfigError
+from broker.model import ALL_TYPES
+from broker.municipalities import load_register, packaged_register_path
+from broker.routing import explain
+from broker.sample_config import render_sample
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit():
+        raise click.BadParameter(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@click.command()
+@click.option("--sftp-listen", metavar="HOST:PORT", help="Override [sftp] listen (port 0: any).")
+@click.option("--metrics-listen", metavar="HOST:PORT", help="Override [metrics] listen.")
+@click.pass_context
+def run(ctx: click.Context, sftp_listen: str | None, metrics_listen: str | None) -> None:
+    """Run the broker daemon: watch inboxes, release on schedule, serve SFTP."""
+    from broker import logs
+    from broker.daemon import Daemon, Overrides
+
+    logs.configure()
+    home = home_of(ctx)
+    overrides = Overrides(sftp=_host_port(sftp_listen) if sftp_listen else None,
+                          metrics=_host_port(metrics_listen) if metrics_listen else None)
+    try:
+        daemon = Daemon(home.path, overrides)
+    except ConfigError as exc:
+        fail(f"configuration is not valid:\n{exc}")
+        return
+    asyncio.run(daemon.run())
+
+
+@click.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def init(directory: Path) -> None:
+    """Create a fresh broker home in DIRECTORY with the sample configuration."""
+    cfg = directory / "config"
+    if (cfg / "broker.toml").exists():
+        fail(f"{cfg / 'broker.toml'} exists already; not overwriting it")
+    for sub in ("config/keys", "inbox/kela", "outbox/kela", "var"):
+        (directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.copyfile(packaged_register_path(), cfg / "municipalities.csv")
+    register = load_register(cfg / "municipalities.csv")
+    (cfg / "broker.toml").write_text(render_sample(register), encoding="utf-8")
+    click.echo(f"Created a broker home in {directory} with {len(register.by_code)} "
+               "municipalities. Next: kela-broker --home "
+               f"{directory} config check, then kela-broker --home {directory} run")
+
+
+@click.group("config")
+def config_group() -> None:
+    """Operator configuration."""
+
+
+@config_group.command("check")
+@click.option("--keys/--no-keys", default=False,
+              help="Also require every SFTP organisation's authorized_keys file.")
+@click.pass_context
+def config_check(ctx: click.Context, keys: bool) -> None:
+    """Load and check the configuration; every problem with file, line and key."""
+    home = home_of(ctx)
+    try:
+        cfg = load_config(home.path, check_keys=keys)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        fail("configuration is not valid")
+        return
+    missing = [o.id for o in cfg.organisations
+               if o.push is None and not o.authorized_keys.is_file()]
+    click.echo(f"{cfg.path}: OK: {len(cfg.organisations)} organisations, "
+               f"{len(cfg.register.by_code)} municipalities, every type routed exactly once.")
+    if missing:
+        click.echo(f"note: {len(missing)} organisation(s) have no authorized_keys yet and "
+                   f"cannot log in (e.g. {', '.join(missing[:3])}); --keys makes this an error.")
+
+
+@click.group("routes")
+def routes_group() -> None:
+    """Routing of (type, municipality) to organisations."""
+
+
+@routes_group.command("explain")
+@click.argument("municipality")
+@click.argument("type_", metavar="TYPE", type=click.Choice(ALL_TYPES, case_sensitive=False))
+@click.pass_context
+def routes_explain(ctx: click.Context, municipality: str, type_: str) -> None:
+    """Where TYPE for MUNICIPALITY goes, and why (e.g. `routes explain 091 IMMIGRANT`)."""
+    cfg = home_of(ctx).config
+    ex = explain(cfg, type_.upper(), municipality.zfill(3))
+    for reason in ex.reasons:
+        click.echo(f"  - {reason}")
+    if ex.organisation is None:
+        fail(f"{type_.upper()} for {municipality}: no single receiving organisation")
+        return
+    o = ex.organisation
+    table = Table(show_header=False)
+    table.add_row("organisation", f"{o.id} ({o.name})")
+    table.add_row("format", o.format)
+    table.add_row("delivery", f"SFTP /from-kela/ ({cfg.outbox / o.id})" if o.push is None
+                  else f"pushed to {o.push.user}@{o.push.host}:{o.push.remote_dir}")
+    table.add_row("release", str(cfg.timing[type_.upper()]))
+    console().print(table)
+
+
+COMMANDS = [run, init, config_group, routes_group]

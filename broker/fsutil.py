@@ -1,0 +1,124 @@
+"""Crash-safe file writing and the file-name rules shared by every folder the broker touches.
+
+SPEC 1: a reader never sees a file before it is complete. Writers put the bytes in a
+hidden sibling ``.<name>.part`` (a name every reader ignores), fsync it, rename it over
+the final name and fsync the directory so the rename itself survives a power cut.
+Everything the broker writes holds personal data: files are 0600, directories 0700.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+# Upload names readers skip until renamed (SPEC 1); WinSCP uses .filepart.
+_PARTIAL_SUFFIXES = (".part", ".filepart", ".tmp")
+
+
+def is_hidden_or_partial(name: str) -> bool:
+    """True for names a reader must ignore: ``.*``, ``*.part``, ``*.filepart``, ``*.tmp``.
+
+    ``name`` is a file name, not a path; only its last component is looked at.
+    Suffixes match case-insensitively because Windows clients write ``.TMP`` too.
+    """
+    base = name.rsplit("/", 1)[-1]
+    return base.startswith(".") or base.lower().endswith(_PARTIAL_SUFFIXES)
+
+
+def temp_path(path: Path) -> Path:
+    """The hidden sibling a file is written under before it gets its real name."""
+    return path.with_name(f".{path.name}.part")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or create inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, exclusive: bool = False) -> Iterator[BinaryIO]:
+    """Yield a binary file whose content appears at ``path`` only if the block succeeds.
+
+    On success: flush, fsync, rename over ``path``, fsync the directory. On an
+    exception the temporary file is removed and the exception propagates; ``path``
+    is untouched (an older file there stays as it was). With ``exclusive=True`` an
+    existing ``path`` is never replaced: FileExistsError is raised instead, which is
+    how "a file once released is never rewritten" (SPEC 5) is enforced by the writer.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    # O_NOFOLLOW: a symlink planted at the temp name must not redirect our write.
+    # A stale temp file from a crash is simply truncated and reused.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    try:
+        # The create mode is masked by umask, and a stale temp file keeps its old mode.
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            fd = -1  # now owned by f
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            # link() fails atomically when the target exists, unlike rename().
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write(
+    path: Path, chunks: bytes | Iterable[bytes], *, exclusive: bool = False
+) -> None:
+    """Write ``chunks`` (bytes, or an iterable of bytes for big outputs) to ``path`` atomically.
+
+    Same guarantees as :func:`atomic_writer`: never a partial visible file, mode 0600.
+    """
+    with atomic_writer(path, exclusive=exclusive) as f:
+        if isinstance(chunks, bytes | bytearray | memoryview):
+            f.write(chunks)
+        else:
+            for chunk in chunks:
+                f.write(chunk)
+
+
+def private_dir(path: Path) -> Path:
+    """``mkdir -p`` where every directory created, and the leaf itself, is mode 0700.
+
+    Existing parents are left alone (they may be shared system folders); the leaf is
+    tightened to 0700 because files under it are private.
+    """
+    path = Path(path)
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process raced us: fine
+            d.mkdir(mode=DIR_MODE)
+        os.chmod(d, DIR_MODE)  # mkdir's mode is masked by umask
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path}: exists and is not a directory")
+    if (path.stat().st_mode & 0o777) != DIR_MODE:
+        os.chmod(path, DIR_MODE)
+    return path

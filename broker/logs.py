@@ -1,0 +1,59 @@
+"""Structured logging: JSON lines when not on a terminal, readable colours when on one.
+
+Every event passes through ``mask_identity_codes`` first, so no log line ever
+carries a full personal identity code (SPEC 8), whoever wrote the call.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from broker.pic import mask_text
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_mask(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    return value
+
+
+def mask_identity_codes(_logger: Any, _name: str,
+                        event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event.items()):
+        event[key] = _mask(value)
+    return event
+
+
+def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
+    """Set up structlog once per process (the CLI's entry point calls it)."""
+    if json is None:
+        json = not sys.stderr.isatty()
+    renderer: Any = (structlog.processors.JSONRenderer(ensure_ascii=False) if json
+                     else structlog.dev.ConsoleRenderer())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            mask_identity_codes,  # last before rendering: masks whatever came before
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+
+def get(name: str) -> Any:
+    return structlog.get_logger(name)

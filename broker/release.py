@@ -1,0 +1,237 @@
+"""The release pass: decide what is due, write it to the outboxes, exactly once.
+
+Each delivery goes through two commits around one atomic file write:
+1. the delivery row is created ``pending`` and its assignments are claimed;
+2. the files are written (temp name, fsync, rename);
+3. the delivery is marked ``written`` and its assignments ``released``.
+A crash after 1 leaves a pending delivery, which ``recover`` finishes by writing
+the same (deterministic) files, so every notification lands in exactly one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Row, and_, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from broker.blobs import BlobStore
+from broker.config import Config, Organisation
+from broker.fsutil import atomic_writer, private_dir
+from broker.model import Notification, PersonList
+from broker.render import (
+    delivery_stem,
+    list_file_name,
+    render_notification_delivery,
+    render_person_list,
+    write_attachments_zip,
+)
+from broker.schedule import Candidate, plan_first_delivery
+from broker.store import Store, assignments, deliveries, items, stagger_plans
+
+
+@dataclass
+class ReleaseResult:
+    deliveries: list[str] = field(default_factory=list)
+    notifications: int = 0
+    lists: int = 0
+    plans: list[tuple[str, str, int]] = field(default_factory=list)  # org, type, total
+
+
+@dataclass(frozen=True)
+class _Group:
+    organisation: str
+    type: str
+    kind: str
+    portion: int | None
+    assignment_ids: tuple[int, ...]
+
+
+class Releaser:
+    def __init__(self, config: Config, store: Store, blobs: BlobStore) -> None:
+        self.config = config
+        self.store = store
+        self.blobs = blobs
+
+    def run(self, now: datetime, *, only_org: str | None = None) -> ReleaseResult:
+        """One full pass as of ``now``; running it twice with the same ``now`` changes nothing."""
+        result = ReleaseResult()
+        self.recover(result)
+        self.form_plans(now, result)
+        for group in self.due_groups(now, only_org=only_org):
+            self._release(group, now, result)
+        return result
+
+    # -- stagger -------------------------------------------------------------
+    def form_plans(self, now: datetime, result: ReleaseResult) -> None:
+        """A first delivery of a type over the threshold becomes a weekly plan (SPEC 4)."""
+        a, i = assignments, items
+        delivered = select(deliveries.c.id).where(
+            deliveries.c.organisation == a.c.organisation, deliveries.c.type == a.c.type)
+        planned = select(stagger_plans.c.organisation).where(
+            stagger_plans.c.organisation == a.c.organisation, stagger_plans.c.type == a.c.type)
+        with self.store.engine.begin() as c:
+            rows = c.execute(
+                select(a.c.id, a.c.organisation, a.c.type, i.c.decision_date, i.c.seq)
+                .join(i, i.c.seq == a.c.item_seq)
+                .where(a.c.state == "held", a.c.planned_at.is_(None), a.c.release_at <= now,
+                       a.c.transferred_from.is_(None), i.c.kind == "notification",
+                       ~delivered.exists(), ~planned.exists())
+                .order_by(a.c.organisation, a.c.type, i.c.seq)).all()
+            by_pair: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
+            for r in rows:
+                by_pair[(r.organisation, r.type)].append(
+                    Candidate(id=str(r.id), decision_date=r.decision_date, seq=r.seq))
+            for (org, type_), cands in by_pair.items():
+                plan = plan_first_delivery(cands, self.config.stagger, now)
+                if plan is None:
+                    continue
+                for p in plan:
+                    c.execute(update(a).where(a.c.id == int(p.id))
+                              .values(planned_at=p.release_at, portion=p.portion))
+                portions = max(p.portion for p in plan) + 1
+                c.execute(insert(stagger_plans).values(organisation=org, type=type_,
+                                                       formed_at=now, total=len(plan),
+                                                       portions=portions))
+                result.plans.append((org, type_, len(plan)))
+
+    # -- what is due ---------------------------------------------------------
+    def due_groups(self, now: datetime, *, only_org: str | None = None) -> list[_Group]:
+        a, i = assignments, items
+        due_at = func.coalesce(a.c.planned_at, a.c.release_at)
+        q = (select(a.c.id, a.c.organisation, a.c.type, a.c.portion, i.c.kind)
+             .join(i, i.c.seq == a.c.item_seq)
+             .where(a.c.state == "held", due_at <= now)
+             .order_by(a.c.organisation, a.c.type, a.c.portion, i.c.seq))
+        if only_org:
+            q = q.where(a.c.organisation == only_org)
+        groups: dict[tuple[str, str, int | None], list[int]] = defaultdict(list)
+        out: list[_Group] = []
+        with self.store.engine.connect() as c:
+            for r in c.execute(q):
+                if r.kind == "list":  # a list is delivered whole, one file each (SPEC 2)
+                    out.append(_Group(r.organisation, r.type, "list", None, (r.id,)))
+                else:
+                    groups[(r.organisation, r.type, r.portion)].append(r.id)
+        out.extend(_Group(org, t, "notification", p, tuple(ids))
+                   for (org, t, p), ids in groups.items())
+        return out
+
+    # -- releasing -------------------------------------------------------------
+    def _release(self, group: _Group, now: datetime, result: ReleaseResult) -> None:
+        org = self.config.by_id.get(group.organisation)
+        if org is None:
+            return  # organisation removed from config: keep holding, status shows it
+        with self.store.engine.begin() as c:
+            seq = (c.execute(select(func.max(deliveries.c.seq))).scalar() or 0) + 1
+            created = now
+            if group.kind == "list":
+                plist = self._lists(c, group.assignment_ids)[0]
+                name = list_file_name(org.id, plist, created, seq, org.format)
+                delivery_id = Path(name).stem
+                zip_name = None
+            else:
+                delivery_id = delivery_stem(org.id, group.type, created, seq)
+                name = f"{delivery_id}.xml"
+                zip_name = None
+            c.execute(insert(deliveries).values(
+                id=delivery_id, organisation=org.id, type=group.type, kind=group.kind,
+                file_name=name, zip_name=zip_name, created_at=created,
+                count=len(group.assignment_ids), portion=group.portion, state="pending",
+                seq=seq))
+            claimed = 0
+            for chunk in _chunks(group.assignment_ids):
+                claimed += c.execute(update(assignments).where(
+                    and_(assignments.c.id.in_(chunk), assignments.c.state == "held"))
+                    .values(state="releasing", delivery_id=delivery_id)).rowcount
+            if claimed != len(group.assignment_ids):
+                raise RuntimeError(f"release of {delivery_id}: assignments changed underneath")
+        self._write_and_finish(delivery_id, result)
+
+    def recover(self, result: ReleaseResult | None = None) -> int:
+        """Finish deliveries a crash left pending; returns how many."""
+        with self.store.engine.connect() as c:
+            pending = [r.id for r in c.execute(
+                select(deliveries.c.id).where(deliveries.c.state == "pending")
+                .order_by(deliveries.c.seq))]
+        for delivery_id in pending:
+            self._write_and_finish(delivery_id, result or ReleaseResult())
+        return len(pending)
+
+    def _write_and_finish(self, delivery_id: str, result: ReleaseResult) -> None:
+        with self.store.engine.connect() as c:
+            d = c.execute(select(deliveries).where(deliveries.c.id == delivery_id)).one()
+            ids = [r.id for r in c.execute(select(assignments.c.id).where(
+                assignments.c.delivery_id == delivery_id).order_by(assignments.c.item_seq))]
+            org = self.config.by_id[d.organisation]
+            folder = private_dir(self.config.outbox / org.id)
+            if d.kind == "list":
+                plist = self._lists(c, ids)[0]
+                digest, size = self._write(folder / d.file_name, lambda f: render_person_list(
+                    f, delivery_id=d.id, organisation=org.id, created=d.created_at,
+                    plist=plist, fmt=org.format))
+                result.lists += 1
+            else:
+                notes = self._notifications(c, ids)
+                zip_name = None
+                if any(n.attachments for n in notes):
+                    zip_name = f"{d.id}.attachments.zip"
+                    # The zip goes first: once the XML is visible, everything it names is there.
+                    self._write(folder / zip_name, lambda f: write_attachments_zip(
+                        f, notes, self.blobs.open))
+                digest, size = self._write(folder / d.file_name,
+                                           lambda f: self._render_notes(f, d, org, notes))
+                result.notifications += len(notes)
+        with self.store.engine.begin() as c:
+            c.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
+                state="written", sha256=digest, size=size,
+                zip_name=zip_name if d.kind != "list" else None))
+            c.execute(update(assignments).where(assignments.c.delivery_id == delivery_id)
+                      .values(state="released", released_at=d.created_at))
+        result.deliveries.append(delivery_id)
+
+    @staticmethod
+    def _render_notes(f: IO[bytes], d: Row[Any], org: Organisation,
+                      notes: list[Notification]) -> None:
+        render_notification_delivery(
+            f, delivery_id=d.id, organisation=org.id, created=d.created_at,
+            notifications=notes, fmt="xml-v1" if org.format == "xml-v1" else "xml-v2")
+
+    @staticmethod
+    def _write(path: Path, render: Callable[[IO[bytes]], object]) -> tuple[str, int]:
+        """Write via temp + fsync + rename, unless a crash already put the file in place."""
+        if not path.exists():
+            with atomic_writer(path) as f:
+                render(f)
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest(), path.stat().st_size
+
+    @staticmethod
+    def _payloads(c: Connection, assignment_ids: Sequence[int]) -> list[str]:
+        out: list[tuple[int, str]] = []
+        for chunk in _chunks(assignment_ids):
+            out.extend((r.seq, r.payload) for r in c.execute(
+                select(items.c.seq, items.c.payload)
+                .join(assignments, assignments.c.item_seq == items.c.seq)
+                .where(assignments.c.id.in_(chunk))))
+        return [payload for _, payload in sorted(out)]  # oldest first
+
+    def _notifications(self, c: Connection, ids: Sequence[int]) -> list[Notification]:
+        return [Notification.from_json(p) for p in self._payloads(c, ids)]
+
+    def _lists(self, c: Connection, ids: Sequence[int]) -> list[PersonList]:
+        return [PersonList.from_json(p) for p in self._payloads(c, ids)]
+
+
+def _chunks(ids: Sequence[int], size: int = 5000) -> list[Sequence[int]]:
+    """SQLite caps bound parameters per statement; big releases go in slices."""
+    return [ids[i:i + size] for i in range(0, len(ids), size)]

@@ -1,0 +1,292 @@
+"""What the broker writes to ``/from-kela/`` (SPEC 5): deliveries, lists and their names.
+
+Pure functions: the caller passes ``created`` (no clock here) and a binary file to
+stream into (normally :func:`broker.fsutil.atomic_writer`). Notification deliveries
+are written incrementally with ``lxml.etree.xmlfile`` so a backlog of thousands
+never sits in memory as one tree.
+
+Formats per organisation: ``xml-v2`` (namespace ``...:2``), ``xml-v1`` (legacy
+``...:1``, no ``Phone``) and ``csv``. CSV only changes person lists: organisations on
+``csv`` get notification deliveries as ``xml-v2`` (notifications with attachments do
+not flatten into rows).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import IO, Literal
+from zoneinfo import ZoneInfo
+
+from lxml import etree
+
+from broker.attachments_zip import safe_member_names, write_attachments_zip
+from broker.errors import DeliveryError
+from broker.model import ALL_TYPES, Notification, PersonList
+from broker.render_csv import CSV_HEADER, write_person_list_csv
+
+__all__ = [
+    "CSV_HEADER",
+    "NAMESPACES",
+    "Format",
+    "attachments_zip_name",
+    "delivery_file_name",
+    "delivery_stem",
+    "list_file_name",
+    "list_stem",
+    "render_notification_delivery",
+    "render_person_list",
+    "safe_member_names",
+    "write_attachments_zip",
+]
+
+# Same values as broker.config.Format (the organisation's configured format).
+Format = Literal["xml-v2", "xml-v1", "csv"]
+
+NS_V1 = "urn:fi:kela:etotu:notification-delivery:1"
+NS_V2 = "urn:fi:kela:etotu:notification-delivery:2"
+NAMESPACES: dict[str, str] = {"xml-v2": NS_V2, "xml-v1": NS_V1, "csv": NS_V2}
+
+HELSINKI = ZoneInfo("Europe/Helsinki")
+_XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+_NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_INDENT = "  "
+
+
+# --- names -----------------------------------------------------------------------
+
+
+def _local(created: datetime) -> datetime:
+    if created.tzinfo is None:
+        raise ValueError("created must be timezone-aware")
+    return created.astimezone(HELSINKI).replace(microsecond=0)
+
+
+def _stem(prefix: str, org: str, type_: str, created: datetime, seq: int) -> str:
+    # org and type end up in a file name: refuse anything that could leave the folder.
+    if not _NAME_PART.fullmatch(org):
+        raise DeliveryError("organisation id is not usable in a file name", key=org)
+    if type_ not in ALL_TYPES:
+        raise DeliveryError("unknown notification or list type", key=type_)
+    if seq < 0:
+        raise ValueError("seq must be >= 0")
+    return f"{prefix}-{org}-{type_}-{_local(created):%Y%m%dT%H%M%S}-{seq:06d}"
+
+
+def delivery_stem(org: str, type_: str, created: datetime, seq: int) -> str:
+    """Stem and deliveryId of a NotificationDelivery, e.g.
+    ``D-helsinki-IMMIGRANT-20261120T141000-000001``: organisation, type, Helsinki
+    local time of ``created``; ``seq`` (the caller's never-reused counter) makes it unique.
+    """
+    return _stem("D", org, type_, created, seq)
+
+
+def delivery_file_name(stem: str) -> str:
+    return f"{stem}.xml"
+
+
+def attachments_zip_name(stem: str) -> str:
+    return f"{stem}.attachments.zip"
+
+
+def list_stem(org: str, type_: str, created: datetime, seq: int) -> str:
+    """Stem and deliveryId of a person list file, e.g.
+    ``L-tampere-LABOUR_MARKET_SUBSIDY_200_DAYS-20261101T030000-000007``."""
+    return _stem("L", org, type_, created, seq)
+
+
+def list_file_name(org: str, plist: PersonList, created: datetime, seq: int, fmt: Format) -> str:
+    """File name of a person list: its stem plus ``.csv`` for csv, else ``.xml``."""
+    ext = ".csv" if fmt == "csv" else ".xml"
+    return list_stem(org, plist.type, created, seq) + ext
+
+
+# --- XML writing -------------------------------------------------------------------
+
+
+class _Writer:
+    """Indenting helper around an ``xmlfile`` writer in one default namespace.
+
+    Elements are written with ``xf.element`` all the way down: ``xf.write(Element)``
+    would re-declare the namespace on every notification.
+    """
+
+    def __init__(self, xf: etree.xmlfile, ns: str) -> None:
+        self.xf = xf
+        self.ns = ns
+        self.depth = 0
+
+    def _newline(self) -> None:
+        self.xf.write("\n" + _INDENT * self.depth)
+
+    def leaf(
+        self, name: str, text: str | None = None, attrib: dict[str, str] | None = None
+    ) -> None:
+        self._newline()
+        with self.xf.element(f"{{{self.ns}}}{name}", attrib or {}):
+            if text is not None:
+                self.xf.write(text)
+
+    def text_if(self, name: str, text: str | None) -> None:
+        if text is not None:
+            self.leaf(name, text)
+
+    def open(self, name: str, attrib: dict[str, str] | None = None) -> _Open:
+        return _Open(self, name, attrib or {})
+
+
+class _Open:
+    """Context manager for a parent element: children indented, end tag on its own line."""
+
+    def __init__(self, w: _Writer, name: str, attrib: dict[str, str]) -> None:
+        self.w = w
+        self.cm = w.xf.element(f"{{{w.ns}}}{name}", attrib)
+
+    def __enter__(self) -> None:
+        self.w._newline()
+        self.cm.__enter__()
+        self.w.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.w.depth -= 1
+        if exc[0] is None:
+            self.w._newline()
+        self.cm.__exit__(*exc)
+
+
+class _Document:
+    """The whole document: declaration, root element with the default namespace, final newline."""
+
+    def __init__(self, out: IO[bytes], ns: str, root: str, attrib: dict[str, str]) -> None:
+        self.out, self.ns, self.root, self.attrib = out, ns, root, attrib
+
+    def __enter__(self) -> _Writer:
+        # The declaration is written by hand for the conventional double quotes.
+        self.out.write(_XML_DECLARATION)
+        self.xf_cm = etree.xmlfile(self.out, encoding="UTF-8", close=False)
+        xf = self.xf_cm.__enter__()
+        self.root_cm = xf.element(f"{{{self.ns}}}{self.root}", self.attrib, nsmap={None: self.ns})
+        self.root_cm.__enter__()
+        self.w = _Writer(xf, self.ns)
+        self.w.depth = 1
+        return self.w
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.w.xf.write("\n")
+        self.root_cm.__exit__(*exc)
+        self.xf_cm.__exit__(*exc)
+        if exc[0] is None:
+            self.out.write(b"\n")
+
+
+def _write_notification(
+    w: _Writer, n: Notification, with_phone: bool, blob_size: Callable[[str], int] | None
+) -> None:
+    attrib = {"id": n.id, "type": n.type}
+    if n.urgent:
+        attrib["urgent"] = "true"
+    with w.open("Notification", attrib):
+        w.leaf("Municipality", n.municipality)
+        w.leaf("DecisionDate", n.decision_date.isoformat())
+        with w.open("Person"):
+            p = n.person
+            w.leaf("PersonalIdentityCode", p.pic)
+            w.leaf("FamilyName", p.family_name)
+            w.leaf("GivenNames", p.given_names)
+            w.leaf("Language", p.language)
+            if with_phone:
+                w.text_if("Phone", p.phone)
+        w.text_if("AdditionalInfo", n.additional_info)
+        names = safe_member_names(n.id, [a.document_name for a in n.attachments])
+        for att, file_name in zip(n.attachments, names, strict=True):
+            if blob_size is not None and blob_size(att.sha256) != att.size:
+                # Promise no size the zip cannot keep: a damaged blob store stops the delivery.
+                raise DeliveryError("stored attachment size differs from the recorded size",
+                                    key=file_name)
+            w.leaf(
+                "Attachment",
+                attrib={
+                    "documentName": att.document_name,
+                    "fileName": file_name,
+                    "mediaType": att.media_type,
+                    "size": str(att.size),
+                    "sha256": att.sha256,
+                },
+            )
+
+
+def render_notification_delivery(
+    out: IO[bytes],
+    *,
+    delivery_id: str,
+    organisation: str,
+    created: datetime,
+    notifications: Sequence[Notification],
+    fmt: Format,
+    blob_size: Callable[[str], int] | None = None,
+) -> None:
+    """Stream a NotificationDelivery document into ``out``.
+
+    ``fmt`` picks the namespace: ``xml-v1`` writes the legacy ``:1`` without Phone,
+    ``xml-v2`` and ``csv`` write ``:2``. ``count`` is ``len(notifications)``. Each
+    Attachment's fileName is its member in the attachments zip (same naming as
+    :func:`write_attachments_zip`). ``blob_size(sha256)``, when given, is checked
+    against each attachment's recorded size (DeliveryError on a mismatch).
+    """
+    ns = NAMESPACES[fmt]
+    attrib = {
+        "deliveryId": delivery_id,
+        "organisation": organisation,
+        "created": _local(created).isoformat(),
+        "count": str(len(notifications)),
+    }
+    seen: set[str] = set()
+    with _Document(out, ns, "NotificationDelivery", attrib) as w:
+        for n in notifications:
+            if n.id in seen:
+                raise DeliveryError("notification appears twice in one delivery", key=n.id)
+            seen.add(n.id)
+            _write_notification(w, n, with_phone=ns == NS_V2, blob_size=blob_size)
+
+
+def render_person_list(
+    out: IO[bytes],
+    *,
+    delivery_id: str,
+    organisation: str,
+    created: datetime,
+    plist: PersonList,
+    fmt: Format,
+) -> None:
+    """Write one person list: PersonListDelivery XML in the format's namespace, or CSV.
+
+    The CSV form (see :mod:`broker.render_csv`) has no delivery header: its file name
+    (:func:`list_file_name`) carries organisation, type and time.
+    """
+    if fmt == "csv":
+        write_person_list_csv(out, plist)
+        return
+    attrib = {
+        "deliveryId": delivery_id,
+        "organisation": organisation,
+        "created": _local(created).isoformat(),
+    }
+    list_attrib = {
+        "id": plist.id,
+        "type": plist.type,
+        "municipality": plist.municipality,
+        "periodStart": plist.period_start.isoformat(),
+        "periodEnd": plist.period_end.isoformat(),
+    }
+    with _Document(out, NAMESPACES[fmt], "PersonListDelivery", attrib) as w, \
+            w.open("PersonList", list_attrib):
+        for e in plist.entries:
+            with w.open("Entry"):
+                w.leaf("PersonalIdentityCode", e.pic)
+                w.leaf("FamilyName", e.family_name)
+                w.leaf("GivenNames", e.given_names)
+                w.text_if("Days", None if e.days is None else str(e.days))
+                w.text_if("Reason", e.reason)
+                w.text_if("Amount", e.amount)

@@ -1,0 +1,306 @@
+"""The state store: the one truth about files, notifications, lists and deliveries.
+
+Tables (SQLite, WAL, through SQLAlchemy Core):
+- ``input_files``: every file taken in (batch or response), by sha256, with its verdict.
+- ``items``: every notification and list, by its id, with its content and hash.
+- ``assignments``: an item given to an organisation, with its release time and
+  state. A transfer adds a second assignment; the first keeps its history.
+- ``deliveries``: every file written to an outbox; ``pending`` until its file is
+  on disk, so a crash between the two is finished at the next start.
+- ``stagger_plans``: the staggered first deliveries formed (SPEC 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.types import TypeDecorator
+
+from broker.db import metadata
+from broker.model import Item, Notification, PersonList
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """SQLite keeps no offsets: store UTC, give back aware UTC datetimes."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+input_files = Table(
+    "input_files", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", String(64), nullable=False),  # "kela" or an organisation id
+    Column("kind", String(16), nullable=False),  # "batch" | "response"
+    Column("name", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # accepted | rejected
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("batch_id", String(64)),
+    Column("items", Integer, nullable=False, default=0),
+    Column("report", Text),
+    UniqueConstraint("source", "sha256", "status", name="uq_input_sha"),
+)
+
+items = Table(
+    "items", metadata,
+    Column("seq", Integer, primary_key=True),  # arrival order, for "oldest first"
+    Column("id", String(64), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),  # notification | list
+    Column("type", String(48), nullable=False),
+    Column("municipality", String(3), nullable=False),
+    Column("decision_date", Date),
+    Column("urgent", Boolean, nullable=False, default=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("input_file_id", Integer, ForeignKey("input_files.id"), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+)
+
+assignments = Table(
+    "assignments", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_seq", Integer, ForeignKey("items.seq"), nullable=False),
+    Column("organisation", String(64), nullable=False),
+    Column("type", String(48), nullable=False),
+    Column("release_at", UTCDateTime, nullable=False),  # normal timing
+    Column("planned_at", UTCDateTime),  # set when a stagger plan holds it
+    Column("portion", Integer),
+    # held -> releasing -> released -> handled | transferred
+    Column("state", String(16), nullable=False),
+    Column("delivery_id", String(96), ForeignKey("deliveries.id")),
+    Column("released_at", UTCDateTime),
+    Column("handled_on", Date),
+    Column("transferred_from", Integer, ForeignKey("assignments.id")),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+Index("ix_assign_due", assignments.c.state, assignments.c.organisation, assignments.c.type)
+Index("ix_assign_item", assignments.c.item_seq)
+
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", String(96), primary_key=True),
+    Column("organisation", String(64), nullable=False),
+    Column("type", String(48), nullable=False),
+    Column("kind", String(16), nullable=False),  # notification | list
+    Column("file_name", Text, nullable=False),
+    Column("zip_name", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("portion", Integer),
+    Column("state", String(16), nullable=False),  # pending | written
+    Column("sha256", String(64)),
+    Column("size", Integer),
+    Column("seq", Integer, nullable=False),
+)
+Index("ix_deliveries_org_type", deliveries.c.organisation, deliveries.c.type)
+
+stagger_plans = Table(
+    "stagger_plans", metadata,
+    Column("organisation", String(64), primary_key=True),
+    Column("type", String(48), primary_key=True),
+    Column("formed_at", UTCDateTime, nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("portions", Integer, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class NewAssignment:
+    organisation: str
+    release_at: datetime
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    input_file_id: int
+    new_items: int
+    unchanged_items: int
+    duplicate_file: bool
+
+
+class Store:
+    """Thin typed access to the tables; every method is one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- input files -------------------------------------------------------
+    def accepted_file(self, source: str, sha256: str) -> int | None:
+        with self.engine.connect() as c:
+            return c.execute(select(input_files.c.id).where(
+                input_files.c.source == source, input_files.c.sha256 == sha256,
+                input_files.c.status == "accepted")).scalar()
+
+    def record_rejected(self, *, source: str, kind: str, name: str, sha256: str, size: int,
+                        now: datetime, report: str) -> int:
+        with self.engine.begin() as c:
+            found = c.execute(select(input_files.c.id).where(
+                input_files.c.source == source, input_files.c.sha256 == sha256,
+                input_files.c.status == "rejected")).scalar()
+            if found is not None:
+                return int(found)
+            return int(c.execute(insert(input_files).values(
+                source=source, kind=kind, name=name, sha256=sha256, size=size,
+                status="rejected", received_at=now, report=report, items=0,
+            )).inserted_primary_key[0])  # type: ignore[index]
+
+    def existing_hashes(self, ids: Sequence[str]) -> dict[str, str]:
+        """content_hash of the ids already known, for conflict and resend checks."""
+        out: dict[str, str] = {}
+        with self.engine.connect() as c:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                for row in c.execute(select(items.c.id, items.c.content_hash)
+                                     .where(items.c.id.in_(chunk))):
+                    out[row.id] = row.content_hash
+        return out
+
+    def ingest(self, *, source: str, kind: str, name: str, sha256: str, size: int,
+               batch_id: str | None, now: datetime,
+               new: Iterable[tuple[Item, NewAssignment]]) -> int:
+        """Record an accepted file and its new items in one transaction; returns the file id."""
+        with self.engine.begin() as c:
+            file_id = int(c.execute(insert(input_files).values(
+                source=source, kind=kind, name=name, sha256=sha256, size=size,
+                status="accepted", received_at=now, batch_id=batch_id, items=0,
+            )).inserted_primary_key[0])  # type: ignore[index]
+            count = 0
+            chunk: list[tuple[Item, NewAssignment]] = []
+            for pair in new:
+                chunk.append(pair)
+                if len(chunk) >= 1000:
+                    count += self._insert_items(c, chunk, file_id, now)
+                    chunk = []
+            count += self._insert_items(c, chunk, file_id, now)
+            c.execute(update(input_files).where(input_files.c.id == file_id).values(items=count))
+            return file_id
+
+    @staticmethod
+    def _insert_items(c: Connection, chunk: list[tuple[Item, NewAssignment]], file_id: int,
+                      now: datetime) -> int:
+        if not chunk:
+            return 0
+        first_seq = (c.execute(select(func.max(items.c.seq))).scalar() or 0) + 1
+        rows = []
+        for i, (it, _) in enumerate(chunk):
+            rows.append({
+                "seq": first_seq + i, "id": it.id, "kind": it.kind, "type": it.type,
+                "municipality": it.municipality,
+                "decision_date": it.decision_date if isinstance(it, Notification) else None,
+                "urgent": bool(isinstance(it, Notification) and it.urgent),
+                "content_hash": it.content_hash, "payload": it.to_json(),
+                "input_file_id": file_id, "received_at": now,
+            })
+        c.execute(insert(items), rows)
+        c.execute(insert(assignments), [
+            {"item_seq": first_seq + i, "organisation": a.organisation, "type": it.type,
+             "release_at": a.release_at, "state": "held", "created_at": now}
+            for i, (it, a) in enumerate(chunk)
+        ])
+        return len(chunk)
+
+    # -- items ---------------------------------------------------------------
+    def item(self, item_id: str) -> Item | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(items.c.kind, items.c.payload)
+                            .where(items.c.id == item_id)).first()
+        if row is None:
+            return None
+        return Notification.from_json(row.payload) if row.kind == "notification" \
+            else PersonList.from_json(row.payload)
+
+    # -- counts for status ----------------------------------------------------
+    def counts(self) -> list[tuple[str, str, str, int]]:
+        """(organisation, type, state, count) rows for ``kela-broker status``."""
+        with self.engine.connect() as c:
+            rows = c.execute(select(assignments.c.organisation, assignments.c.type,
+                                    assignments.c.state, func.count())
+                             .group_by(assignments.c.organisation, assignments.c.type,
+                                       assignments.c.state)
+                             .order_by(assignments.c.organisation, assignments.c.type))
+            return [(r[0], r[1], r[2], int(r[3])) for r in rows]
+
+    def file_counts(self) -> dict[str, int]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(input_files.c.status, func.count())
+                             .group_by(input_files.c.status))
+            return {r[0]: int(r[1]) for r in rows}
+
+    def next_release(self) -> datetime | None:
+        """The earliest time a held assignment becomes due (the scheduler wakes then)."""
+        due = func.coalesce(assignments.c.planned_at, assignments.c.release_at)
+        with self.engine.connect() as c:
+            value = c.execute(select(func.min(due)).where(assignments.c.state == "held")).scalar()
+        if value is None:
+            return None
+        if isinstance(value, str):  # func.min loses the column type in SQLite
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+    def held_summary(self, org: str | None = None) -> list[dict[str, object]]:
+        """Held assignments per (organisation, type, portion, due time), for ``schedule``."""
+        due = func.coalesce(assignments.c.planned_at, assignments.c.release_at)
+        q = (select(assignments.c.organisation, assignments.c.type, assignments.c.portion,
+                    due.label("due"), func.count().label("n"))
+             .where(assignments.c.state == "held")
+             .group_by(assignments.c.organisation, assignments.c.type,
+                       assignments.c.portion, due)
+             .order_by(assignments.c.organisation, assignments.c.type, due))
+        if org:
+            q = q.where(assignments.c.organisation == org)
+        with self.engine.connect() as c:
+            out = []
+            for r in c.execute(q):
+                d = r.due if isinstance(r.due, datetime) else datetime.fromisoformat(str(r.due))
+                out.append({"organisation": r.organisation, "type": r.type,
+                            "portion": r.portion, "release_at": d.replace(tzinfo=UTC),
+                            "count": int(r.n)})
+            return out
+
+
+def as_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def today_in(tz: str, now: datetime) -> date:
+    from zoneinfo import ZoneInfo
+
+    return now.astimezone(ZoneInfo(tz)).date()
+
+
+__all__ = ["IngestResult", "NewAssignment", "Store", "and_", "assignments", "deliveries",
+           "input_files", "items", "stagger_plans"]

@@ -1,0 +1,340 @@
+"""Streaming validation of decision batches, and XSD validation of the other formats.
+
+A decision batch may be gigabytes, so it is never held in memory: lxml's iterparse
+runs with the XSD attached (validation happens in C while parsing) and each
+``Notification``/``PersonList`` is turned into a model item, checked against the
+business rules (broker.batch_rules), then cleared.
+
+libxml2's streaming validator reports its errors without line numbers, and only
+when the parse ends. So when the fast pass finds any schema error, a second,
+precise pass re-reads the file and validates each top-level element on its own
+(wrapped in a bare root) against the same XSD, which gives the exact line of every
+error; business rules run there only on elements the XSD accepts, so a malformed
+element is described once, in schema terms. Valid files, the common case, are
+read once.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from lxml import etree
+
+import schemas
+from broker import xmlsafe
+from broker.batch_rules import NOTIFICATION, NS, PERSON_LIST, ROOT, RuleContext, Rules, ShapeError
+from broker.errors import InvalidFile, Problem
+from broker.model import BatchHeader, Item
+from broker.pic import mask_text
+
+# libxml2 refuses single text nodes above 10 MB unless told otherwise; base64
+# attachments above this decoded size need that limit lifted (see xmlsafe.iterparse).
+_PLAIN_TEXT_LIMIT = 7_000_000
+# Non-batch formats (responses, acks, deliveries) are small and parsed whole.
+SMALL_FILE_LIMIT = 256 * 1024**2
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    municipalities: frozenset[str]  # known codes
+    today: date  # DecisionDate must not be after this (Europe/Helsinki date, passed in)
+    max_file_bytes: int = 4 * 1024**3
+    max_attachment_bytes: int = 64 * 1024**2
+    max_problems: int = 100
+
+    @property
+    def huge_text(self) -> bool:
+        return self.max_attachment_bytes > _PLAIN_TEXT_LIMIT
+
+
+@lru_cache(maxsize=None)
+def load_schema(namespace: str) -> etree.XMLSchema:
+    """The compiled XSD of a contract namespace (cached: compiling costs milliseconds)."""
+    xsd = schemas.path(namespace)
+    # From bytes, not a filename: the safe parser's resolver refuses every URL.
+    doc = etree.fromstring(xsd.read_bytes(), xmlsafe.parser(), base_url=xsd.as_uri())
+    return etree.XMLSchema(doc)
+
+
+# ------------------------------------------------------------------ messages
+
+_NS_RE = re.compile(r"\{(?:urn|https?):[^}]*\}")
+_XS_TYPES = {
+    "xs:date": "date (YYYY-MM-DD)",
+    "xs:dateTime": "date and time with offset (YYYY-MM-DDThh:mm:ss+hh:mm)",
+    "xs:decimal": "decimal number",
+    "xs:boolean": "boolean (true or false)",
+    "xs:base64Binary": "base64 content",
+    "xs:nonNegativeInteger": "whole number",
+    "xs:positiveInteger": "whole number above zero",
+}
+_REWRITES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^Element '([^']+)'(?:, attribute '([^']+)')?: "), r"\1 \2: "),
+    (re.compile(r"\[facet 'pattern'\] The value '([^']*)' is not accepted by the pattern '([^']*)'"),
+     r"the value '\1' does not match the pattern \2"),
+    (re.compile(r"\[facet 'enumeration'\] The value '([^']*)' is not an element of the set \{(.*)\}"),
+     r"the value '\1' is not one of \2"),
+    (re.compile(r"\[facet '(\w+)'\] "), r"(\1) "),
+    (re.compile(r"This element is not expected\. Expected is (?:one of )?\( ?(.*?) ?\)"),
+     r"this element is not expected here; expected \1"),
+    (re.compile(r"This element is not expected\."), "this element is not expected here"),
+    (re.compile(r"Missing child element\(s\)\. Expected is (?:one of )?\( ?(.*?) ?\)"),
+     r"missing child element; expected \1"),
+    (re.compile(r"No matching global declaration available for the validation root\."),
+     "this element is not expected here"),
+]
+
+
+def plain_message(message: str) -> str:
+    """lxml's schema message in plainer words, without namespaces or full identity codes."""
+    msg = _NS_RE.sub("", message).strip()
+    for pattern, repl in _REWRITES:
+        msg = pattern.sub(repl, msg)
+    msg = msg.replace(" : ", ": ")
+    for xs, words in _XS_TYPES.items():
+        msg = msg.replace(f"atomic type '{xs}'", words)
+    if msg.startswith("PersonalIdentityCode"):
+        msg = re.sub(r"'([^']{7})[^']*'", r"'\1****'", msg)  # never echo a code in full
+    return mask_text(msg)
+
+
+def _schema_problems(
+    file: str, log: Any, prefix: str, default_line: int | None
+) -> list[Problem]:
+    return [
+        Problem(file, e.line if e.line > 0 else default_line, "SCHEMA",
+                prefix + plain_message(e.message))
+        for e in log
+    ]
+
+
+# ------------------------------------------------------------------ reader
+
+
+def _open_checked(path: Path, ctx: BatchContext) -> Any:
+    f = path.open("rb")
+    try:
+        xmlsafe.check_stream(f, max_bytes=ctx.max_file_bytes)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _wrong_root(file: str, el: Any) -> Problem | None:
+    if xmlsafe.has_doctype(el):
+        return Problem(file, 1, "NOT_WELL_FORMED", "a DOCTYPE is not allowed")
+    if el.tag == ROOT:
+        return None
+    q = etree.QName(el)
+    return Problem(
+        file, el.sourceline, "SCHEMA",
+        f"root element is {q.localname} in namespace '{q.namespace or ''}'; "
+        f"a decision batch is DecisionBatch in namespace '{NS}'",
+    )
+
+
+class BatchReader:
+    """Iterate the items of a decision batch as they are read; see module doc."""
+
+    def __init__(
+        self,
+        path: Path,
+        ctx: BatchContext,
+        on_attachment: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.ctx = ctx
+        self.on_attachment = on_attachment
+        self.header: BatchHeader | None = None
+        self._file = str(path)
+        self._rule_ctx = RuleContext(
+            self._file, ctx.municipalities, ctx.today, ctx.max_attachment_bytes
+        )
+
+    def __iter__(self) -> Iterator[Item]:
+        file = self._file
+        problems: list[Problem] = []
+        rules = Rules(self._rule_ctx, self.on_attachment)
+        needs_precise = False
+        try:
+            f = _open_checked(self.path, self.ctx)
+        except xmlsafe.UnsafeXml as exc:
+            raise InvalidFile(file, [exc.problem(file)]) from None
+        with f:
+            it = xmlsafe.iterparse(
+                xmlsafe.BoundedReader(f, self.ctx.max_file_bytes),
+                events=("start", "end"),
+                tag=(ROOT, NOTIFICATION, PERSON_LIST),
+                schema=load_schema(NS),
+                huge_text=self.ctx.huge_text,
+            )
+            root = None
+            try:
+                for event, el in it:
+                    if event == "start":
+                        if root is None:
+                            root = el
+                            wrong = _wrong_root(file, el)
+                            if wrong is not None:
+                                raise InvalidFile(file, [wrong])
+                            self.header = BatchHeader(
+                                batch_id=el.get("batchId", ""), created=el.get("created", "")
+                            )
+                        continue
+                    if el is root:
+                        continue
+                    try:
+                        if el.tag == NOTIFICATION:
+                            item: Item = rules.notification(el, problems)
+                        else:
+                            item = rules.person_list(el, problems)
+                    except ShapeError:
+                        needs_precise = True
+                        item = None  # type: ignore[assignment]
+                    # Free what has been read: the element itself and anything before it.
+                    el.clear()
+                    while el.getprevious() is not None:
+                        del root[0]
+                    if len(problems) >= self.ctx.max_problems and not needs_precise:
+                        break
+                    if item is not None and not needs_precise:
+                        yield item
+            except etree.XMLSyntaxError as exc:
+                if _is_schema_error(exc):
+                    needs_precise = True
+                else:
+                    problems.append(xmlsafe.syntax_problem(file, exc))
+            except xmlsafe.UnsafeXml as exc:
+                problems.append(exc.problem(file))
+        if needs_precise:
+            problems = precise_problems(self.path, self.ctx)
+        if problems:
+            problems.sort(key=lambda p: p.line or 0)
+            raise InvalidFile(file, problems[: self.ctx.max_problems])
+
+
+def _is_schema_error(exc: etree.XMLSyntaxError) -> bool:
+    return any(e.domain == etree.ErrorDomains.SCHEMASV for e in exc.error_log)
+
+
+def precise_problems(path: Path, ctx: BatchContext) -> list[Problem]:
+    """The second pass: every schema and business problem with its exact line."""
+    file = str(path)
+    schema = load_schema(NS)
+    rules = Rules(RuleContext(file, ctx.municipalities, ctx.today, ctx.max_attachment_bytes))
+    problems: list[Problem] = []
+    try:
+        f = _open_checked(path, ctx)
+    except xmlsafe.UnsafeXml as exc:
+        return [exc.problem(file)]
+    with f:
+        it = xmlsafe.iterparse(
+            xmlsafe.BoundedReader(f, ctx.max_file_bytes),
+            events=("start", "end"),
+            huge_text=ctx.huge_text,
+        )
+        depth = 0
+        root = None
+        try:
+            for event, el in it:
+                if event == "start":
+                    depth += 1
+                    if depth == 1:
+                        root = el
+                        wrong = _wrong_root(file, el)
+                        if wrong is not None:
+                            return [wrong]
+                        # The root's attributes alone: a childless batch is valid.
+                        shell = etree.Element(ROOT, attrib=dict(el.attrib), nsmap={None: NS})
+                        if not schema.validate(shell):
+                            problems += _schema_problems(file, schema.error_log, "", el.sourceline)
+                    continue
+                depth -= 1
+                if depth != 1 or root is None:
+                    continue
+                _check_child(el, schema, rules, problems, file)
+                el.clear()
+                while el.getprevious() is not None:
+                    del root[0]
+                if len(problems) >= ctx.max_problems:
+                    break
+        except etree.XMLSyntaxError as exc:
+            problems.append(xmlsafe.syntax_problem(file, exc))
+        except xmlsafe.UnsafeXml as exc:
+            problems.append(exc.problem(file))
+    return problems
+
+
+def _check_child(el: Any, schema: Any, rules: Rules, problems: list[Problem], file: str) -> None:
+    wrapper = etree.Element(
+        ROOT, batchId="x", created="2000-01-01T00:00:00Z", nsmap={None: NS}
+    )
+    wrapper.append(copy.deepcopy(el))  # deepcopy keeps source lines
+    if schema.validate(wrapper):
+        try:
+            if el.tag == NOTIFICATION:
+                rules.notification(el, problems)
+            else:
+                rules.person_list(el, problems)
+        except ShapeError:  # cannot happen for a schema-valid element; say so if it does
+            problems.append(Problem(file, el.sourceline, "SCHEMA", "unexpected structure"))
+        return
+    name = etree.QName(el).localname if isinstance(el.tag, str) else "node"
+    prefix = f"{name} {el.get('id')}: " if el.get("id") else ""
+    problems += _schema_problems(file, schema.error_log, prefix, el.sourceline)
+
+
+# ------------------------------------------------------------------ entry points
+
+
+def validate_file(path: Path, ctx: BatchContext) -> list[Problem]:
+    """Every problem of a decision batch (up to ctx.max_problems); [] when valid."""
+    try:
+        for _ in BatchReader(path, ctx):
+            pass
+    except InvalidFile as exc:
+        return exc.problems
+    return []
+
+
+def root_namespace(path: Path, ctx: BatchContext) -> tuple[str | None, int | None]:
+    """Namespace and line of the root element, reading no further than its start tag."""
+    with _open_checked(path, ctx) as f:
+        for _event, el in xmlsafe.iterparse(f, events=("start",)):
+            return etree.QName(el).namespace, el.sourceline
+    return None, None
+
+
+def validate_any(path: Path, ctx: BatchContext) -> list[Problem]:
+    """Validate any contract file by the namespace of its root element."""
+    file = str(path)
+    try:
+        namespace, line = root_namespace(path, ctx)
+    except xmlsafe.UnsafeXml as exc:
+        return [exc.problem(file)]
+    except etree.XMLSyntaxError as exc:
+        return [xmlsafe.syntax_problem(file, exc)]
+    if namespace == NS:
+        return validate_file(path, ctx)
+    if namespace not in schemas.NAMESPACES:
+        known = ", ".join(sorted(schemas.NAMESPACES))
+        return [Problem(file, line, "SCHEMA",
+                        f"root element namespace '{namespace or ''}' is not one of: {known}")]
+    try:
+        tree = xmlsafe.parse(path, max_bytes=min(ctx.max_file_bytes, SMALL_FILE_LIMIT))
+    except InvalidFile as exc:
+        return exc.problems
+    if not schemas.path(namespace).is_file():
+        return []  # no XSD shipped for this namespace yet: well-formedness is all we can say
+    schema = load_schema(namespace)
+    if schema.validate(tree):
+        return []
+    return _schema_problems(file, schema.error_log, "", None)[: ctx.max_problems]

@@ -1,0 +1,164 @@
+"""Atomic writes, private directories and the SPEC 1 ignore rules, on real files."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.fsutil import (
+    atomic_write,
+    atomic_writer,
+    is_hidden_or_partial,
+    private_dir,
+    temp_path,
+)
+
+
+@pytest.fixture
+def loose_umask() -> Iterator[None]:
+    """Umask 0: proves the modes come from the code, not from a strict umask."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_atomic_write_bytes(tmp_path: Path, loose_umask: None) -> None:
+    target = tmp_path / "D-x.xml"
+    atomic_write(target, b"<a/>")
+    assert target.read_bytes() == b"<a/>"
+    assert mode(target) == 0o600
+    assert os.listdir(tmp_path) == ["D-x.xml"]
+
+
+def test_atomic_write_iterable_replaces_existing(tmp_path: Path) -> None:
+    target = tmp_path / "f.csv"
+    target.write_bytes(b"old")
+    atomic_write(target, (bytes([i]) * 1000 for i in range(5)))
+    assert target.read_bytes() == b"".join(bytes([i]) * 1000 for i in range(5))
+
+
+def test_failing_writer_leaves_nothing_visible(tmp_path: Path) -> None:
+    target = tmp_path / "big.zip"
+
+    def chunks() -> Iterator[bytes]:
+        yield b"first part"
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        atomic_write(target, chunks())
+    assert os.listdir(tmp_path) == []
+
+
+def test_failing_writer_keeps_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "keep.xml"
+    target.write_bytes(b"old content")
+    with pytest.raises(ValueError), atomic_writer(target) as f:
+        f.write(b"new")
+        raise ValueError("stop")
+    assert target.read_bytes() == b"old content"
+    assert sorted(os.listdir(tmp_path)) == ["keep.xml"]
+
+
+def test_partial_content_is_only_under_the_hidden_temp_name(tmp_path: Path) -> None:
+    target = tmp_path / "stream.zip"
+    with atomic_writer(target) as f:
+        f.write(b"half")
+        f.flush()
+        assert not target.exists()
+        assert temp_path(target).name == ".stream.zip.part"
+        assert is_hidden_or_partial(temp_path(target).name)
+        assert temp_path(target).read_bytes() == b"half"
+        f.write(b" and the rest")
+    assert target.read_bytes() == b"half and the rest"
+    assert not temp_path(target).exists()
+
+
+def test_stale_temp_from_a_crash_is_reused_with_private_mode(
+    tmp_path: Path, loose_umask: None
+) -> None:
+    target = tmp_path / "x.xml"
+    stale = temp_path(target)
+    stale.write_bytes(b"left over from a crash, longer than the new content")
+    stale.chmod(0o644)
+    atomic_write(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert mode(target) == 0o600
+    assert not stale.exists()
+
+
+def test_symlink_at_temp_name_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "out.xml"
+    temp_path(target).symlink_to(victim)
+    with pytest.raises(OSError):
+        atomic_write(target, b"payload")
+    assert victim.read_bytes() == b"precious"
+    assert not target.exists()
+
+
+def test_exclusive_never_rewrites_a_released_file(tmp_path: Path) -> None:
+    target = tmp_path / "released.xml"
+    atomic_write(target, b"one", exclusive=True)
+    with pytest.raises(FileExistsError):
+        atomic_write(target, b"two", exclusive=True)
+    assert target.read_bytes() == b"one"
+    assert os.listdir(tmp_path) == ["released.xml"]
+
+
+def test_private_dir_creates_every_level_0700(tmp_path: Path, loose_umask: None) -> None:
+    leaf = tmp_path / "outbox" / "helsinki" / "acks"
+    assert private_dir(leaf) == leaf
+    for d in (tmp_path / "outbox", tmp_path / "outbox" / "helsinki", leaf):
+        assert d.is_dir()
+        assert mode(d) == 0o700
+    assert private_dir(leaf) == leaf  # idempotent
+
+
+def test_private_dir_tightens_existing_leaf_only(tmp_path: Path) -> None:
+    parent = tmp_path / "shared"
+    parent.mkdir(mode=0o755)
+    parent.chmod(0o755)
+    leaf = parent / "org"
+    leaf.mkdir()
+    leaf.chmod(0o755)
+    private_dir(leaf)
+    assert mode(leaf) == 0o700
+    assert mode(parent) == 0o755
+
+
+def test_private_dir_refuses_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        private_dir(f)
+
+
+@pytest.mark.parametrize(
+    ("name", "ignored"),
+    [
+        (".hidden", True),
+        (".vastaus.xml.part", True),
+        ("vastaus.xml.part", True),
+        ("vastaus.xml.filepart", True),
+        ("vastaus.xml.tmp", True),
+        ("VASTAUS.XML.TMP", True),
+        ("dir/.x", True),
+        ("vastaus.xml", False),
+        ("partial.xml", False),
+        ("report.parts", False),
+        ("tmp", False),
+    ],
+)
+def test_is_hidden_or_partial(name: str, ignored: bool) -> None:
+    assert is_hidden_or_partial(name) is ignored
