@@ -23,6 +23,8 @@ test: lint
 	$(BIN)/pytest -q -n 2 tests
 
 bench: $(STAMP)
+	@command -v xmllint >/dev/null || (apt-get update -qq && apt-get install -y -qq libxml2-utils)
+	@test -x /usr/sbin/sshd || (apt-get update -qq && apt-get install -y -qq openssh-server)
 	$(BIN)/python -m bench
 
 clean:

@@ -127,13 +127,18 @@ def safe_member_names(notification_id: str, document_names: Sequence[str]) -> li
     return out
 
 
+def helsinki_time(created: datetime) -> datetime:
+    """``created`` as Europe/Helsinki wall-clock time, whole seconds (names, XML, zip)."""
+    if created.tzinfo is None:
+        raise ValueError("created must be timezone-aware")
+    return created.astimezone(HELSINKI).replace(microsecond=0)
+
+
 def _zip_time(created: datetime | None) -> tuple[int, int, int, int, int, int]:
     # Zip stores wall-clock time without a zone: use Helsinki time, what the reader sees.
     if created is None:
         return _ZIP_EPOCH
-    if created.tzinfo is None:
-        raise ValueError("created must be timezone-aware")
-    t = created.astimezone(HELSINKI)
+    t = helsinki_time(created)
     return (t.year, t.month, t.day, t.hour, t.minute, t.second)
 
 

@@ -7,9 +7,10 @@ written for a file that was later rejected is only unused space (``gc`` clears i
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import BinaryIO
+
+from broker.fsutil import atomic_write, private_dir
 
 
 class BlobStore:
@@ -29,17 +30,8 @@ class BlobStore:
             return
         if hashlib.sha256(data).hexdigest() != sha256:
             raise ValueError("blob content does not match its sha256")
-        final.parent.mkdir(exist_ok=True, mode=0o700)
-        tmp = final.with_name(f".{sha256}.{os.getpid()}.part")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        private_dir(final.parent)
+        atomic_write(final, data)
 
     def open(self, sha256: str) -> BinaryIO:
         return self.path(sha256).open("rb")

@@ -26,6 +26,8 @@ from broker.config import Config, Organisation
 from broker.fsutil import atomic_writer, private_dir
 from broker.model import Notification, PersonList
 from broker.render import (
+    attachments_zip_name,
+    delivery_file_name,
     delivery_stem,
     list_file_name,
     render_notification_delivery,
@@ -138,7 +140,7 @@ class Releaser:
                 zip_name = None
             else:
                 delivery_id = delivery_stem(org.id, group.type, created, seq)
-                name = f"{delivery_id}.xml"
+                name = delivery_file_name(delivery_id)
                 zip_name = None
             c.execute(insert(deliveries).values(
                 id=delivery_id, organisation=org.id, type=group.type, kind=group.kind,
@@ -181,10 +183,10 @@ class Releaser:
                 notes = self._notifications(c, ids)
                 zip_name = None
                 if any(n.attachments for n in notes):
-                    zip_name = f"{d.id}.attachments.zip"
+                    zip_name = attachments_zip_name(d.id)
                     # The zip goes first: once the XML is visible, everything it names is there.
                     self._write(folder / zip_name, lambda f: write_attachments_zip(
-                        f, notes, self.blobs.open))
+                        f, notes, self.blobs.open, created=d.created_at))
                 digest, size = self._write(folder / d.file_name,
                                            lambda f: self._render_notes(f, d, org, notes))
                 result.notifications += len(notes)
@@ -207,7 +209,7 @@ class Releaser:
     def _write(path: Path, render: Callable[[IO[bytes]], object]) -> tuple[str, int]:
         """Write via temp + fsync + rename, unless a crash already put the file in place."""
         if not path.exists():
-            with atomic_writer(path) as f:
+            with atomic_writer(path, exclusive=True) as f:
                 render(f)
         h = hashlib.sha256()
         with path.open("rb") as f:

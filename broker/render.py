@@ -17,11 +17,10 @@ import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import IO, Literal
-from zoneinfo import ZoneInfo
 
 from lxml import etree
 
-from broker.attachments_zip import safe_member_names, write_attachments_zip
+from broker.attachments_zip import helsinki_time, safe_member_names, write_attachments_zip
 from broker.errors import DeliveryError
 from broker.model import ALL_TYPES, Notification, PersonList
 from broker.render_csv import CSV_HEADER, write_person_list_csv
@@ -48,19 +47,12 @@ NS_V1 = "urn:fi:kela:etotu:notification-delivery:1"
 NS_V2 = "urn:fi:kela:etotu:notification-delivery:2"
 NAMESPACES: dict[str, str] = {"xml-v2": NS_V2, "xml-v1": NS_V1, "csv": NS_V2}
 
-HELSINKI = ZoneInfo("Europe/Helsinki")
 _XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 _NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _INDENT = "  "
 
 
 # --- names -----------------------------------------------------------------------
-
-
-def _local(created: datetime) -> datetime:
-    if created.tzinfo is None:
-        raise ValueError("created must be timezone-aware")
-    return created.astimezone(HELSINKI).replace(microsecond=0)
 
 
 def _stem(prefix: str, org: str, type_: str, created: datetime, seq: int) -> str:
@@ -71,7 +63,7 @@ def _stem(prefix: str, org: str, type_: str, created: datetime, seq: int) -> str
         raise DeliveryError("unknown notification or list type", key=type_)
     if seq < 0:
         raise ValueError("seq must be >= 0")
-    return f"{prefix}-{org}-{type_}-{_local(created):%Y%m%dT%H%M%S}-{seq:06d}"
+    return f"{prefix}-{org}-{type_}-{helsinki_time(created):%Y%m%dT%H%M%S}-{seq:06d}"
 
 
 def delivery_stem(org: str, type_: str, created: datetime, seq: int) -> str:
@@ -239,7 +231,7 @@ def render_notification_delivery(
     attrib = {
         "deliveryId": delivery_id,
         "organisation": organisation,
-        "created": _local(created).isoformat(),
+        "created": helsinki_time(created).isoformat(),
         "count": str(len(notifications)),
     }
     seen: set[str] = set()
@@ -271,7 +263,7 @@ def render_person_list(
     attrib = {
         "deliveryId": delivery_id,
         "organisation": organisation,
-        "created": _local(created).isoformat(),
+        "created": helsinki_time(created).isoformat(),
     }
     list_attrib = {
         "id": plist.id,

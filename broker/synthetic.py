@@ -189,7 +189,7 @@ def write_batch(
 
 
 # Average bytes one notification takes without attachment (measured on seed 0).
-_BYTES_PER_NOTIFICATION = 520
+_BYTES_PER_NOTIFICATION = 410
 
 
 def write_batch_of_size(
@@ -201,12 +201,13 @@ def write_batch_of_size(
     batch_id: str,
     seed: int = 0,
     attachment_every: int = 20,
-    attachment_bytes: int = 48 * 1024,
+    attachment_bytes: int = 8 * 1024,
 ) -> int:
     """Write a batch of about ``megabytes`` MB (10**6 bytes); returns the notification count.
 
-    A realistic mix: most notifications are plain, every ``attachment_every``-th
-    batch segment carries an attachment of ``attachment_bytes``.
+    A realistic mix: most notifications are plain, one in ``attachment_every``
+    carries an attachment of ``attachment_bytes`` (by default about half the bytes
+    are attachments, half notification elements).
     """
     target = int(megabytes * 1_000_000)
     per_segment = (
@@ -215,9 +216,7 @@ def write_batch_of_size(
         + attachment_bytes * 4 // 3 // 76
     )
     segments = max(1, target // per_segment)
-    tmp_parts = []
-    # One notification per segment has the attachment; written as two write_batch calls
-    # per segment would repeat the root, so compose the body here instead.
+    tmp_parts: list[str] = []
     rng = random.Random(seed)
     note_types = [t.value for t in NotificationType]
     created = f"{decision_date.isoformat()}T14:05:00+02:00"

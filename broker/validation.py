@@ -207,11 +207,11 @@ class BatchReader:
                         break
                     if item is not None and not needs_precise:
                         yield item
-            except etree.XMLSyntaxError as exc:
-                if _is_schema_error(exc):
-                    needs_precise = True
-                else:
-                    problems.append(xmlsafe.syntax_problem(file, exc))
+            except etree.XMLSyntaxError:
+                # Schema errors arrive here without lines, and with the schema attached
+                # libxml2 words some syntax errors badly ("no element found", line 0):
+                # the precise pass, which parses without the schema, says it right.
+                needs_precise = True
             except xmlsafe.UnsafeXml as exc:
                 problems.append(exc.problem(file))
         if needs_precise:
@@ -219,10 +219,6 @@ class BatchReader:
         if problems:
             problems.sort(key=lambda p: p.line or 0)
             raise InvalidFile(file, problems[: self.ctx.max_problems])
-
-
-def _is_schema_error(exc: etree.XMLSyntaxError) -> bool:
-    return any(e.domain == etree.ErrorDomains.SCHEMASV for e in exc.error_log)
 
 
 def precise_problems(path: Path, ctx: BatchContext) -> list[Problem]:

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 def console() -> Console:
-    return Console(highlight=False)
+    # Piped output (scripts, tests) gets wide tables instead of 80-column wrapping.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -1,0 +1,89 @@
+"""`kela-broker validate` against `xmllint --stream --schema` on the same big batches.
+
+Both run as real subprocesses on the same file in the same run; time is wall clock,
+peak RSS is each child's ru_maxrss (wait4). Targets: within 3x of xmllint's time,
+and under 300 MB peak RSS at 1 GB.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from bench import Row
+from broker.synthetic import write_batch_of_size
+
+REPO = Path(__file__).resolve().parents[1]
+XSD = REPO / "schemas" / "decision-batch-2.xsd"
+SIZES_MB = (100, 1000)
+RSS_LIMIT_MB = 300
+MAX_RATIO = 3.0
+DECISION_DATE = date(2026, 11, 20)
+
+
+def _municipalities() -> list[str]:
+    with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as f:
+        return sorted(row["code"] for row in csv.DictReader(f))
+
+
+def _batch(workdir: Path, mb: int) -> Path:
+    path = workdir / f"batch-{mb}mb.xml"
+    if not path.exists():
+        tmp = path.with_suffix(".part")
+        write_batch_of_size(
+            tmp, mb, municipalities=_municipalities(), decision_date=DECISION_DATE,
+            batch_id=f"BENCH-{mb}MB",
+        )
+        tmp.rename(path)
+    return path
+
+
+def _timed(cmd: list[str]) -> tuple[float, float, int]:
+    """(seconds, peak RSS in MB, exit code) of one child process."""
+    start = time.perf_counter()
+    pid = os.spawnv(os.P_NOWAIT, cmd[0], cmd)
+    _, status, usage = os.wait4(pid, 0)
+    elapsed = time.perf_counter() - start
+    return elapsed, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+
+
+def _broker_exe() -> str:
+    exe = Path(sys.executable).parent / "kela-broker"
+    return str(exe if exe.exists() else REPO / ".venv" / "bin" / "kela-broker")
+
+
+def run(workdir: Path) -> list[Row]:
+    xmllint = shutil.which("xmllint")
+    rows: list[Row] = []
+    for mb in SIZES_MB:
+        path = _batch(workdir, mb)
+        size_mb = path.stat().st_size / 1e6
+        ours_s, ours_rss, ours_rc = _timed(
+            [_broker_exe(), "validate", str(path)]
+        )
+        name = f"validate {mb} MB batch"
+        ours = f"{ours_s:.1f} s, {size_mb / ours_s:.0f} MB/s, {ours_rss:.0f} MB RSS"
+        if ours_rc != 0:
+            rows.append(Row(name, f"exit {ours_rc} (file should be valid)", ok=False))
+            continue
+        if xmllint is None:
+            rows.append(Row(name, ours, "xmllint not installed", target=f"<= {MAX_RATIO}x"))
+        else:
+            base_s, base_rss, base_rc = _timed(
+                [xmllint, "--stream", "--noout", "--schema", str(XSD), str(path)]
+            )
+            base = f"{base_s:.1f} s, {size_mb / base_s:.0f} MB/s, {base_rss:.0f} MB RSS"
+            if base_rc != 0:
+                base += f" (exit {base_rc})"
+            ratio = ours_s / base_s
+            rows.append(Row(name, ours, base, ratio, f"<= {MAX_RATIO:.0f}x xmllint time",
+                            ratio <= MAX_RATIO))
+        if mb >= 1000:
+            rows.append(Row(f"peak RSS, {mb} MB batch", f"{ours_rss:.0f} MB", "", None,
+                            f"< {RSS_LIMIT_MB} MB", ours_rss < RSS_LIMIT_MB))
+    return rows

@@ -1,0 +1,114 @@
+"""Start the real daemon (``kela-broker run``) as a process, on free ports, and stop it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO.parent / "shared" / "contracts" / "examples"
+KELA_BROKER = str(Path(sys.executable).parent / "kela-broker")
+
+
+def make_home(root: Path) -> Path:
+    """A broker home with the repo's sample configuration and empty data folders."""
+    shutil.copytree(REPO / "config", root / "config", ignore=shutil.ignore_patterns("keys"))
+    for sub in ("config/keys", "inbox/kela", "outbox", "var"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> object:
+    """Poll until ``predicate`` is truthy; the deadline only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+@dataclass
+class DaemonProcess:
+    home: Path
+    proc: subprocess.Popen[bytes] | None = None
+    info: dict[str, object] = field(default_factory=dict)
+    log_path: Path | None = None
+
+    def start(self, wait: bool = True) -> DaemonProcess:
+        run_file = self.home / "var" / "run.json"
+        run_file.unlink(missing_ok=True)
+        self.log_path = self.home / "daemon.log"
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [KELA_BROKER, "--home", str(self.home), "run", "--sftp-listen", "127.0.0.1:0",
+             "--metrics-listen", "127.0.0.1:0"],
+            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+        if wait:
+            wait_for(lambda: run_file.exists() or self.proc.poll() is not None,  # type: ignore[union-attr]
+                     what="daemon start")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited at start:\n{self.log()}")
+            self.info = json.loads(run_file.read_text())
+        return self
+
+    @property
+    def sftp_port(self) -> int:
+        return int(self.info["sftp_port"])  # type: ignore[arg-type]
+
+    @property
+    def metrics_port(self) -> int:
+        return int(self.info["metrics_port"])  # type: ignore[arg-type]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([KELA_BROKER, "--home", str(home), *args], capture_output=True,
+                            text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"kela-broker {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def drop(home: Path, source: Path, name: str | None = None) -> Path:
+    """Drop a file into inbox/kela/ the way SPEC 1 says writers must: temp name, rename."""
+    name = name or source.name
+    inbox = home / "inbox" / "kela"
+    tmp = inbox / f".{name}.part"
+    shutil.copyfile(source, tmp)
+    final = inbox / name
+    tmp.rename(final)
+    return final

@@ -1,0 +1,137 @@
+"""The daemon end to end: a real process, real folders, real SQLite (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+import schemas
+from daemon_support import EXAMPLES, DaemonProcess, cli, drop, make_home, wait_for
+
+NS_V2 = "urn:fi:kela:etotu:notification-delivery:2"
+
+
+def delivered_files(home: Path) -> list[Path]:
+    return sorted(p for p in (home / "outbox").rglob("*")
+                  if p.is_file() and not p.name.startswith(".") and p.parent.name != "acks")
+
+
+def assert_valid_delivery(path: Path) -> etree._Element:
+    doc = etree.parse(str(path), etree.XMLParser(resolve_entities=False, no_network=True))
+    ns = etree.QName(doc.getroot()).namespace
+    schema = etree.XMLSchema(etree.parse(str(schemas.path(ns))))
+    assert schema.validate(doc), f"{path.name}: {schema.error_log}"
+    return doc.getroot()
+
+
+@pytest.fixture()
+def daemon(tmp_path: Path):  # type: ignore[no-untyped-def]
+    d = DaemonProcess(make_home(tmp_path / "home")).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def test_demo_batch_is_released_and_next_day_types_are_held(daemon: DaemonProcess) -> None:
+    home = daemon.home
+    cli(home, "demo", "--count", "60", "--lists", "2")
+    wait_for(lambda: not any((home / "inbox" / "kela").iterdir()), what="batch picked up")
+    wait_for(lambda: any(p.suffix == ".xml" for p in delivered_files(home)), what="deliveries")
+    status = json.loads(cli(home, "status", "--json").stdout)
+    held_types = {h["type"] for h in status["held"]}
+    assert held_types <= {"SUPPLEMENTARY_ASSISTANCE_NEED", "REDUCED_BASIC_AMOUNT"}
+    released = sum(a["count"] for a in status["assignments"] if a["state"] == "released")
+    held = sum(h["count"] for h in status["held"])
+    assert released + held == 62
+
+    def all_released_written() -> bool:
+        notes = sum(int(assert_valid_delivery(p).get("count", "1"))
+                    for p in delivered_files(home)
+                    if p.suffix == ".xml" and p.name.startswith("D-"))
+        return notes + 2 == released
+    wait_for(all_released_written, what="every released notification on disk")
+    for path in delivered_files(home):
+        if path.name.endswith(".attachments.zip"):
+            xml = path.with_name(path.name.replace(".attachments.zip", ".xml"))
+            root = assert_valid_delivery(xml)
+            names = {a.get("fileName") for a in root.iter(f"{{{NS_V2}}}Attachment")}
+            assert set(zipfile.ZipFile(path).namelist()) == names
+        if path.suffix == ".xml":
+            assert path.stat().st_mode & 0o077 == 0, "delivery readable by others"
+            for el in assert_valid_delivery(path).iter(f"{{{NS_V2}}}Notification"):
+                # next-day types go out on the decision day only when urgent (SPEC 2)
+                assert el.get("type") not in held_types or el.get("urgent") == "true"
+    table = cli(home, "status").stdout
+    assert "next release (Helsinki)" in table
+    tomorrow_0600 = [h["release_at"] for h in status["held"]]
+    assert all(t.endswith(("T03:00:00+00:00", "T04:00:00+00:00")) for t in tomorrow_0600)
+
+
+def test_bad_input_is_quarantined_with_a_report_and_the_daemon_stays_up(
+        daemon: DaemonProcess, tmp_path: Path) -> None:
+    home = daemon.home
+    bad = tmp_path / "bad.xml"
+    text = (EXAMPLES / "decision-batch.xml").read_text()
+    bad.write_text(text.replace("021054X912P", "021054X912A"))
+    drop(home, bad)
+    notxml = tmp_path / "garbage.xml"
+    notxml.write_bytes(b"\x00\x01 this is not xml")
+    drop(home, notxml)
+    quarantine = home / "var" / "quarantine"
+    reports = wait_for(lambda: len(list(quarantine.glob("*.report.txt"))) == 2 and
+                       list(quarantine.glob("*.report.txt")), what="two reports")
+    texts = "\n".join(p.read_text() for p in reports)  # type: ignore[union-attr]
+    assert "line 25: INVALID_VALUE" in texts and "check character" in texts
+    assert "021054X912A" not in texts, "a full identity code in a report"
+    assert "NOT_WELL_FORMED" in texts
+    assert daemon.alive()
+    drop(home, EXAMPLES / "decision-batch.xml")
+    wait_for(lambda: list((home / "outbox" / "helsinki").glob("D-*.xml")), what="good batch")
+    health = urllib.request.urlopen(f"http://127.0.0.1:{daemon.metrics_port}/healthz")
+    assert health.status == 200
+    metrics = urllib.request.urlopen(
+        f"http://127.0.0.1:{daemon.metrics_port}/metrics").read().decode()
+    assert 'kela_broker_input_files_total{source="kela",status="rejected"} 2.0' in metrics
+    assert 'kela_broker_input_files_total{source="kela",status="accepted"} 1.0' in metrics
+
+
+def test_resend_is_a_noop_and_changed_content_is_rejected(
+        daemon: DaemonProcess, tmp_path: Path) -> None:
+    home = daemon.home
+    drop(home, EXAMPLES / "decision-batch.xml")
+    wait_for(lambda: list((home / "outbox" / "helsinki").glob("D-*.xml")), what="delivery")
+    before = delivered_files(home)
+    drop(home, EXAMPLES / "decision-batch.xml", "again.xml")
+    wait_for(lambda: len(list((home / "var" / "archive").rglob("*.xml"))) == 2, what="archive")
+    changed = tmp_path / "changed.xml"
+    changed.write_text((EXAMPLES / "decision-batch.xml").read_text()
+                       .replace("Asiakas tarvitsee tulkin (arabia).", "Toinen teksti."))
+    drop(home, changed)
+    report = wait_for(lambda: list((home / "var" / "quarantine").glob("*.report.txt")),
+                      what="conflict report")
+    text = report[0].read_text()  # type: ignore[index]
+    assert "N-2026-000000001 was received before with different content" in text
+    assert delivered_files(home) == before
+
+
+def test_invalid_config_reload_keeps_the_running_config(daemon: DaemonProcess) -> None:
+    home = daemon.home
+    cfg = home / "config" / "broker.toml"
+    cfg.write_text(cfg.read_text().replace('IMMIGRANT = "immediate"', 'IMMIGRANT = "soon"'))
+    wait_for(lambda: "keeping the running configuration" in daemon.log(), what="reload log")
+    assert daemon.alive()
+    drop(home, EXAMPLES / "decision-batch.xml")
+    wait_for(lambda: list((home / "outbox" / "helsinki").glob("D-*IMMIGRANT*.xml")),
+             what="delivery under the old config")
+
+
+def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
+    d = DaemonProcess(make_home(tmp_path / "home")).start()
+    assert d.stop() == 0
+    assert not (d.home / "var" / "run.json").exists()
