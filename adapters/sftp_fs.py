@@ -423,7 +423,11 @@ class JailedSftp(asyncssh.SFTPServer):
             self._event(
                 "upload_rejected", handle.resolved.virtual, size, digest, "over the upload limit"
             )
-            return
+            # Tell clients that pipeline writes and only look at the close status.
+            raise asyncssh.SFTPFailure(
+                f"{handle.resolved.virtual}: file exceeds the upload limit of "
+                f"{self.ctx.max_upload_bytes} bytes; it was discarded"
+            )
         self._event("upload", handle.resolved.virtual, size, digest)
         self.ctx.upload_closed(self.ctx.org, local)
 

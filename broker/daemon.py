@@ -20,17 +20,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from adapters.sftp_server import SftpOptions, SftpService
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
+from adapters.sftp_push import SftpPusher
+from adapters.sftp_server import SftpOptions, SftpService
 from adapters.watcher import FolderWatcher
-from broker import logs
+from broker import logs, pushes
 from broker.audit import AuditEvent, AuditLog
 from broker.blobs import BlobStore
 from broker.config import Config, load_config
 from broker.db import make_engine
-from broker.errors import ConfigError
+from broker.errors import BrokerError, ConfigError
 from broker.fsutil import atomic_write, private_dir
 from broker.ingest import Outcome, ingest_batch, report_text
 from broker.metrics import Metrics, MetricsServer
@@ -64,6 +65,7 @@ class Daemon:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-worker")
         self._config_mtime = self.config.path.stat().st_mtime_ns
         self.ready = asyncio.Event()
+        self._ticks = 0
 
     # -- start -----------------------------------------------------------------
     async def start(self) -> None:
@@ -175,7 +177,27 @@ class Daemon:
                      notifications=result.notifications, lists=result.lists)
         for _org, _type, state, n in self._state_counts():
             self.metrics.items.labels(state=state).set(n)
+        self.push_pass()
         self.loop.call_soon_threadsafe(self._schedule_wake, self.store.next_release())
+
+    def push_pass(self) -> None:
+        """Copy released files to the organisations that want them pushed."""
+        for org in self.config.organisations:
+            if org.push is None:
+                continue
+            folder = self.config.outbox / org.id
+            todo = pushes.pending(self.store.engine, org.id, folder)
+            if not todo:
+                continue
+            def done(rel: str, size: int, remote: str, org_id: str = org.id) -> None:
+                pushes.record(self.store.engine, org_id, rel, size, remote, utcnow())
+                self._audit_event(AuditEvent(action="push", org=org_id, path=rel, size=size,
+                                             detail=remote))
+            try:
+                n = SftpPusher(org.push).push(folder, todo, done)
+                log.info("pushed", organisation=org.id, files=n)
+            except BrokerError as exc:  # the next pass retries what is missing
+                log.warning("push failed", organisation=org.id, error=str(exc))
 
     # -- shutdown ----------------------------------------------------------------
     def stop(self) -> None:
@@ -212,6 +234,9 @@ class Daemon:
 
     def _tick(self) -> None:
         """Safety net: a periodic wake, and the config file's change check."""
+        self._ticks += 1
+        if self._ticks % 30 == 0:  # a release (and push) pass even if no wake-up came
+            self.enqueue(WAKE)
         try:
             mtime = self.config.path.stat().st_mtime_ns
         except OSError:

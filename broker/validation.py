@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ class BatchContext:
         return self.max_attachment_bytes > _PLAIN_TEXT_LIMIT
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(namespace: str) -> etree.XMLSchema:
     """The compiled XSD of a contract namespace (cached: compiling costs milliseconds)."""
     xsd = schemas.path(namespace)
@@ -77,9 +77,11 @@ _XS_TYPES = {
 }
 _REWRITES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^Element '([^']+)'(?:, attribute '([^']+)')?: "), r"\1 \2: "),
-    (re.compile(r"\[facet 'pattern'\] The value '([^']*)' is not accepted by the pattern '([^']*)'"),
+    (re.compile(r"\[facet 'pattern'\] The value '([^']*)' is not accepted by the pattern "
+                r"'([^']*)'"),
      r"the value '\1' does not match the pattern \2"),
-    (re.compile(r"\[facet 'enumeration'\] The value '([^']*)' is not an element of the set \{(.*)\}"),
+    (re.compile(r"\[facet 'enumeration'\] The value '([^']*)' is not an element of the set "
+                r"\{(.*)\}"),
      r"the value '\1' is not one of \2"),
     (re.compile(r"\[facet '(\w+)'\] "), r"(\1) "),
     (re.compile(r"This element is not expected\. Expected is (?:one of )?\( ?(.*?) ?\)"),
@@ -176,7 +178,7 @@ class BatchReader:
                 schema=load_schema(NS),
                 huge_text=self.ctx.huge_text,
             )
-            root = None
+            root: Any = None
             try:
                 for event, el in it:
                     if event == "start":

@@ -11,6 +11,7 @@ NAMESPACES: dict[str, str] = {
     "urn:fi:kela:etotu:notification-delivery:2": "notification-delivery-2.xsd",
     "urn:fi:kela:etotu:municipality-response:1": "municipality-response-1.xsd",
     "urn:fi:kela:etotu:acknowledgement:1": "acknowledgement-1.xsd",
+    "urn:fi:kela:etotu:forwarded-response:1": "forwarded-response-1.xsd",
 }
 
 

@@ -93,10 +93,13 @@ class Running:
         )
 
     def transport(self, org: str, key: Path | None = None) -> paramiko.Transport:
+        pkey = paramiko.Ed25519Key.from_private_key_file(str(key or self.keys[org]))
         t = paramiko.Transport(("127.0.0.1", self.port))
-        t.connect(username=org, pkey=paramiko.Ed25519Key.from_private_key_file(
-            str(key or self.keys[org])
-        ))
+        try:
+            t.connect(username=org, pkey=pkey)
+        except BaseException:
+            t.close()
+            raise
         return t
 
     def paramiko_sftp(self, org: str) -> tuple[paramiko.Transport, paramiko.SFTPClient]:

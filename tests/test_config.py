@@ -87,7 +87,8 @@ def test_two_routes_reported_with_line_and_key(home: Path) -> None:
     with pytest.raises(ConfigErrors) as exc:
         load_config(home)
     messages = [str(e) for e in exc.value.errors]
-    hit = [m for m in messages if "IMMIGRANT for 837 Tampere has two routes: pirha and tampere" in m]
+    expected = "IMMIGRANT for 837 Tampere has two routes: pirha and tampere"
+    hit = [m for m in messages if expected in m]
     assert hit, messages
     text = (home / "config" / "broker.toml").read_text().splitlines()
     line = next(i + 1 for i, ln in enumerate(text) if ln == 'id = "tampere"') - 1

@@ -9,12 +9,12 @@ from collections import Counter
 from datetime import date
 from pathlib import Path
 
+from daemon_support import DaemonProcess, make_home, wait_for
 from lxml import etree
 
 from broker.config import load_config
 from broker.model import NotificationType
 from broker.synthetic import write_batch
-from daemon_support import DaemonProcess, make_home, wait_for
 
 IMMEDIATE = [NotificationType.IMMIGRANT.value, NotificationType.SOCIAL_WORK_NEED.value,
              NotificationType.UNEMPLOYED_UNDER_25.value]
@@ -42,26 +42,38 @@ def test_kill_minus_nine_during_a_large_release(tmp_path: Path) -> None:
     d = DaemonProcess(home).start()
     (home / "inbox" / "kela" / ".big.xml.part").write_bytes(batch.read_bytes())
     (home / "inbox" / "kela" / ".big.xml.part").rename(home / "inbox" / "kela" / "big.xml")
-    kills = 0
     db = home / "var" / "state.db"
-    for _ in range(6):
-        time.sleep(rng.uniform(0.2, 1.5))
-        d.kill9()
-        kills += 1
-        d = DaemonProcess(home).start()
-    def done() -> bool:
+
+    def released() -> tuple[int, int]:
         if not db.exists():
-            return False
+            return 0, 0
         with sqlite3.connect(db) as c:
             (n,) = c.execute("select count(*) from assignments where state='released'").fetchone()
             (p,) = c.execute("select count(*) from deliveries where state='pending'").fetchone()
+        return n, p
+
+    mid_release = 0
+    for _ in range(8):
+        # Kill once the release has started, at a random moment inside it.
+        wait_for(lambda: released()[0] > 0 or released()[1] > 0, timeout=120,
+                 what="release under way")
+        time.sleep(rng.uniform(0.0, 0.3))
+        d.kill9()
+        n, _pending = released()
+        if n == count:
+            break
+        mid_release += 1
+        d = DaemonProcess(home).start()
+
+    def done() -> bool:
+        n, p = released()
         return n == count and p == 0
     try:
         wait_for(done, timeout=240, what="all notifications released")
     finally:
         d.stop()
     seen = ids_in_outbox(home)
-    assert kills == 6
+    assert mid_release >= 3, "the kills did not land inside the release"
     assert len(seen) == count, f"lost {count - len(seen)} notifications"
     dupes = [i for i, n in seen.items() if n > 1]
     assert not dupes, f"{len(dupes)} notifications in more than one file, e.g. {dupes[:3]}"

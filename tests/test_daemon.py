@@ -8,10 +8,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from daemon_support import EXAMPLES, DaemonProcess, cli, drop, make_home, wait_for
 from lxml import etree
 
 import schemas
-from daemon_support import EXAMPLES, DaemonProcess, cli, drop, make_home, wait_for
 
 NS_V2 = "urn:fi:kela:etotu:notification-delivery:2"
 

@@ -69,7 +69,9 @@ BATCH_BREAKAGES = {
     "urgent not boolean": ('urgent="true"', 'urgent="yes"'),
     "batchId with space": ('batchId="KELA-20261120-0001"', 'batchId="KELA 0001"'),
     "id too long": ('id="N-2026-000000001"', 'id="' + "N" * 41 + '"'),
-    "created without offset": ('created="2026-11-20T14:05:00+02:00"', 'created="2026-11-20T14:05:00"'),
+    "created without offset": (
+        'created="2026-11-20T14:05:00+02:00"', 'created="2026-11-20T14:05:00"'
+    ),
     "additional info too long": ("Asiakas tarvitsee tulkin (arabia).", "x" * 4001),
     "empty document name": ('documentName="Päätös perustoimeentulotuesta.pdf"', 'documentName=""'),
     "children out of order": (
@@ -97,7 +99,8 @@ LIST_BREAKAGES = {
     "list without entries": (
         '<PersonList id="L-2026-10-837-TMTSHARE"',
         '<PersonList id="L-EMPTY" type="CHILDCARE_SUPPORT_RECIPIENTS" municipality="837"'
-        ' periodStart="2026-10-01" periodEnd="2026-10-31"/>\n  <PersonList id="L-2026-10-837-TMTSHARE"',
+        ' periodStart="2026-10-01" periodEnd="2026-10-31"/>\n'
+        '  <PersonList id="L-2026-10-837-TMTSHARE"',
     ),
 }
 

@@ -23,7 +23,8 @@ BILLION_LAUGHS = """<?xml version="1.0"?>
  <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
  <!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
 ]>
-<DecisionBatch xmlns="urn:fi:kela:etotu:decision-batch:2" batchId="B" created="2026-11-20T10:00:00Z">&lol5;</DecisionBatch>
+<DecisionBatch xmlns="urn:fi:kela:etotu:decision-batch:2" batchId="B"
+ created="2026-11-20T10:00:00Z">&lol5;</DecisionBatch>
 """
 
 

@@ -1,0 +1,103 @@
+"""The files a response produces: the acknowledgement (SPEC 7) and the forward to Kela.
+
+Acknowledgement: ``outbox/<org>/acks/<uploaded name>.ack.xml``. An ack is never
+overwritten: when that name is taken (the organisation reused an upload name, with
+the same or other bytes, after the first upload left the inbox) the next free of
+``<name>.2.ack.xml``, ``<name>.3.ack.xml`` ... is used, and each ack names the
+sha256 of the bytes it is about. Integrators who use unique upload names (the
+usual practice) only ever see ``<name>.ack.xml``.
+
+Forward: ``outbox/kela/response-<org>-<local time>-<sha256 prefix>.xml``, an envelope
+``ForwardedResponse`` (namespace urn:fi:kela:etotu:forwarded-response:1, XSD
+schemas/forwarded-response-1.xsd) stamped with the organisation, the sha256 of the
+original upload, when it was received and its name, holding the organisation's
+``MunicipalityResponse`` element unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from lxml import etree
+
+from broker.errors import Problem
+
+ACK_NS = "urn:fi:kela:etotu:acknowledgement:1"
+FWD_NS = "urn:fi:kela:etotu:forwarded-response:1"
+ACK_SUFFIX = ".ack.xml"
+NAME_MAX = 255  # bytes in one file name on every filesystem we run on
+_XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text: str, limit: int | None = None) -> str:
+    """Text safe for an XML attribute or element: characters XML 1.0 forbids become U+FFFD."""
+    clean = _XML_ILLEGAL.sub("\ufffd", text)
+    return clean[:limit] if limit is not None else clean
+
+
+def local_time(now: datetime, tz: str) -> str:
+    """xs:dateTime with the offset of ``tz`` (Europe/Helsinki), whole seconds."""
+    return now.astimezone(ZoneInfo(tz)).isoformat(timespec="seconds")
+
+
+def render_ack(*, file: str, sha256: str, received: datetime, tz: str, status: str,
+               problems: Sequence[Problem] = ()) -> bytes:
+    root = etree.Element(f"{{{ACK_NS}}}Acknowledgement", nsmap={None: ACK_NS})
+    root.set("file", xml_text(file, 255) or "?")
+    root.set("sha256", sha256)
+    root.set("received", local_time(received, tz))
+    root.set("status", status)
+    for p in problems:
+        err = etree.SubElement(root, f"{{{ACK_NS}}}Error")
+        if p.line is not None and p.line > 0:
+            err.set("line", str(p.line))
+        err.set("code", p.code)
+        err.text = xml_text(p.message)
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
+
+
+def _fit(name: str, tail: str) -> str:
+    """``name + tail`` cut, if needed, so it stays within NAME_MAX bytes."""
+    room = NAME_MAX - len(tail.encode())
+    raw = name.encode()
+    if len(raw) <= room:
+        return name + tail
+    return raw[:room].decode("utf-8", "ignore") + tail
+
+
+def ack_name(upload_name: str, taken: Collection[str], acks_dir: Path) -> str:
+    """The first free ack name for ``upload_name`` (see module doc)."""
+    n = 1
+    while True:
+        name = _fit(upload_name, ACK_SUFFIX if n == 1 else f".{n}{ACK_SUFFIX}")
+        if name not in taken and not (acks_dir / name).exists() \
+                and not (acks_dir / f".{name}.part").exists():
+            return name
+        n += 1
+
+
+def forward_name(org: str, received: datetime, sha256: str, tz: str) -> str:
+    stamp = received.astimezone(ZoneInfo(tz)).strftime("%Y%m%dT%H%M%S")
+    return f"response-{org}-{stamp}-{sha256[:16]}.xml"
+
+
+def render_forward(root: Any, *, organisation: str, sha256: str, received: datetime, tz: str,
+                   file: str) -> bytes:
+    """The envelope for Kela around the organisation's MunicipalityResponse element."""
+    env = etree.Element(f"{{{FWD_NS}}}ForwardedResponse", nsmap={None: FWD_NS})
+    env.set("organisation", organisation)
+    env.set("sha256", sha256)
+    env.set("received", local_time(received, tz))
+    env.set("file", xml_text(file, 255) or "?")
+    inner = copy.deepcopy(root)
+    inner.tail = None
+    env.text = "\n"
+    env.append(inner)
+    inner.tail = "\n"
+    return bytes(etree.tostring(env, xml_declaration=True, encoding="UTF-8"))

@@ -1,0 +1,195 @@
+"""Tables and queries for responses from organisations (SPEC 6 and 7).
+
+- ``response_files``: one row per accepted upload, beside its ``input_files`` row. It
+  keeps the rendered acknowledgement and the forward to Kela, so the files can be
+  (re)written from the database after a crash between the commit and the writes;
+  ``state`` is pending until both are on disk, ``settled_at`` set when the upload
+  left the inbox (an unsettled accepted upload seen again is a crash leftover, not
+  a DUPLICATE).
+- ``response_events``: every receipt and transfer, the history ``notification show``
+  tells; the hops themselves are also in ``assignments.transferred_from``.
+- ``payment_demands``: accepted payment demands, unique per (organisation, id).
+
+Rejected uploads write nothing here: a rejected file changes nothing in the store.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Date,
+    Engine,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    select,
+)
+from sqlalchemy.engine import Connection
+
+from broker.db import metadata
+from broker.store import UTCDateTime, assignments, items
+
+response_files = Table(
+    "response_files", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("input_file_id", Integer, ForeignKey("input_files.id"), nullable=False, unique=True),
+    Column("organisation", String(64), nullable=False),
+    Column("name", Text, nullable=False),  # the upload's name
+    Column("sha256", String(64), nullable=False),
+    Column("response_id", String(64), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("ack_name", Text, nullable=False),
+    Column("ack_xml", LargeBinary, nullable=False),
+    Column("forward_name", Text, nullable=False),
+    Column("forward_xml", LargeBinary, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | written
+    Column("settled_at", UTCDateTime),
+    UniqueConstraint("organisation", "ack_name", name="uq_response_ack_name"),
+)  # fmt: skip
+
+response_events = Table(
+    "response_events", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("response_file_id", Integer, ForeignKey("response_files.id"), nullable=False),
+    Column("assignment_id", Integer, ForeignKey("assignments.id"), nullable=False),
+    Column("notification_id", String(64), nullable=False),
+    Column("organisation", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # receipt | transfer
+    Column("line", Integer),
+    Column("handled_on", Date),
+    Column("to_municipality", String(3)),
+    Column("to_organisation", String(64)),
+    Column("new_assignment_id", Integer, ForeignKey("assignments.id")),
+    Column("reason", Text),
+    Column("at", UTCDateTime, nullable=False),
+)  # fmt: skip
+
+payment_demands = Table(
+    "payment_demands", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("organisation", String(64), nullable=False),
+    Column("demand_id", String(64), nullable=False),
+    Column("response_file_id", Integer, ForeignKey("response_files.id"), nullable=False),
+    Column("pic", String(11), nullable=False),
+    Column("municipality", String(3), nullable=False),
+    Column("benefit", String(32), nullable=False),
+    Column("period_start", Date, nullable=False),
+    Column("period_end", Date, nullable=False),
+    Column("amount", String(24), nullable=False),  # the decimal text as it arrived
+    Column("payee_iban", String(34), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    UniqueConstraint("organisation", "demand_id", name="uq_payment_demand"),
+)  # fmt: skip
+
+TABLES = (response_files, response_events, payment_demands)
+_ready: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def ensure_tables(engine: Engine) -> None:
+    """Create this module's tables if ``make_engine`` ran before this module was imported."""
+    if engine not in _ready:
+        metadata.create_all(engine, tables=list(TABLES), checkfirst=True)
+        _ready.add(engine)
+
+
+@dataclass(frozen=True)
+class NoteState:
+    """Where a notification stands now, as far as a response needs to know."""
+
+    id: str
+    item_seq: int
+    kind: str  # notification | list
+    type: str
+    current_id: int  # the latest assignment: the one a response acts on
+    current_org: str
+    current_state: str
+    handled_on: date | None
+    transferred_by: frozenset[str]  # organisations that transferred it onward
+
+
+def note_states(c: Connection, ids: Iterable[str]) -> dict[str, NoteState]:
+    wanted = sorted(set(ids))
+    out: dict[str, NoteState] = {}
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i:i + 500]
+        rows = c.execute(
+            select(items.c.id, items.c.seq, items.c.kind, items.c.type, assignments.c.id.label(
+                "aid"), assignments.c.organisation, assignments.c.state, assignments.c.handled_on)
+            .join(assignments, assignments.c.item_seq == items.c.seq)
+            .where(items.c.id.in_(chunk))
+            .order_by(items.c.seq, assignments.c.id)).all()
+        by_id: dict[str, list[Any]] = {}
+        for r in rows:
+            by_id.setdefault(r.id, []).append(r)
+        for nid, hops in by_id.items():
+            last = hops[-1]
+            out[nid] = NoteState(
+                id=nid, item_seq=last.seq, kind=last.kind, type=last.type,
+                current_id=last.aid, current_org=last.organisation,
+                current_state=last.state, handled_on=last.handled_on,
+                transferred_by=frozenset(h.organisation for h in hops
+                                         if h.state == "transferred"))
+    return out
+
+
+def demand_hashes(c: Connection, organisation: str, ids: Iterable[str]) -> dict[str, str]:
+    wanted = sorted(set(ids))
+    out: dict[str, str] = {}
+    for i in range(0, len(wanted), 500):
+        for r in c.execute(select(payment_demands.c.demand_id, payment_demands.c.content_hash)
+                           .where(payment_demands.c.organisation == organisation,
+                                  payment_demands.c.demand_id.in_(wanted[i:i + 500]))):
+            out[r.demand_id] = r.content_hash
+    return out
+
+
+def accepted_response(c: Connection, organisation: str, sha256: str) -> Any | None:
+    """The response_files row of an accepted upload with these bytes, if any."""
+    return c.execute(select(response_files).where(
+        response_files.c.organisation == organisation,
+        response_files.c.sha256 == sha256)).first()
+
+
+def reserved_ack_names(c: Connection, organisation: str, prefix: str) -> set[str]:
+    return {r.ack_name for r in c.execute(
+        select(response_files.c.ack_name).where(
+            response_files.c.organisation == organisation,
+            response_files.c.ack_name.startswith(prefix, autoescape=True)))}
+
+
+@dataclass(frozen=True)
+class Unreceipted:
+    """Notifications delivered to an organisation and not yet receipted (nor transferred)."""
+
+    organisation: str
+    count: int
+    oldest_released_at: datetime
+    oldest_age: timedelta
+
+
+def unreceipted(engine: Engine, now: datetime) -> list[Unreceipted]:
+    ensure_tables(engine)
+    a = assignments
+    q = (select(a.c.organisation, func.count().label("n"), func.min(a.c.released_at).label("o"))
+         .join(items, items.c.seq == a.c.item_seq)
+         .where(a.c.state == "released", items.c.kind == "notification")
+         .group_by(a.c.organisation).order_by(a.c.organisation))
+    out = []
+    with engine.connect() as c:
+        for r in c.execute(q):
+            oldest = r.o if isinstance(r.o, datetime) else datetime.fromisoformat(str(r.o))
+            oldest = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest
+            out.append(Unreceipted(r.organisation, int(r.n), oldest, now - oldest))
+    return out

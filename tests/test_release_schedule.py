@@ -1,0 +1,106 @@
+"""Staggered first delivery end to end through the CLI (issue 5)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from daemon_support import cli, make_home
+from lxml import etree
+
+from broker.synthetic import write_batch
+
+HKI = ZoneInfo("Europe/Helsinki")
+
+
+def delivered_ids(folder: Path) -> list[str]:
+    ids: list[str] = []
+    for path in sorted(folder.glob("D-*.xml")):
+        for _, el in etree.iterparse(str(path), tag="{*}Notification"):
+            ids.append(el.get("id"))
+    return ids
+
+
+def next_monday_0600(today: date) -> datetime:
+    days = (7 - today.weekday()) % 7 or 7  # a later date, never today
+    return datetime.combine(today + timedelta(days=days), datetime.min.time(),
+                            tzinfo=HKI).replace(hour=6)
+
+
+def test_thousand_for_a_new_organisation_go_out_300_a_week(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    today = datetime.now(UTC).astimezone(HKI).date()
+    batch = tmp_path / "backlog.xml"
+    write_batch(batch, count=1000, municipalities=["837"], types=["IMMIGRANT"],
+                decision_date=today, batch_id="BACKLOG-1", seed=3)
+    out = cli(home, "ingest", str(batch)).stdout
+    assert "1000 new" in out
+    pirha = home / "outbox" / "pirha"
+    first = delivered_ids(pirha)
+    assert len(first) == 300
+
+    plan = json.loads(cli(home, "schedule", "--org", "pirha", "--json").stdout)
+    assert [(p["portion"], p["count"]) for p in plan] == [(1, 300), (2, 300), (3, 100)]
+    monday = next_monday_0600(today)
+    assert datetime.fromisoformat(plan[0]["release_at"]) == monday
+    assert datetime.fromisoformat(plan[1]["release_at"]) == monday + timedelta(days=7)
+
+    just_before = (monday - timedelta(seconds=1)).isoformat()
+    cli(home, "release-due", "--now", just_before)
+    assert len(delivered_ids(pirha)) == 300
+
+    cli(home, "release-due", "--now", monday.isoformat())
+    second = delivered_ids(pirha)
+    assert len(second) == 600 and len(set(second)) == 600
+    files = sorted(pirha.glob("D-*.xml"))
+    again = cli(home, "release-due", "--now", monday.isoformat()).stdout
+    assert "released 0 file(s)" in again
+    assert sorted(pirha.glob("D-*.xml")) == files
+    # Oldest first: the synthetic ids count up in arrival order.
+    assert second == sorted(second, key=lambda i: int(i.rsplit("-", 1)[-1]))
+
+    # Two missed Mondays later: the last portion once, nothing twice.
+    cli(home, "release-due", "--now", (monday + timedelta(days=14, hours=3)).isoformat())
+    final = delivered_ids(pirha)
+    assert len(final) == 1000 and len(set(final)) == 1000
+    assert len(list(pirha.glob("D-*.xml"))) == 4
+
+
+def test_operator_releases_the_next_portion_early_with_a_reason(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    today = datetime.now(UTC).astimezone(HKI).date()
+    batch = tmp_path / "backlog.xml"
+    write_batch(batch, count=700, municipalities=["837"], types=["IMMIGRANT"],
+                decision_date=today, batch_id="BACKLOG-2", seed=5)
+    cli(home, "ingest", str(batch))
+    pirha = home / "outbox" / "pirha"
+    assert len(delivered_ids(pirha)) == 300
+    out = cli(home, "release", "--org", "pirha", "--type", "IMMIGRANT",
+              "--reason", "county asked for the rest of the backlog now").stdout
+    assert "300 held item(s)" in out
+    assert len(delivered_ids(pirha)) == 600
+    cli(home, "release", "--org", "pirha", "--all", "--reason", "go-live weekend")
+    assert len(set(delivered_ids(pirha))) == 700
+    audit = cli(home, "audit", "show", "--org", "pirha").stdout
+    assert "county asked for the rest of the backlog now" in audit
+    unknown = cli(home, "release", "--org", "nobody", "--reason", "x", check=False)
+    assert unknown.returncode == 2 and "unknown organisation" in unknown.stderr
+
+
+def test_next_day_type_waits_for_0600_after_the_decision(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    today = datetime.now(UTC).astimezone(HKI).date()
+    batch = tmp_path / "nextday.xml"
+    write_batch(batch, count=5, municipalities=["837"], types=["REDUCED_BASIC_AMOUNT"],
+                decision_date=today, batch_id="ND-1", seed=11)
+    cli(home, "ingest", str(batch))
+    pirha = home / "outbox" / "pirha"
+    urgent = len(delivered_ids(pirha))  # the generator marks a few urgent
+    at_six = datetime.combine(today + timedelta(days=1), datetime.min.time(),
+                              tzinfo=HKI).replace(hour=6)
+    cli(home, "release-due", "--now", (at_six - timedelta(minutes=1)).isoformat())
+    assert len(delivered_ids(pirha)) == urgent
+    cli(home, "release-due", "--now", at_six.isoformat())
+    assert len(delivered_ids(pirha)) == 5
