@@ -21,6 +21,7 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -457,7 +458,13 @@ class JailedSftp(asyncssh.SFTPServer):
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if target.exists():
             target = target.with_name(f"{target.name}.{time.time_ns()}")
-        os.rename(res.local, target)
+        try:
+            os.rename(res.local, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # Retain folder on another filesystem: copy then unlink, off the loop.
+            await asyncio.to_thread(shutil.move, res.local, target)
         size, digest = await asyncio.to_thread(self._size_and_hash, target)
         self._event("delete", res.virtual, size, digest, "moved to retain")
 

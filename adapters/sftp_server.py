@@ -251,6 +251,7 @@ class SftpService:
             host_based_auth=False,
             gss_host=None,
             login_timeout=self.options.login_grace,
+            backlog=512,  # many organisations connect at the same scheduled minute
         )
         port: int = self._acceptor.get_port()
         log.info("sftp: listening on %s:%d", self.options.host, port)

@@ -14,6 +14,18 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+try:  # Linux: watchdog's inotify backend
+    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+    # watchdog holds every IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO, and
+    # in practice that delays the rename a writer uses to publish a file (SPEC 1) by
+    # half a second. The kernel queues both halves of a same-folder rename together,
+    # so a short pairing window loses nothing; a rename it does not pair still arrives
+    # as a move event, and the periodic rescan is there in any case.
+    InotifyMoveEventGrouper.delay = 0.02
+except ImportError:  # pragma: no cover - other platforms use other backends
+    pass
+
 from broker.fsutil import is_hidden_or_partial
 
 

@@ -1,6 +1,8 @@
 """Run every benchmark module and print one table.
 
 Each module in BENCHMARKS exposes ``run(workdir: Path) -> list[Row]``; append yours.
+Name modules on the command line to run only those. A module that raises shows
+as a FAIL row; the others still report.
 Generated inputs go under bench/out/ (git-ignored) and are reused between runs.
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 from pathlib import Path
 
 from rich.console import Console
@@ -17,6 +20,8 @@ from bench import Row
 
 BENCHMARKS: list[str] = [
     "bench.validate_bench",
+    "bench.daemon_bench",
+    "bench.sftp_bench",
 ]
 
 
@@ -24,9 +29,16 @@ def main() -> int:
     workdir = Path(__file__).resolve().parent / "out"
     workdir.mkdir(exist_ok=True)
     rows: list[Row] = []
+    only = set(sys.argv[1:])  # `python -m bench bench.validate_bench` runs just that one
     for name in BENCHMARKS:
-        module = importlib.import_module(name)
-        rows.extend(module.run(workdir))
+        if only and name not in only:
+            continue
+        try:
+            module = importlib.import_module(name)
+            rows.extend(module.run(workdir))
+        except Exception as exc:  # one broken benchmark must not hide the others' numbers
+            traceback.print_exc()
+            rows.append(Row(name, f"error: {type(exc).__name__}: {exc}", ok=False))
     table = Table(title="kela-file-broker benchmarks")
     for column in ("benchmark", "ours", "baseline", "ratio", "target", "verdict"):
         table.add_column(column, justify="right" if column == "ratio" else "left")

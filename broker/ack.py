@@ -31,7 +31,9 @@ from broker.errors import Problem
 ACK_NS = "urn:fi:kela:etotu:acknowledgement:1"
 FWD_NS = "urn:fi:kela:etotu:forwarded-response:1"
 ACK_SUFFIX = ".ack.xml"
-NAME_MAX = 255  # bytes in one file name on every filesystem we run on
+# Bytes in one file name (255 on every filesystem we run on), less the ".<name>.part"
+# that fsutil.atomic_writer writes first.
+NAME_MAX = 255 - len(".") - len(".part")
 _XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
@@ -59,7 +61,7 @@ def render_ack(*, file: str, sha256: str, received: datetime, tz: str, status: s
             err.set("line", str(p.line))
         err.set("code", p.code)
         err.text = xml_text(p.message)
-    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
+    return _document(root, pretty=True)
 
 
 def _fit(name: str, tail: str) -> str:
@@ -100,4 +102,9 @@ def render_forward(root: Any, *, organisation: str, sha256: str, received: datet
     env.text = "\n"
     env.append(inner)
     inner.tail = "\n"
-    return bytes(etree.tostring(env, xml_declaration=True, encoding="UTF-8"))
+    return _document(env, pretty=False)  # pretty printing would re-indent the content
+
+
+def _document(root: Any, *, pretty: bool) -> bytes:
+    body = etree.tostring(root, xml_declaration=False, encoding="UTF-8", pretty_print=pretty)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + bytes(body).rstrip(b"\n") + b"\n"

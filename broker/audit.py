@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from broker.db import metadata
 
@@ -188,6 +189,11 @@ class AuditLog:
                 except IntegrityError:
                     # Another process appended to the same head first; chain onto it.
                     continue
+                except OperationalError as exc:
+                    # SQLite refuses the second of two racing writers outright.
+                    if "locked" not in str(exc):
+                        raise
+                    time.sleep(0.01)
         raise RuntimeError("audit log: could not append after repeated write conflicts")
 
     def verify(self) -> list[str]:

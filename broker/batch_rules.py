@@ -12,9 +12,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from itertools import pairwise
 from typing import Any
 
 from broker import pic
@@ -25,9 +28,6 @@ NS = "urn:fi:kela:etotu:decision-batch:2"
 ROOT = f"{{{NS}}}DecisionBatch"
 NOTIFICATION = f"{{{NS}}}Notification"
 PERSON_LIST = f"{{{NS}}}PersonList"
-_MUNICIPALITY = f"{{{NS}}}Municipality"
-_PERSON = f"{{{NS}}}Person"
-_ADDITIONAL_INFO = f"{{{NS}}}AdditionalInfo"
 _ENTRY_FIELDS = {f"{{{NS}}}{name}": name for name in ("Days", "Reason", "Amount")}
 
 # Which Entry Reason values belong to which list type (the XSD only knows the union).
@@ -36,6 +36,23 @@ _REASONS: dict[str, frozenset[str]] = {
     "CHILDCARE_SUPPORT_RECIPIENTS": frozenset({"HOME_CARE", "PRIVATE_CARE", "FLEXIBLE_CARE"}),
     "CHILDCARE_SUPPORT_PAYMENTS": frozenset({"HOME_CARE", "PRIVATE_CARE", "FLEXIBLE_CARE"}),
 }
+
+_BIRTH = re.compile(r"([0-3]\d)([01]\d)(\d\d)([-+A-FU-Y])\Z")
+_MEMO_LIMIT = 100_000  # distinct DDMMYYC heads remembered; bounded against odd input
+
+
+def _birth_ok(head: str) -> bool:
+    """Is ``head`` (DDMMYYC) a well-formed real date of birth?"""
+    m = _BIRTH.match(head)
+    if m is None:
+        return False
+    dd, mm, yy, sign = m.groups()
+    try:
+        date(pic.CENTURY_SIGNS[sign] + int(yy), int(mm), int(dd))
+    except ValueError:
+        return False
+    return True
+
 
 # An element proxy from lxml; typed loosely because lxml's stubs are not installed.
 Element = Any
@@ -54,30 +71,76 @@ class RuleContext:
 
 
 class Rules:
-    """Stateful across one file: remembers ids to find duplicates."""
+    """Stateful across one file: remembers ids to find duplicates.
+
+    ``exact_ids=False`` (the fast pass) keeps only a 64-bit hash per id in an array,
+    8 bytes each, so a batch of millions of notifications stays small; call
+    ``maybe_duplicates`` at the end, and if it says yes, run an exact pass
+    (``exact_ids=True``: id -> line) to name the duplicates.
+    """
 
     def __init__(
-        self, ctx: RuleContext, on_attachment: Callable[[str, bytes], None] | None = None
+        self,
+        ctx: RuleContext,
+        on_attachment: Callable[[str, bytes], None] | None = None,
+        *,
+        exact_ids: bool = True,
+        build: bool = True,
     ) -> None:
         self.ctx = ctx
         self.on_attachment = on_attachment
-        # Only ids, not their lines: a batch of millions of notifications must stay small.
-        self.seen_ids: set[str] = set()
+        self.exact_ids = exact_ids
+        self.build = build
+        self._today_iso = ctx.today.isoformat()
+        self._births: dict[str, bool] = {}
+        self.id_hashes = array("q")
+        self.id_lines: dict[str, int | None] = {}
 
     def _problem(self, out: list[Problem], line: int | None, message: str, code: str) -> None:
         out.append(Problem(self.ctx.file, line, code, message))
 
-    def _check_id(self, out: list[Problem], kind: str, item_id: str, line: int | None) -> None:
-        if item_id in self.seen_ids:
+    def _check_id(self, out: list[Problem], kind: str, item_id: str, el: Element) -> None:
+        if not self.exact_ids:
+            self.id_hashes.append(hash(item_id))
+            return
+        line = el.sourceline
+        if item_id in self.id_lines:
+            first = self.id_lines[item_id]
             self._problem(
-                out, line, f"{kind} {item_id}: id appears more than once in this file",
+                out, line,
+                f"{kind} {item_id}: id appears more than once in this file (first at line {first})",
                 "INVALID_VALUE",
             )
         else:
-            self.seen_ids.add(item_id)
+            self.id_lines[item_id] = line
+
+    def _pic_ok(self, code: str) -> bool:
+        """Fast path for the common case, a valid code; what it does not accept goes to
+        pic.problem (python-stdnum) for the verdict and the wording. Same rules: format,
+        real date, individual number >= 002, check character."""
+        head = code[:7]
+        ok = self._births.get(head)
+        if ok is None:
+            ok = _birth_ok(head)
+            if len(self._births) < _MEMO_LIMIT:
+                self._births[head] = ok
+        if not ok or len(code) != 11:
+            return False
+        nnn = code[7:10]
+        return (
+            nnn.isascii() and nnn.isdigit() and nnn >= "002"
+            and pic.CHECK_CHARS[int(code[:6] + nnn) % 31] == code[10]
+        )
+
+    def maybe_duplicates(self) -> bool:
+        """Fast pass: could two ids be equal? (A hash collision also says yes.)"""
+        ordered = sorted(self.id_hashes)
+        return any(a == b for a, b in pairwise(ordered))
 
     def _check_pic(self, out: list[Problem], where: str, el: Element) -> str:
         code = el.text or ""
+        if self._pic_ok(code):
+            return code
         what = pic.problem(code)
         if what is not None:
             self._problem(out, el.sourceline, f"{where}: {what}", "INVALID_VALUE")
@@ -90,50 +153,66 @@ class Rules:
                 "INVALID_VALUE",
             )
 
-    def notification(self, el: Element, out: list[Problem]) -> Notification:
+    def notification(self, el: Element, out: list[Problem]) -> Notification | None:
+        """Check one Notification; the model item when ``self.build``, else None.
+
+        This is the hot loop of validation (one call per notification of a batch
+        that may hold millions): it reads children by index without checking tags
+        (costly in lxml), formats messages only when something is wrong, and builds
+        no objects when only validating. If the shape is wrong the XSD reports it
+        and the findings of this pass are discarded.
+        """
         try:
-            kids = list(el)
-            mun_el, date_el, person_el = kids[0], kids[1], kids[2]
-            if mun_el.tag != _MUNICIPALITY or person_el.tag != _PERSON:
-                raise ShapeError
+            # Index access makes lxml proxies only for the children actually read.
+            mun_el, date_el, person_el = el[0], el[1], el[2]
             nid = el.get("id")
             if nid is None:
                 raise ShapeError
-            where = f"Notification {nid}"
-            self._check_id(out, "Notification", nid, el.sourceline)
+            self._check_id(out, "Notification", nid, el)
             municipality = mun_el.text or ""
-            self._check_municipality(out, where, municipality, mun_el.sourceline)
-            decision_date = date.fromisoformat((date_el.text or "").strip()[:10])
-            if decision_date > self.ctx.today:
+            if municipality not in self.ctx.municipalities:
+                self._check_municipality(
+                    out, f"Notification {nid}", municipality, mun_el.sourceline
+                )
+            date_text = (date_el.text or "").strip()[:10]
+            if len(date_text) != 10:
+                raise ShapeError
+            if date_text > self._today_iso:  # ISO dates compare as text
                 self._problem(
                     out, date_el.sourceline,
-                    f"{where}: DecisionDate {decision_date} is in the future "
+                    f"Notification {nid}: DecisionDate {date_text} is in the future "
                     f"(today is {self.ctx.today})",
                     "INVALID_VALUE",
                 )
-            pk = list(person_el)
-            person = Person(
-                pic=self._check_pic(out, where, pk[0]),
-                family_name=pk[1].text or "",
-                given_names=pk[2].text or "",
-                language=pk[3].text or "",
-                phone=pk[4].text if len(pk) > 4 else None,
-            )
-            info = None
+            pic_el = person_el[0]
+            code = pic_el.text or ""
+            if not self._pic_ok(code):
+                self._check_pic(out, f"Notification {nid}", pic_el)
             attachments: list[Attachment] = []
-            for child in kids[3:]:
-                if child.tag == _ADDITIONAL_INFO:
-                    info = child.text or ""
-                else:
-                    attachments.append(self._attachment(child, where, out))
-            urgent = el.get("urgent", "false").strip() in ("true", "1")
+            info = None
+            if len(el) > 3:
+                for child in el[3:]:
+                    if child.get("sha256") is None:  # AdditionalInfo; Attachment has sha256
+                        info = child.text or ""
+                    else:
+                        attachments.append(self._attachment(child, f"Notification {nid}", out))
+            if not self.build:
+                return None
+            flag = el.get("urgent")
+            pk = list(person_el)
             return Notification(
                 id=nid,
                 type=el.get("type") or "",
                 municipality=municipality,
-                decision_date=decision_date,
-                person=person,
-                urgent=urgent,
+                decision_date=date.fromisoformat(date_text),
+                person=Person(
+                    pic=code,
+                    family_name=pk[1].text or "",
+                    given_names=pk[2].text or "",
+                    language=pk[3].text or "",
+                    phone=pk[4].text if len(pk) > 4 else None,
+                ),
+                urgent=flag is not None and flag.strip() in ("true", "1"),
                 additional_info=info,
                 attachments=tuple(attachments),
                 line=el.sourceline,
@@ -170,6 +249,7 @@ class Rules:
         return Attachment(name, el.get("mediaType") or "", declared, len(data))
 
     def person_list(self, el: Element, out: list[Problem]) -> PersonList:
+        # Lists are few and small next to notifications: always built, for clarity.
         try:
             lid = el.get("id")
             type_ = el.get("type")
@@ -178,7 +258,7 @@ class Rules:
                 raise ShapeError
             where = f"PersonList {lid}"
             line = el.sourceline
-            self._check_id(out, "PersonList", lid, line)
+            self._check_id(out, "PersonList", lid, el)
             self._check_municipality(out, where, municipality, line)
             start = date.fromisoformat(el.get("periodStart", "")[:10])
             end = date.fromisoformat(el.get("periodEnd", "")[:10])

@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -89,9 +90,22 @@ class Config:
     retention_days: int = 90
     max_file_bytes: int = 4 * 1024**3
 
-    @property
+    @cached_property
     def by_id(self) -> dict[str, Organisation]:
         return {o.id: o for o in self.organisations}
+
+    @cached_property
+    def routes(self) -> dict[tuple[str, str], Organisation]:
+        """(type, municipality) -> the one receiving organisation, for the hot path."""
+        from broker.routing import candidates
+
+        table: dict[tuple[str, str], Organisation] = {}
+        for type_ in ALL_TYPES:
+            for code in self.register.codes:
+                found = candidates(self.organisations, type_, code)
+                if len(found) == 1:
+                    table[(type_, code)] = found[0]
+        return table
 
     # Folders of the home, in one place so every part agrees on them.
     @property

@@ -28,7 +28,6 @@ from adapters.sftp_server import SftpOptions, SftpService
 from adapters.watcher import FolderWatcher
 from broker import logs, pushes
 from broker.audit import AuditEvent, AuditLog
-from broker.blobs import BlobStore
 from broker.config import Config, load_config
 from broker.db import make_engine
 from broker.errors import BrokerError, ConfigError
@@ -76,8 +75,7 @@ class Daemon:
             private_dir(d)
         self.store = Store(make_engine(cfg.database))
         self.audit = AuditLog(make_engine(cfg.var / "audit.db"))
-        self.blobs = BlobStore(cfg.var / "blobs")
-        self.releaser = Releaser(cfg, self.store, self.blobs)
+        self.releaser = Releaser(cfg, self.store)
         recovered = await self._in_worker(self.releaser.recover)
         if recovered:
             log.warning("finished deliveries interrupted by a crash", count=recovered)
@@ -145,8 +143,7 @@ class Daemon:
         if not path.is_file():
             return  # already handled (watch event and rescan both saw it)
         now = utcnow()
-        outcome = ingest_batch(path, config=self.config, store=self.store, blobs=self.blobs,
-                               now=now)
+        outcome = ingest_batch(path, config=self.config, store=self.store, now=now)
         self.metrics.files.labels(source="kela", status=outcome.status).inc()
         if outcome.status == "rejected":
             self._quarantine(path, outcome, now)
@@ -165,7 +162,6 @@ class Daemon:
         result = self.releaser.run(now)
         if earliest is not None and earliest <= now:
             self.metrics.release_lag.observe((now - earliest).total_seconds())
-        self.metrics.last_pass.set(now.timestamp())
         for org, type_, total in result.plans:
             log.info("staggered first delivery planned", organisation=org, type=type_,
                      total=total, portion=self.config.stagger.portion)
@@ -178,6 +174,7 @@ class Daemon:
         for _org, _type, state, n in self._state_counts():
             self.metrics.items.labels(state=state).set(n)
         self.push_pass()
+        self.metrics.last_pass.set(now.timestamp())  # after the push: "this pass is done"
         self.loop.call_soon_threadsafe(self._schedule_wake, self.store.next_release())
 
     def push_pass(self) -> None:
@@ -253,7 +250,7 @@ class Daemon:
                       problems=str(exc))
             return
         self.config = new
-        self.releaser = Releaser(new, self.store, self.blobs)
+        self.releaser = Releaser(new, self.store)
         self.sftp.update_organisations(frozenset(new.by_id))
         log.info("configuration reloaded", organisations=len(new.organisations))
         self.enqueue(WAKE)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from broker.blobs import BlobStore
 from broker.config import Config
 from broker.errors import InvalidFile, Problem, RoutingError
 from broker.model import Item, Notification
@@ -53,7 +52,7 @@ def batch_context(config: Config, now: datetime) -> BatchContext:
                         max_file_bytes=config.max_file_bytes)
 
 
-def ingest_batch(path: Path, *, config: Config, store: Store, blobs: BlobStore, now: datetime,
+def ingest_batch(path: Path, *, config: Config, store: Store, now: datetime,
                  on_progress: Callable[[int], None] | None = None) -> Outcome:
     """Validate and store ``path``; never raises for bad input, returns the verdict."""
     sha, size = file_digest(path)
@@ -65,40 +64,32 @@ def ingest_batch(path: Path, *, config: Config, store: Store, blobs: BlobStore, 
         out.problems.append(Problem(path.name, None, "TOO_LARGE",
                                     f"file is {size} bytes; the limit is {config.max_file_bytes}"))
     else:
-        reader = BatchReader(path, batch_context(config, now), on_attachment=blobs.put)
         mine: list[Problem] = []
         try:
-            store.ingest(source="kela", kind="batch", name=path.name, sha256=sha, size=size,
-                         batch_id=None, now=now,
-                         new=_decide_all(reader, config, store, now, out, mine, on_progress))
+            with store.ingesting(source="kela", kind="batch", name=path.name, sha256=sha,
+                                 size=size, now=now) as tx:
+                reader = BatchReader(path, batch_context(config, now), on_attachment=tx.put_blob)
+                buf: list[Item] = []
+                for item in reader:
+                    buf.append(item)
+                    if len(buf) >= CHUNK:
+                        tx.add(list(_decide(buf, config, store, now, out, mine)))
+                        buf = []
+                        if on_progress:
+                            on_progress(tx.count)
+                tx.add(list(_decide(buf, config, store, now, out, mine)))
+                tx.batch_id = out.batch_id = reader.header.batch_id if reader.header else None
+                if mine:  # raising inside the transaction rolls the whole file back
+                    raise InvalidFile(out.file, [])
         except InvalidFile as exc:
             out.problems = sorted([*exc.problems, *mine],
                                   key=lambda p: (p.line is None, p.line or 0))
-        out.batch_id = reader.header.batch_id if reader.header else None
     if out.problems:
         out.status = "rejected"
         out.new = out.unchanged = 0
         store.record_rejected(source="kela", kind="batch", name=path.name, sha256=sha,
                               size=size, now=now, report=report_text(out))
     return out
-
-
-def _decide_all(reader: BatchReader, config: Config, store: Store, now: datetime, out: Outcome,
-                mine: list[Problem], on_progress: Callable[[int], None] | None,
-                ) -> Iterator[tuple[Item, NewAssignment]]:
-    buf: list[Item] = []
-    seen = 0
-    for item in reader:
-        buf.append(item)
-        if len(buf) >= CHUNK:
-            yield from _decide(buf, config, store, now, out, mine)
-            seen += len(buf)
-            buf = []
-            if on_progress:
-                on_progress(seen)
-    yield from _decide(buf, config, store, now, out, mine)
-    if mine:  # raising inside the transaction rolls the whole file back
-        raise InvalidFile(out.file, [])
 
 
 def _decide(buf: list[Item], config: Config, store: Store, now: datetime, out: Outcome,

@@ -21,8 +21,8 @@ from typing import IO, Any
 from sqlalchemy import Row, and_, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from broker.blobs import BlobStore
 from broker.config import Config, Organisation
+from broker.errors import StoreError
 from broker.fsutil import atomic_writer, private_dir
 from broker.model import Notification, PersonList
 from broker.render import (
@@ -56,18 +56,17 @@ class _Group:
 
 
 class Releaser:
-    def __init__(self, config: Config, store: Store, blobs: BlobStore) -> None:
+    def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
-        self.blobs = blobs
 
     def run(self, now: datetime, *, only_org: str | None = None) -> ReleaseResult:
         """One full pass as of ``now``; running it twice with the same ``now`` changes nothing."""
         result = ReleaseResult()
         self.recover(result)
         self.form_plans(now, result)
-        for group in self.due_groups(now, only_org=only_org):
-            self._release(group, now, result)
+        claimed = self._claim(self.due_groups(now, only_org=only_org), now)
+        self._write_and_finish(claimed, result)
         return result
 
     # -- stagger -------------------------------------------------------------
@@ -126,35 +125,36 @@ class Releaser:
         return out
 
     # -- releasing -------------------------------------------------------------
-    def _release(self, group: _Group, now: datetime, result: ReleaseResult) -> None:
-        org = self.config.by_id.get(group.organisation)
-        if org is None:
-            return  # organisation removed from config: keep holding, status shows it
+    def _claim(self, groups: list[_Group], now: datetime) -> list[str]:
+        """Commit 1: a pending delivery row per group, its assignments claimed."""
+        claimed: list[str] = []
         with self.store.engine.begin() as c:
-            seq = (c.execute(select(func.max(deliveries.c.seq))).scalar() or 0) + 1
-            created = now
-            if group.kind == "list":
-                plist = self._lists(c, group.assignment_ids)[0]
-                name = list_file_name(org.id, plist, created, seq, org.format)
-                delivery_id = Path(name).stem
-                zip_name = None
-            else:
-                delivery_id = delivery_stem(org.id, group.type, created, seq)
-                name = delivery_file_name(delivery_id)
-                zip_name = None
-            c.execute(insert(deliveries).values(
-                id=delivery_id, organisation=org.id, type=group.type, kind=group.kind,
-                file_name=name, zip_name=zip_name, created_at=created,
-                count=len(group.assignment_ids), portion=group.portion, state="pending",
-                seq=seq))
-            claimed = 0
-            for chunk in _chunks(group.assignment_ids):
-                claimed += c.execute(update(assignments).where(
-                    and_(assignments.c.id.in_(chunk), assignments.c.state == "held"))
-                    .values(state="releasing", delivery_id=delivery_id)).rowcount
-            if claimed != len(group.assignment_ids):
-                raise RuntimeError(f"release of {delivery_id}: assignments changed underneath")
-        self._write_and_finish(delivery_id, result)
+            seq = c.execute(select(func.max(deliveries.c.seq))).scalar() or 0
+            for group in groups:
+                org = self.config.by_id.get(group.organisation)
+                if org is None:
+                    continue  # organisation removed from config: keep holding; status shows it
+                seq += 1
+                if group.kind == "list":
+                    plist = self._lists(c, group.assignment_ids)[0]
+                    name = list_file_name(org.id, plist, now, seq, org.format)
+                    delivery_id = Path(name).stem
+                else:
+                    delivery_id = delivery_stem(org.id, group.type, now, seq)
+                    name = delivery_file_name(delivery_id)
+                c.execute(insert(deliveries).values(
+                    id=delivery_id, organisation=org.id, type=group.type, kind=group.kind,
+                    file_name=name, created_at=now, count=len(group.assignment_ids),
+                    portion=group.portion, state="pending", seq=seq))
+                n = 0
+                for chunk in _chunks(group.assignment_ids):
+                    n += c.execute(update(assignments).where(
+                        and_(assignments.c.id.in_(chunk), assignments.c.state == "held"))
+                        .values(state="releasing", delivery_id=delivery_id)).rowcount
+                if n != len(group.assignment_ids):  # another process released them first
+                    raise StoreError(f"release of {delivery_id}: assignments changed underneath")
+                claimed.append(delivery_id)
+        return claimed
 
     def recover(self, result: ReleaseResult | None = None) -> int:
         """Finish deliveries a crash left pending; returns how many."""
@@ -162,17 +162,31 @@ class Releaser:
             pending = [r.id for r in c.execute(
                 select(deliveries.c.id).where(deliveries.c.state == "pending")
                 .order_by(deliveries.c.seq))]
-        for delivery_id in pending:
-            self._write_and_finish(delivery_id, result or ReleaseResult())
+        self._write_and_finish(pending, result or ReleaseResult())
         return len(pending)
 
-    def _write_and_finish(self, delivery_id: str, result: ReleaseResult) -> None:
+    def _write_and_finish(self, delivery_ids: list[str], result: ReleaseResult) -> None:
+        """Step 2 (files) for every delivery, then commit 3 for all of them at once."""
+        if not delivery_ids:
+            return
+        done = [self._write_files(d, result) for d in delivery_ids]
+        with self.store.engine.begin() as c:
+            for delivery_id, digest, size, zip_name, created in done:
+                c.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
+                    state="written", sha256=digest, size=size, zip_name=zip_name))
+                c.execute(update(assignments).where(assignments.c.delivery_id == delivery_id)
+                          .values(state="released", released_at=created))
+        result.deliveries.extend(delivery_ids)
+
+    def _write_files(self, delivery_id: str, result: ReleaseResult
+                     ) -> tuple[str, str, int, str | None, datetime]:
         with self.store.engine.connect() as c:
             d = c.execute(select(deliveries).where(deliveries.c.id == delivery_id)).one()
             ids = [r.id for r in c.execute(select(assignments.c.id).where(
-                assignments.c.delivery_id == delivery_id).order_by(assignments.c.item_seq))]
+                assignments.c.delivery_id == delivery_id))]
             org = self.config.by_id[d.organisation]
             folder = private_dir(self.config.outbox / org.id)
+            zip_name = None
             if d.kind == "list":
                 plist = self._lists(c, ids)[0]
                 digest, size = self._write(folder / d.file_name, lambda f: render_person_list(
@@ -181,22 +195,15 @@ class Releaser:
                 result.lists += 1
             else:
                 notes = self._notifications(c, ids)
-                zip_name = None
                 if any(n.attachments for n in notes):
                     zip_name = attachments_zip_name(d.id)
                     # The zip goes first: once the XML is visible, everything it names is there.
                     self._write(folder / zip_name, lambda f: write_attachments_zip(
-                        f, notes, self.blobs.open, created=d.created_at))
+                        f, notes, self.store.open_blob, created=d.created_at))
                 digest, size = self._write(folder / d.file_name,
                                            lambda f: self._render_notes(f, d, org, notes))
                 result.notifications += len(notes)
-        with self.store.engine.begin() as c:
-            c.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
-                state="written", sha256=digest, size=size,
-                zip_name=zip_name if d.kind != "list" else None))
-            c.execute(update(assignments).where(assignments.c.delivery_id == delivery_id)
-                      .values(state="released", released_at=d.created_at))
-        result.deliveries.append(delivery_id)
+        return delivery_id, digest, size, zip_name, d.created_at
 
     @staticmethod
     def _render_notes(f: IO[bytes], d: Row[Any], org: Organisation,

@@ -193,3 +193,93 @@ def unreceipted(engine: Engine, now: datetime) -> list[Unreceipted]:
             oldest = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest
             out.append(Unreceipted(r.organisation, int(r.n), oldest, now - oldest))
     return out
+
+
+# ------------------------------------------------------------------ one notification's story
+
+
+@dataclass(frozen=True)
+class StoryEvent:
+    at: datetime | None
+    kind: str  # received | routed | released | receipted | transferred | downloaded
+    organisation: str | None
+    text: str
+    delivery_file: str | None = None  # for released: the file whose downloads to look up
+
+
+@dataclass(frozen=True)
+class Story:
+    id: str
+    kind: str
+    type: str
+    municipality: str
+    decision_date: date | None
+    urgent: bool
+    payload: str  # the item's JSON (the caller masks what it shows)
+    events: list[StoryEvent]
+
+
+def story(engine: Engine, item_id: str, tz: str) -> Story | None:
+    """Everything the store knows about one notification, oldest first (times in ``tz``)."""
+    from zoneinfo import ZoneInfo
+
+    from broker.store import deliveries, input_files
+
+    zone = ZoneInfo(tz)
+
+    ensure_tables(engine)
+    with engine.connect() as c:
+        item = c.execute(select(items, input_files.c.name.label("file_name"),
+                                input_files.c.batch_id)
+                         .join(input_files, input_files.c.id == items.c.input_file_id)
+                         .where(items.c.id == item_id)).first()
+        if item is None:
+            return None
+        events = [StoryEvent(item.received_at, "received", None,
+                             f"received in {item.file_name} (batch {item.batch_id or '-'})")]
+        hops = c.execute(select(assignments, deliveries.c.file_name.label("delivery_file"))
+                         .outerjoin(deliveries, deliveries.c.id == assignments.c.delivery_id)
+                         .where(assignments.c.item_seq == item.seq)
+                         .order_by(assignments.c.id)).all()
+        org_of = {h.id: h.organisation for h in hops}
+        for h in hops:
+            if h.transferred_from is None:
+                due = h.release_at.astimezone(zone).isoformat(timespec="seconds")
+                text = f"routed to {h.organisation}, release due {due}"
+            else:
+                text = (f"assigned to {h.organisation} by transfer from "
+                        f"{org_of.get(h.transferred_from, '?')}, release due at once")
+            events.append(StoryEvent(h.created_at, "routed", h.organisation, text))
+            if h.released_at is not None:
+                events.append(StoryEvent(h.released_at, "released", h.organisation,
+                                         f"released to {h.organisation} in delivery "
+                                         f"{h.delivery_id} (file {h.delivery_file})",
+                                         delivery_file=h.delivery_file))
+            elif h.state == "releasing":
+                events.append(StoryEvent(None, "released", h.organisation,
+                                         f"being released in delivery {h.delivery_id}"))
+        rows = c.execute(select(response_events, response_files.c.name.label("file"))
+                         .join(response_files,
+                               response_files.c.id == response_events.c.response_file_id)
+                         .where(response_events.c.notification_id == item_id)
+                         .order_by(response_events.c.id)).all()
+        for r in rows:
+            where = f"(file {r.file}, line {r.line})"
+            if r.kind == "receipt":
+                events.append(StoryEvent(r.at, "receipted", r.organisation,
+                                         f"receipted by {r.organisation}: handled "
+                                         f"{r.handled_on.isoformat()} {where}"))
+            else:
+                reason = f"; reason: {r.reason}" if r.reason else ""
+                events.append(StoryEvent(r.at, "transferred", r.organisation,
+                                         f"transferred by {r.organisation} to "
+                                         f"{r.to_organisation} (municipality "
+                                         f"{r.to_municipality}) {where}{reason}"))
+    # Same instant: a transfer comes before the assignment it creates.
+    order = {"received": 0, "receipted": 1, "transferred": 1, "routed": 2, "released": 3,
+             "downloaded": 4}
+    events.sort(key=lambda e: (e.at is None, e.at or datetime.min.replace(tzinfo=UTC),
+                               order.get(e.kind, 9)))
+    return Story(id=item.id, kind=item.kind, type=item.type, municipality=item.municipality,
+                 decision_date=item.decision_date, urgent=bool(item.urgent),
+                 payload=item.payload, events=events)

@@ -29,6 +29,9 @@ def route(config: Config, type_: str, municipality: str) -> Organisation:
         raise RoutingError(f"unknown type {type_!r}")
     if municipality not in config.register:
         raise RoutingError(f"unknown municipality {municipality!r}")
+    hit = config.routes.get((type_, municipality))
+    if hit is not None:
+        return hit
     found = candidates(config.organisations, type_, municipality)
     if len(found) != 1:
         names = ", ".join(o.id for o in found) or "none"

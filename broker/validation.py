@@ -6,7 +6,9 @@ runs with the XSD attached (validation happens in C while parsing) and each
 business rules (broker.batch_rules), then cleared.
 
 libxml2's streaming validator reports its errors without line numbers, and only
-when the parse ends. So when the fast pass finds any schema error, a second,
+when the parse ends; and the fast pass remembers ids only as 64-bit hashes, to stay
+small (libxml2's streaming validator itself grows by ~150 MB per GB). So when the
+fast pass finds any schema error or a possible duplicate id, a second,
 precise pass re-reads the file and validates each top-level element on its own
 (wrapped in a bare root) against the same XSD, which gives the exact line of every
 error; business rules run there only on elements the XSD accepts, so a malformed
@@ -151,8 +153,11 @@ class BatchReader:
         path: Path,
         ctx: BatchContext,
         on_attachment: Callable[[str, bytes], None] | None = None,
+        *,
+        build: bool = True,
     ) -> None:
         self.path = path
+        self.build = build  # False: check only, yield nothing (validate_file)
         self.ctx = ctx
         self.on_attachment = on_attachment
         self.header: BatchHeader | None = None
@@ -164,7 +169,7 @@ class BatchReader:
     def __iter__(self) -> Iterator[Item]:
         file = self._file
         problems: list[Problem] = []
-        rules = Rules(self._rule_ctx, self.on_attachment)
+        rules = Rules(self._rule_ctx, self.on_attachment, exact_ids=False, build=self.build)
         needs_precise = False
         try:
             f = _open_checked(self.path, self.ctx)
@@ -194,20 +199,22 @@ class BatchReader:
                     if el is root:
                         continue
                     try:
-                        if el.tag == NOTIFICATION:
-                            item: Item = rules.notification(el, problems)
+                        # Only a PersonList has periodStart; cheaper than reading el.tag.
+                        item: Item | None
+                        if el.get("periodStart") is None:
+                            item = rules.notification(el, problems)
                         else:
                             item = rules.person_list(el, problems)
                     except ShapeError:
                         needs_precise = True
-                        item = None  # type: ignore[assignment]
+                        item = None
                     # Free what has been read: the element itself and anything before it.
                     el.clear()
                     while el.getprevious() is not None:
                         del root[0]
                     if len(problems) >= self.ctx.max_problems and not needs_precise:
                         break
-                    if item is not None and not needs_precise:
+                    if item is not None and self.build and not needs_precise:
                         yield item
             except etree.XMLSyntaxError:
                 # Schema errors arrive here without lines, and with the schema attached
@@ -216,6 +223,8 @@ class BatchReader:
                 needs_precise = True
             except xmlsafe.UnsafeXml as exc:
                 problems.append(exc.problem(file))
+        if not needs_precise and rules.maybe_duplicates():
+            needs_precise = True  # the exact pass names the duplicates and their lines
         if needs_precise:
             problems = precise_problems(self.path, self.ctx)
         if problems:
@@ -227,7 +236,9 @@ def precise_problems(path: Path, ctx: BatchContext) -> list[Problem]:
     """The second pass: every schema and business problem with its exact line."""
     file = str(path)
     schema = load_schema(NS)
-    rules = Rules(RuleContext(file, ctx.municipalities, ctx.today, ctx.max_attachment_bytes))
+    rules = Rules(
+        RuleContext(file, ctx.municipalities, ctx.today, ctx.max_attachment_bytes), build=False
+    )
     problems: list[Problem] = []
     try:
         f = _open_checked(path, ctx)
@@ -296,7 +307,7 @@ def _check_child(el: Any, schema: Any, rules: Rules, problems: list[Problem], fi
 def validate_file(path: Path, ctx: BatchContext) -> list[Problem]:
     """Every problem of a decision batch (up to ctx.max_problems); [] when valid."""
     try:
-        for _ in BatchReader(path, ctx):
+        for _ in BatchReader(path, ctx, build=False):
             pass
     except InvalidFile as exc:
         return exc.problems

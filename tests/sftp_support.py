@@ -48,6 +48,10 @@ class Running:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
+    @staticmethod
+    def keygen(path: Path, kind: str = "ed25519") -> Path:
+        return keygen(path, kind)
+
     def actions(self, action: str) -> list[AuditEvent]:
         return [e for e in list(self.events) if e.action == action]
 

@@ -18,6 +18,7 @@ from broker.synthetic import write_batch
 
 IMMEDIATE = [NotificationType.IMMIGRANT.value, NotificationType.SOCIAL_WORK_NEED.value,
              NotificationType.UNEMPLOYED_UNDER_25.value]
+BATCHES, PER_BATCH = 4, 2500
 
 
 def ids_in_outbox(home: Path) -> Counter[str]:
@@ -29,53 +30,58 @@ def ids_in_outbox(home: Path) -> Counter[str]:
     return seen
 
 
-def test_kill_minus_nine_during_a_large_release(tmp_path: Path) -> None:
+def test_kill_minus_nine_during_ingest_and_release(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     cfg = load_config(home)
-    batch = tmp_path / "big.xml"
-    count = 4000
-    # Many municipalities and types: hundreds of delivery files, so kills land mid-release.
-    write_batch(batch, count=count, municipalities=sorted(cfg.register.codes), types=IMMEDIATE,
-                decision_date=date(2026, 11, 2), batch_id="CRASH-1", seed=7,
-                attachment_bytes=512)
-    rng = random.Random(42)
-    d = DaemonProcess(home).start()
-    (home / "inbox" / "kela" / ".big.xml.part").write_bytes(batch.read_bytes())
-    (home / "inbox" / "kela" / ".big.xml.part").rename(home / "inbox" / "kela" / "big.xml")
+    inbox = home / "inbox" / "kela"
+    for b in range(BATCHES):
+        # Many municipalities and types: hundreds of delivery files per release.
+        src = tmp_path / f"big-{b}.xml"
+        write_batch(src, count=PER_BATCH, municipalities=sorted(cfg.register.codes),
+                    types=IMMEDIATE, decision_date=date(2026, 11, 2), batch_id=f"CRASH-{b}",
+                    seed=b, attachment_bytes=512, start_id=1 + b * PER_BATCH)
+        src.rename(inbox / f".big-{b}.xml.part")
+    total = BATCHES * PER_BATCH
     db = home / "var" / "state.db"
 
-    def released() -> tuple[int, int]:
+    def state() -> tuple[int, int]:
+        """(released notifications, pending deliveries) as committed on disk."""
         if not db.exists():
             return 0, 0
-        with sqlite3.connect(db) as c:
-            (n,) = c.execute("select count(*) from assignments where state='released'").fetchone()
-            (p,) = c.execute("select count(*) from deliveries where state='pending'").fetchone()
+        with sqlite3.connect(db, timeout=30) as c:
+            try:
+                (n,) = c.execute(
+                    "select count(*) from assignments where state='released'").fetchone()
+                (p,) = c.execute(
+                    "select count(*) from deliveries where state='pending'").fetchone()
+            except sqlite3.OperationalError:  # tables not created yet
+                return 0, 0
         return n, p
 
-    mid_release = 0
-    for _ in range(8):
-        # Kill once the release has started, at a random moment inside it.
-        wait_for(lambda: released()[0] > 0 or released()[1] > 0, timeout=120,
-                 what="release under way")
-        time.sleep(rng.uniform(0.0, 0.3))
-        d.kill9()
-        n, _pending = released()
-        if n == count:
-            break
-        mid_release += 1
-        d = DaemonProcess(home).start()
-
-    def done() -> bool:
-        n, p = released()
-        return n == count and p == 0
+    rng = random.Random(42)
+    d = DaemonProcess(home).start()
+    for b in range(BATCHES):
+        (inbox / f".big-{b}.xml.part").rename(inbox / f"big-{b}.xml")
+    kills = mid_release = 0
     try:
-        wait_for(done, timeout=240, what="all notifications released")
+        for _ in range(10):
+            time.sleep(rng.uniform(0.3, 1.2))  # anywhere: start-up, ingest, release, recovery
+            if state()[0] == total:
+                break
+            d.kill9()
+            kills += 1
+            if state()[1] > 0:  # a delivery was claimed but its files not all confirmed
+                mid_release += 1
+            d = DaemonProcess(home).start(wait=False)
+        wait_for(lambda: state() == (total, 0), timeout=240, what="all notifications released")
     finally:
         d.stop()
+    assert kills >= 5 and mid_release >= 2, (kills, mid_release)
     seen = ids_in_outbox(home)
-    assert mid_release >= 3, "the kills did not land inside the release"
-    assert len(seen) == count, f"lost {count - len(seen)} notifications"
+    assert len(seen) == total, f"lost {total - len(seen)} notifications"
     dupes = [i for i, n in seen.items() if n > 1]
     assert not dupes, f"{len(dupes)} notifications in more than one file, e.g. {dupes[:3]}"
     assert not list((home / "outbox").rglob(".*.part")), "a partial file was left visible"
-    assert not list((home / "inbox" / "kela").glob("*.xml")), "input not archived"
+    assert not list(inbox.glob("*.xml")), "input not archived"
+    archived = list((home / "var" / "archive").rglob("*.xml"))
+    assert len(archived) == BATCHES

@@ -16,10 +16,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paramiko
 import pytest
-from sftp_support import Running, keygen, sftp_server, start_sftp  # noqa: F401
+
+if TYPE_CHECKING:
+    from sftp_support import Running
+
+# The server fixtures (sftp_server, start_sftp) live in tests/sftp_support.py; imported
+# as a plugin (not with `import`) so that pytest rewrites its asserts.
+pytest_plugins = ("sftp_support",)
 
 
 @pytest.fixture
@@ -83,7 +90,11 @@ def test_symlinks_planted_on_disk_are_not_followed(
     (outbox / "passwd.xml").symlink_to("/etc/passwd")
     (outbox / "beta-files").symlink_to(sftp_server.outbox("beta"))
     (outbox / "inside.xml").symlink_to(outbox / "mine.xml")  # even inside the root
-    for path in ("/from-kela/passwd.xml", "/from-kela/beta-files/secret.xml", "/from-kela/inside.xml"):
+    for path in (
+        "/from-kela/passwd.xml",
+        "/from-kela/beta-files/secret.xml",
+        "/from-kela/inside.xml",
+    ):
         with pytest.raises(PermissionError):
             alpha.open(path)
         with pytest.raises(PermissionError):
@@ -265,7 +276,7 @@ def _banned(running: Running) -> bool:
 
 def test_ban_after_failed_logins(start_sftp: Callable[..., Running]) -> None:
     running = start_sftp(ban_after_failures=3, ban_window=60, ban_seconds=2)
-    stranger = keygen(running.tmp / "stranger")
+    stranger = running.keygen(running.tmp / "stranger")
     for _ in range(3):
         with pytest.raises(paramiko.AuthenticationException):
             running.transport("alpha", key=stranger)

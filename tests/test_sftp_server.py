@@ -10,12 +10,19 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paramiko
 import pytest
-from sftp_support import Running, keygen, sftp_server, start_sftp  # noqa: F401
 
 from adapters.sftp_server import SftpService
+
+if TYPE_CHECKING:
+    from sftp_support import Running
+
+# The server fixtures (sftp_server, start_sftp) live in tests/sftp_support.py; imported
+# as a plugin (not with `import`) so that pytest rewrites its asserts.
+pytest_plugins = ("sftp_support",)
 
 
 def sha(data: bytes) -> str:
@@ -44,7 +51,11 @@ def test_root_lists_only_the_two_folders(sftp_server: Running) -> None:
 
 def test_folders_created_at_start_with_mode_0700(sftp_server: Running) -> None:
     for org in ("alpha", "beta"):
-        for d in (sftp_server.outbox(org), sftp_server.outbox(org) / "acks", sftp_server.inbox(org)):
+        for d in (
+            sftp_server.outbox(org),
+            sftp_server.outbox(org) / "acks",
+            sftp_server.inbox(org),
+        ):
             assert d.is_dir()
             assert stat.S_IMODE(d.stat().st_mode) == 0o700
 
@@ -55,7 +66,11 @@ def test_openssh_client_lists_downloads_and_deletes(sftp_server: Running) -> Non
     (sftp_server.outbox("alpha") / ".delivery-2.xml.part").write_bytes(b"half")
     result = sftp_server.sftp(
         "alpha",
-        ["ls -1 /from-kela", "get /from-kela/delivery-1.xml got.xml", "rm /from-kela/delivery-1.xml"],
+        [
+            "ls -1 /from-kela",
+            "get /from-kela/delivery-1.xml got.xml",
+            "rm /from-kela/delivery-1.xml",
+        ],
     )
     assert result.returncode == 0, result.stderr
     assert "delivery-1.xml" in result.stdout
@@ -66,12 +81,20 @@ def test_openssh_client_lists_downloads_and_deletes(sftp_server: Running) -> Non
     retained = sftp_server.options.retain_dir / "alpha" / "delivery-1.xml"
     assert retained.read_bytes() == body
     (download,) = sftp_server.actions("download")
-    assert (download.org, download.path, download.size) == ("alpha", "/from-kela/delivery-1.xml", len(body))
+    assert (download.org, download.path, download.size) == (
+        "alpha",
+        "/from-kela/delivery-1.xml",
+        len(body),
+    )
     assert download.sha256 == sha(body)
     assert download.address == "127.0.0.1"
     (delete,) = sftp_server.actions("delete")
-    assert (delete.path, delete.size, delete.sha256) == ("/from-kela/delivery-1.xml", len(body), sha(body))
-    assert [e.action for e in sftp_server.events][0] == "login"
+    assert (delete.path, delete.size, delete.sha256) == (
+        "/from-kela/delivery-1.xml",
+        len(body),
+        sha(body),
+    )
+    assert sftp_server.events[0].action == "login"
     assert wait_for(lambda: bool(sftp_server.actions("logout")))
 
 
@@ -116,7 +139,11 @@ def test_upload_then_rename(sftp_server: Running) -> None:
     assert sftp_server.uploads == [("alpha", part), ("alpha", final)]
     assert sftp_server.writing_seen == [False, False]  # closed before the callback
     (upload,) = sftp_server.actions("upload")
-    assert (upload.path, upload.size, upload.sha256) == ("/to-kela/resp.xml.part", len(body), sha(body))
+    assert (upload.path, upload.size, upload.sha256) == (
+        "/to-kela/resp.xml.part",
+        len(body),
+        sha(body),
+    )
     (rename,) = sftp_server.actions("rename")
     assert rename.path == "/to-kela/resp.xml.part" and rename.detail == "to /to-kela/resp.xml"
 
@@ -165,9 +192,11 @@ def test_upload_over_the_limit_is_refused_and_removed(start_sftp: Callable[..., 
     running = start_sftp(max_upload_bytes=100_000)
     t, sftp = running.paramiko_sftp("alpha")
     try:
-        with pytest.raises(OSError, match="upload limit of 100000 bytes"):
-            with sftp.open("/to-kela/huge.xml", "w") as fh:
-                fh.write(b"x" * 300_000)
+        with (
+            pytest.raises(OSError, match="upload limit of 100000 bytes"),
+            sftp.open("/to-kela/huge.xml", "w") as fh,
+        ):
+            fh.write(b"x" * 300_000)
         assert wait_for(lambda: bool(running.actions("upload_rejected")))
         assert not (running.inbox("alpha") / "huge.xml").exists()
         # paramiko's putfo pipelines writes and ignores close errors: it sees the
@@ -199,7 +228,7 @@ def test_idle_session_is_closed(start_sftp: Callable[..., Running]) -> None:
 
 
 def test_authorized_keys_reloaded_without_restart(sftp_server: Running) -> None:
-    new_key = keygen(sftp_server.tmp / "alpha_new")
+    new_key = sftp_server.keygen(sftp_server.tmp / "alpha_new")
     assert sftp_server.sftp("alpha", ["ls /"], key=new_key).returncode != 0
     keys_file = sftp_server.options.keys_dir / "alpha" / "authorized_keys"
     old = keys_file.read_text()
@@ -249,7 +278,7 @@ def test_host_key_created_once_with_mode_0600(sftp_server: Running) -> None:
 
 def test_new_organisation_after_reload(sftp_server: Running) -> None:
     keys_dir = sftp_server.options.keys_dir
-    key = keygen(sftp_server.tmp / "gamma_id")
+    key = sftp_server.keygen(sftp_server.tmp / "gamma_id")
     (keys_dir / "gamma").mkdir()
     (keys_dir / "gamma" / "authorized_keys").write_text(Path(f"{key}.pub").read_text())
     assert sftp_server.sftp("gamma", ["ls /"], key=key).returncode != 0

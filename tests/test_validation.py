@@ -302,3 +302,27 @@ def test_console_script_exit_codes(tmp_path: Path) -> None:
     ko = subprocess.run([exe, "validate", "--format", "json", bad], capture_output=True)
     assert (ok.returncode, ko.returncode) == (0, 1)
     assert json.loads(ko.stdout)[0]["problems"][0]["line"] == 9
+
+
+def test_unexpected_element_under_root(tmp_path: Path, ctx: BatchContext) -> None:
+    text = batch_text().replace(
+        '  <Notification id="N-2026-000000002"', '  <Surprise/>\n  <Notification id="N-2026-000000002"'
+    )
+    p = only(validate_file(write(tmp_path, text), ctx))
+    assert (p.line, p.code) == (21, "SCHEMA") and "Surprise" in p.message
+
+
+def test_duplicate_names_first_line(tmp_path: Path, ctx: BatchContext) -> None:
+    text = lists_text().replace('id="L-2026-10-837-TMTSHARE"', 'id="L-2026-10-837-TMT200"')
+    p = only(validate_file(write(tmp_path, text), ctx))
+    assert p.line == 23 and "first at line 6" in p.message
+
+
+def test_items_are_provisional_until_iteration_ends(tmp_path: Path, ctx: BatchContext) -> None:
+    # XSD errors surface when the parse ends: consumers must wait for a clean finish.
+    text = batch_text().replace("<Language>en</Language>", "<Language>EN</Language>")
+    seen: list[str] = []
+    with pytest.raises(InvalidFile):
+        for item in BatchReader(write(tmp_path, text), ctx):
+            seen.append(item.id)
+    assert len(seen) <= 4

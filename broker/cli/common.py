@@ -17,7 +17,6 @@ from broker.errors import ConfigError
 
 if TYPE_CHECKING:
     from broker.audit import AuditLog
-    from broker.blobs import BlobStore
     from broker.store import Store
 
 
@@ -70,12 +69,6 @@ class Home:
         from broker.db import make_engine
 
         return AuditLog(make_engine(self.config.var / "audit.db"))
-
-    @cached_property
-    def blobs(self) -> BlobStore:
-        from broker.blobs import BlobStore
-
-        return BlobStore(self.config.var / "blobs")
 
 
 def home_of(ctx: click.Context) -> Home:

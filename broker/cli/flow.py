@@ -26,13 +26,13 @@ from broker.release import Releaser
 def ingest(ctx: click.Context, files: tuple[Path, ...]) -> None:
     """Take in decision batches once (no daemon needed) and release what is due."""
     home = home_of(ctx)
-    cfg, store, blobs = home.config, home.store, home.blobs
+    cfg, store = home.config, home.store
     rejected = 0
     for path in files:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"
                       " items"), TimeElapsedColumn(), console=console(), transient=True) as bar:
             task = bar.add_task(path.name, total=None, n=0)
-            outcome = ingest_batch(path, config=cfg, store=store, blobs=blobs,
+            outcome = ingest_batch(path, config=cfg, store=store,
                                    now=datetime.now(UTC),
                                    on_progress=lambda n, t=task: bar.update(t, n=n))  # type: ignore[misc]
         if outcome.status == "rejected":
@@ -43,7 +43,7 @@ def ingest(ctx: click.Context, files: tuple[Path, ...]) -> None:
         else:
             click.echo(f"{path}: {outcome.status.upper()}: {outcome.new} new, "
                        f"{outcome.unchanged} already known")
-    result = Releaser(cfg, store, blobs).run(datetime.now(UTC))
+    result = Releaser(cfg, store).run(datetime.now(UTC))
     if result.deliveries:
         click.echo(f"released {len(result.deliveries)} delivery file(s)")
     ctx.exit(1 if rejected else 0)
@@ -149,7 +149,7 @@ def release_due(ctx: click.Context, now_text: str | None) -> None:
     """Run one release pass: everything due at --now (default: now) is written."""
     home = home_of(ctx)
     now = parse_now(now_text)
-    result = Releaser(home.config, home.store, home.blobs).run(now)
+    result = Releaser(home.config, home.store).run(now)
     for org, type_, total in result.plans:
         click.echo(f"stagger planned: {org} {type_}: {total} notifications")
     click.echo(f"released {len(result.deliveries)} file(s): {result.notifications} "
@@ -193,7 +193,7 @@ def release(ctx: click.Context, org: str, type_: str | None, everything: bool,
     home.audit.record(AuditEvent(action="release-early", org=org, detail=(
         f"{moved} held {type_ or 'notifications'}{' (all)' if everything else ''}; "
         f"reason: {reason}")), now)
-    result = Releaser(home.config, home.store, home.blobs).run(now, only_org=org)
+    result = Releaser(home.config, home.store).run(now, only_org=org)
     click.echo(f"released early: {moved} held item(s) in {len(result.deliveries)} file(s) "
                f"for {org}")
 

@@ -1,0 +1,100 @@
+"""The daemon's own speed: end-to-end ingest of 100 MB, and drop-to-delivery latency.
+
+- ``kela-broker ingest`` of a 100 MB batch into a fresh home (validate, route, store in
+  SQLite, release what is due, write the delivery files) beside ``xmllint --stream
+  --schema`` validating the same file alone. Target: within 3x of xmllint.
+- A running daemon (``kela-broker run``): 100 drops of a one-notification batch, each
+  timed from the rename into ``inbox/kela/`` to its delivery file appearing in
+  ``outbox/helsinki/``. Target: p95 under 1 s.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from bench import Row
+from bench.validate_bench import XSD, _batch, _broker_exe, _timed
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def _home(root: Path) -> Path:
+    from daemon_support import make_home
+
+    return make_home(root)
+
+
+def _ingest_100mb(workdir: Path) -> list[Row]:
+    path = _batch(workdir, 100)
+    size_mb = path.stat().st_size / 1e6
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        home = _home(Path(tmp) / "home")
+        secs, rss, rc = _timed([_broker_exe(), "--home", str(home), "ingest", str(path)])
+        written = sum(1 for p in (home / "outbox").rglob("*") if p.is_file())
+    name = "ingest 100 MB batch end to end"
+    ours = f"{secs:.1f} s, {size_mb / secs:.0f} MB/s, {rss:.0f} MB RSS, {written} files"
+    if rc != 0:
+        return [Row(name, f"exit {rc}", ok=False)]
+    xmllint = shutil.which("xmllint")
+    if xmllint is None:
+        return [Row(name, ours, "xmllint not installed", target="<= 3x xmllint time")]
+    base_s, _, _ = _timed([xmllint, "--stream", "--noout", "--schema", str(XSD), str(path)])
+    ratio = secs / base_s
+    return [Row(name, ours, f"xmllint validate only: {base_s:.1f} s", ratio,
+                "<= 3x xmllint time", ratio <= 3.0)]
+
+
+def _latency(workdir: Path, drops: int = 100) -> list[Row]:
+    from daemon_support import DaemonProcess
+
+    from broker.synthetic import write_batch
+
+    today = datetime.now(UTC).astimezone(ZoneInfo("Europe/Helsinki")).date()
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        home = _home(Path(tmp) / "home")
+        src = Path(tmp) / "src"
+        src.mkdir()
+        batches = []
+        for i in range(drops):
+            p = src / f"one-{i:03d}.xml"
+            write_batch(p, count=1, municipalities=["091"], types=["IMMIGRANT"],
+                        decision_date=today, batch_id=f"LAT-{i}", seed=i,
+                        start_id=900_000 + i)
+            batches.append(p)
+        inbox = home / "inbox" / "kela"
+        outbox = home / "outbox" / "helsinki"
+        d = DaemonProcess(home).start()
+        samples: list[float] = []
+        try:
+            for p in batches:
+                before = len(list(outbox.glob("D-*.xml"))) if outbox.exists() else 0
+                tmp_name = inbox / f".{p.name}.part"
+                shutil.copyfile(p, tmp_name)
+                t0 = time.perf_counter()
+                tmp_name.rename(inbox / p.name)
+                while True:
+                    if outbox.exists() and len(list(outbox.glob("D-*.xml"))) > before:
+                        break
+                    if time.perf_counter() - t0 > 30:
+                        raise RuntimeError(f"no delivery for {p.name} within 30 s")
+                    time.sleep(0.002)
+                samples.append(time.perf_counter() - t0)
+        finally:
+            d.stop()
+    q = statistics.quantiles(samples, n=100)
+    p50, p95 = statistics.median(samples), q[94]
+    return [Row(f"drop -> delivery latency ({drops} drops)",
+                f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms", "", None,
+                "p95 < 1 s", p95 < 1.0)]
+
+
+def run(workdir: Path) -> list[Row]:
+    return [*_ingest_100mb(workdir), *_latency(workdir)]

@@ -1,0 +1,310 @@
+"""Responses from organisations back into Kela (SPEC 6), with acknowledgements (SPEC 7).
+
+The daemon, on its worker thread, for every complete upload in ``inbox/<org>/``:
+
+    outcome = process_upload(path, org, config=..., store=..., now=...)
+    settle_upload(path, outcome, config=..., store=..., now=...)   # archive / quarantine
+    if outcome.needs_release: run a release pass (a transfer is due at once)
+
+and once at start, before the inbox is scanned: ``finish_pending(config, store)``.
+
+An accepted upload is one transaction: the ``input_files`` row, the receipts and
+transfers on ``assignments``, the payment demands, and the rendered acknowledgement
+and forward (``response_files``). The two files are written from that row after the
+commit; a crash in between is finished by ``finish_pending``, and the upload still
+in the inbox is recognised as the same accepted upload (never answered DUPLICATE).
+A rejected or duplicate upload changes nothing in the store: its only effect is the
+acknowledgement file, written again if a crash lost it (the upload stays in the
+inbox until settled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+
+from broker import ack
+from broker.config import Config, Organisation
+from broker.errors import Problem, StoreError
+from broker.fsutil import atomic_write, private_dir
+from broker.ingest import file_digest
+from broker.response_rules import Plan, RuleContext, check, parse
+from broker.response_store import (
+    Unreceipted,
+    accepted_response,
+    demand_hashes,
+    ensure_tables,
+    note_states,
+    payment_demands,
+    reserved_ack_names,
+    response_events,
+    response_files,
+)
+from broker.response_store import unreceipted as _unreceipted
+from broker.response_texts import Finding
+from broker.store import Store, assignments, input_files, today_in
+from broker.validation import SMALL_FILE_LIMIT
+
+__all__ = ["ResponseOutcome", "Unreceipted", "finish_pending", "process_upload",
+           "settle_upload", "size_limit", "unreceipted"]
+
+
+@dataclass
+class ResponseOutcome:
+    file: str
+    organisation: str
+    sha256: str
+    size: int
+    status: str  # accepted | rejected | duplicate
+    findings: list[Finding] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # in the organisation's language
+    ack_path: Path | None = None
+    forward_path: Path | None = None
+    response_id: str | None = None
+    receipts: int = 0
+    transfers: list[tuple[str, str]] = field(default_factory=list)  # (notification, to org)
+    payment_demands: int = 0
+    replayed: bool = False  # the same accepted upload seen again after a crash
+
+    @property
+    def needs_release(self) -> bool:
+        """A transfer was accepted: the next release pass delivers it to its new organisation."""
+        return bool(self.transfers)
+
+    def problems_in(self, language: str) -> list[Problem]:
+        return [f.problem(self.file, language) for f in self.findings]
+
+
+def size_limit(config: Config) -> int:
+    """Responses are parsed whole, in memory: the smallest of the configured bounds."""
+    return min(config.max_file_bytes, config.sftp.max_upload_bytes, SMALL_FILE_LIMIT)
+
+
+def unreceipted(store: Store, now: datetime) -> list[Unreceipted]:
+    """Per organisation: delivered, not yet receipted notifications, and the oldest's age."""
+    return _unreceipted(store.engine, now)
+
+
+def process_upload(path: Path, org: Organisation, *, config: Config, store: Store,
+                   now: datetime) -> ResponseOutcome:
+    """Check, apply and acknowledge one complete upload of ``org``; never raises for bad input."""
+    ensure_tables(store.engine)
+    limit = size_limit(config)
+    size = path.stat().st_size
+    data: bytes | None = None
+    if size <= limit:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+        sha, size = hashlib.sha256(data).hexdigest(), len(data)
+    else:
+        sha, size = file_digest(path)
+    out = ResponseOutcome(file=path.name, organisation=org.id, sha256=sha, size=size,
+                          status="accepted")
+    with store.engine.connect() as c:
+        prior = accepted_response(c, org.id, sha)
+    if prior is not None:
+        if prior.settled_at is None and prior.name == path.name:
+            # Accepted before a crash, upload never settled: finish, answer as before.
+            _finish(config, store, prior.id)
+            out.replayed, out.response_id = True, prior.response_id
+            out.ack_path = _ack_dir(config, org.id) / prior.ack_name
+            out.forward_path = config.outbox / "kela" / prior.forward_name
+            return out
+        out.status = "duplicate"
+        _write_ack(out, org, config, store, now, "DUPLICATE")
+        return out
+
+    row_id: int | None = None
+    if data is None or len(data) > limit:
+        out.findings = [Finding("TOO_LARGE", None, "too_large", {"size": size, "limit": limit})]
+    else:
+        parsed, out.findings = parse(data, max_bytes=limit)
+        if parsed is not None:
+            out.response_id = parsed.response_id
+            with store.engine.begin() as c:
+                notes = note_states(c, [r.notification_id for r in parsed.receipts]
+                                    + [t.notification_id for t in parsed.transfers])
+                ctx = RuleContext(config=config, org=org, today=today_in(config.timezone, now),
+                                  notes=notes,
+                                  demand_hashes=demand_hashes(c, org.id,
+                                                              [d.id for d in parsed.demands]))
+                plan, out.findings = check(parsed, ctx)
+                if not out.findings:
+                    row_id = _apply(c, plan, parsed.root, out, org, config, now)
+    if out.findings:
+        out.status = "rejected"
+        out.problems = out.problems_in(org.language)
+        _write_ack(out, org, config, store, now, "REJECTED")
+        return out
+    assert row_id is not None  # no findings means the plan was applied
+    _finish(config, store, row_id)
+    return out
+
+
+def _ack_dir(config: Config, org_id: str) -> Path:
+    return config.outbox / org_id / "acks"
+
+
+def _write_ack(out: ResponseOutcome, org: Organisation, config: Config, store: Store,
+               now: datetime, status: str) -> None:
+    folder = private_dir(_ack_dir(config, org.id))
+    with store.engine.connect() as c:
+        taken = reserved_ack_names(c, org.id, out.file[:100])
+    name = ack.ack_name(out.file, taken, folder)
+    atomic_write(folder / name, ack.render_ack(
+        file=out.file, sha256=out.sha256, received=now, tz=config.timezone, status=status,
+        problems=out.problems), exclusive=True)
+    out.ack_path = folder / name
+
+
+def _apply(c: Connection, plan: Plan, root: Any, out: ResponseOutcome, org: Organisation,
+           config: Config, now: datetime) -> int:
+    """Every change of one accepted upload, inside the caller's transaction."""
+    count = len(plan.receipts) + len(plan.transfers) + len(plan.new_demands)
+    file_id = c.execute(insert(input_files).values(
+        source=org.id, kind="response", name=out.file, sha256=out.sha256, size=out.size,
+        status="accepted", received_at=now, batch_id=(out.response_id or "")[:64],
+        items=count)).inserted_primary_key[0]  # type: ignore[index]
+    acks = _ack_dir(config, org.id)
+    ack_name = ack.ack_name(out.file, reserved_ack_names(c, org.id, out.file[:100]), acks)
+    fwd_name = ack.forward_name(org.id, now, out.sha256, config.timezone)
+    row_id = int(c.execute(insert(response_files).values(
+        input_file_id=file_id, organisation=org.id, name=out.file, sha256=out.sha256,
+        response_id=out.response_id or "", received_at=now, ack_name=ack_name,
+        ack_xml=ack.render_ack(file=out.file, sha256=out.sha256, received=now,
+                               tz=config.timezone, status="ACCEPTED"),
+        forward_name=fwd_name,
+        forward_xml=ack.render_forward(root, organisation=org.id, sha256=out.sha256,
+                                       received=now, tz=config.timezone, file=out.file),
+        state="pending")).inserted_primary_key[0])  # type: ignore[index]
+    a = assignments
+    for r in plan.receipts:
+        changed = c.execute(update(a).where(
+            a.c.id == r.assignment_id, a.c.organisation == org.id,
+            a.c.state.in_(("released", "handled"))).values(
+            state="handled", handled_on=r.receipt.handled)).rowcount
+        _guard(changed, r.receipt.notification_id)
+        c.execute(insert(response_events).values(
+            response_file_id=row_id, assignment_id=r.assignment_id,
+            notification_id=r.receipt.notification_id, organisation=org.id, kind="receipt",
+            line=r.receipt.line, handled_on=r.receipt.handled, at=now))
+    for t in plan.transfers:
+        changed = c.execute(update(a).where(
+            a.c.id == t.assignment_id, a.c.organisation == org.id, a.c.state == "released")
+            .values(state="transferred")).rowcount
+        _guard(changed, t.transfer.notification_id)
+        new_id = c.execute(insert(a).values(
+            item_seq=t.item_seq, organisation=t.to_organisation, type=t.type, release_at=now,
+            state="held", transferred_from=t.assignment_id,
+            created_at=now)).inserted_primary_key[0]  # type: ignore[index]
+        c.execute(insert(response_events).values(
+            response_file_id=row_id, assignment_id=t.assignment_id,
+            notification_id=t.transfer.notification_id, organisation=org.id, kind="transfer",
+            line=t.transfer.line, to_municipality=t.transfer.to_municipality,
+            to_organisation=t.to_organisation, new_assignment_id=new_id,
+            reason=t.transfer.reason, at=now))
+        out.transfers.append((t.transfer.notification_id, t.to_organisation))
+    for d in plan.new_demands:
+        c.execute(insert(payment_demands).values(
+            organisation=org.id, demand_id=d.id, response_file_id=row_id, pic=d.pic,
+            municipality=d.municipality, benefit=d.benefit, period_start=d.period_start,
+            period_end=d.period_end, amount=d.amount, payee_iban=d.payee_iban,
+            content_hash=d.content_hash, received_at=now))
+    out.receipts, out.payment_demands = len(plan.receipts), len(plan.new_demands)
+    out.ack_path = acks / ack_name
+    out.forward_path = config.outbox / "kela" / fwd_name
+    return row_id
+
+
+def _guard(changed: int, notification_id: str) -> None:
+    if changed != 1:  # another process moved it between the check and the write
+        raise StoreError(f"notification {notification_id} changed while the response was "
+                         "applied; the upload is retried", key=notification_id)
+
+
+def _finish(config: Config, store: Store, row_id: int) -> None:
+    """Write the forward, then the ack (Kela has it before the organisation hears ACCEPTED)."""
+    with store.engine.connect() as c:
+        row = c.execute(select(response_files).where(response_files.c.id == row_id)).one()
+    if row.state == "written":
+        return
+    for folder, name, data in (
+            (config.outbox / "kela", row.forward_name, row.forward_xml),
+            (_ack_dir(config, row.organisation), row.ack_name, row.ack_xml)):
+        target = private_dir(folder) / name
+        if not target.exists():  # written before a crash: the name was reserved, keep it
+            atomic_write(target, bytes(data))
+    with store.engine.begin() as c:
+        c.execute(update(response_files).where(response_files.c.id == row_id)
+                  .values(state="written"))
+
+
+def finish_pending(config: Config, store: Store) -> int:
+    """At start: write the files a crash left unwritten; settle uploads no longer in the inbox.
+
+    Returns how many accepted uploads had their files finished.
+    """
+    ensure_tables(store.engine)
+    with store.engine.connect() as c:
+        rows = c.execute(select(response_files.c.id, response_files.c.state,
+                                response_files.c.organisation, response_files.c.name,
+                                response_files.c.sha256)
+                         .where((response_files.c.state == "pending")
+                                | response_files.c.settled_at.is_(None))).all()
+    finished = 0
+    for r in rows:
+        if r.state == "pending":
+            _finish(config, store, r.id)
+            finished += 1
+        upload = config.inbox / r.organisation / r.name
+        if not upload.is_file() or file_digest(upload)[0] != r.sha256:
+            _mark_settled(store, r.id, None)
+    return finished
+
+
+def _mark_settled(store: Store, row_id: int, now: datetime | None) -> None:
+    with store.engine.begin() as c:
+        c.execute(update(response_files).where(response_files.c.id == row_id)
+                  .values(settled_at=now or c.execute(
+                      select(response_files.c.received_at)
+                      .where(response_files.c.id == row_id)).scalar()))
+
+
+def settle_upload(path: Path, outcome: ResponseOutcome, *, config: Config, store: Store,
+                  now: datetime) -> Path:
+    """Move the upload out of the inbox: var/archive/<org>/<date>/ when accepted or a
+    duplicate, var/quarantine/<org>/ with a report when rejected. Returns the new path."""
+    org = outcome.organisation
+    if outcome.status == "rejected":
+        dest = private_dir(config.var / "quarantine" / org)
+        target = dest / f"{now.strftime('%Y%m%dT%H%M%S%f')}-{path.name}"
+        atomic_write(dest / f"{target.name}.report.txt", report_text(outcome).encode())
+    else:
+        dest = private_dir(config.var / "archive" / org / now.strftime("%Y-%m-%d"))
+        target = dest / f"{now.strftime('%H%M%S%f')}-{path.name}"
+    shutil.move(str(path), target)
+    if outcome.status == "accepted":
+        with store.engine.connect() as c:
+            row = accepted_response(c, org, outcome.sha256)
+        if row is not None and row.settled_at is None:
+            _mark_settled(store, row.id, now)
+    return target
+
+
+def report_text(out: ResponseOutcome) -> str:
+    """The operator's report beside a quarantined upload (English; the ack has the org's)."""
+    lines = [f"File: {out.file}", f"Organisation: {out.organisation}",
+             f"SHA-256: {out.sha256}", f"Size: {out.size} bytes",
+             f"Verdict: REJECTED ({len(out.findings)} problem(s)); nothing from this file "
+             "was accepted.", f"Acknowledgement: {out.ack_path}", ""]
+    for p in out.problems_in("en"):
+        where = f"line {p.line}" if p.line is not None else "file"
+        lines.append(f"{where}: {p.code}: {p.message}")
+    return "\n".join(lines) + "\n"
