@@ -17,20 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
-import hashlib
 import logging
 import os
 import shutil
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
 
 import asyncssh
 
+from adapters.sftp_base import Handle, dir_attrs, guarded, hash_fd, sftp_status
 from adapters.sftp_paths import Area, Denied, Jail, NotFound, Resolved, hidden_in_outbox
 from adapters.sftp_paths import normalise as normalise_path
 from adapters.sftp_paths import open_nofollow as _open_nofollow
@@ -46,13 +44,9 @@ MAX_READ = 256 * 1024
 # faster than it consumes (paramiko prefetch) grows the server by the file size.
 MAX_QUEUED = 1024 * 1024
 _DRAIN_POLL = 0.002
-_HASH_CHUNK = 1024 * 1024
 
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
 _WRITE_FLAGS |= asyncssh.FXF_APPEND | asyncssh.FXF_EXCL
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 @dataclass
@@ -70,96 +64,6 @@ class SessionContext:
     writing_remove: Callable[[Path], None]
     is_writing: Callable[[Path], bool]
     upload_closed: Callable[[str, Path], None]
-
-
-@dataclass(eq=False)
-class _Handle:
-    fd: int
-    resolved: Resolved
-    writing: bool
-    hasher: Any = field(default_factory=hashlib.sha256)
-    hashed_upto: int = 0  # -1: writes/reads were not sequential, rehash on close
-    transferred: int = 0
-    too_large: bool = False
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        # asyncssh's ranges@asyncssh.com extension seeks the file object.
-        return os.lseek(self.fd, offset, whence)
-
-    def feed(self, offset: int, data: bytes) -> None:
-        """Hash in-order traffic as it passes, so close rarely has to re-read."""
-        if self.hashed_upto == offset:
-            self.hasher.update(data)
-            self.hashed_upto += len(data)
-        elif offset < self.hashed_upto and not self.writing:
-            pass  # a re-read of bytes already hashed changes nothing
-        else:
-            self.hashed_upto = -1
-
-
-@contextlib.contextmanager
-def sftp_status() -> Iterator[None]:
-    """The one place where failures become SFTP status codes.
-
-    Messages name client paths only: OSError text (which may carry local paths)
-    is reduced to its strerror.
-    """
-    try:
-        yield
-    except asyncssh.SFTPError:
-        raise
-    except Denied as exc:
-        raise asyncssh.SFTPPermissionDenied(exc.message) from None
-    except NotFound as exc:
-        raise asyncssh.SFTPNoSuchFile(exc.message) from None
-    except FileNotFoundError:
-        raise asyncssh.SFTPNoSuchFile("no such file") from None
-    except FileExistsError:
-        raise asyncssh.SFTPFailure("file already exists") from None
-    except (PermissionError, IsADirectoryError) as exc:
-        raise asyncssh.SFTPPermissionDenied(exc.strerror or "permission denied") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise asyncssh.SFTPPermissionDenied("symbolic links are not followed") from None
-        log.warning("sftp: %s", exc)
-        raise asyncssh.SFTPFailure(exc.strerror or "failure") from None
-
-
-def _guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Run a request under ``sftp_status`` and count it as activity (idle timer)."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        server = args[0]
-        assert isinstance(server, JailedSftp)
-        server.ctx.touch()
-        with sftp_status():
-            return await fn(*args, **kwargs)
-
-    return wrapper
-
-
-def _dir_attrs(mode: int = 0o500) -> asyncssh.SFTPAttrs:
-    now = int(time.time())
-    return asyncssh.SFTPAttrs(
-        type=asyncssh.FILEXFER_TYPE_DIRECTORY,
-        permissions=stat.S_IFDIR | mode,
-        size=0,
-        uid=0,
-        gid=0,
-        atime=now,
-        mtime=now,
-        nlink=2,
-    )
-
-
-def _hash_fd(fd: int) -> str:
-    digest = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, _HASH_CHUNK, offset):
-        digest.update(chunk)
-        offset += len(chunk)
-    return digest.hexdigest()
 
 
 class JailedSftp(asyncssh.SFTPServer):
@@ -190,7 +94,7 @@ class JailedSftp(asyncssh.SFTPServer):
     def _resolve(self, path: bytes) -> Resolved:
         return self.ctx.jail.resolve(path)
 
-    @_guarded
+    @guarded
     async def realpath(self, path: bytes) -> bytes:
         return normalise_path(path).encode("utf-8")
 
@@ -198,21 +102,21 @@ class JailedSftp(asyncssh.SFTPServer):
 
     def _stat_resolved(self, res: Resolved) -> os.stat_result | asyncssh.SFTPAttrs:
         if res.local is None:
-            return _dir_attrs()
+            return dir_attrs()
         st = os.lstat(res.local)
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             raise NotFound(f"{res.virtual}: no such file")
         return st
 
-    @_guarded
+    @guarded
     async def stat(self, path: bytes) -> os.stat_result | asyncssh.SFTPAttrs:
         return self._stat_resolved(self._resolve(path))
 
-    @_guarded
+    @guarded
     async def lstat(self, path: bytes) -> os.stat_result | asyncssh.SFTPAttrs:
         return self._stat_resolved(self._resolve(path))
 
-    @_guarded
+    @guarded
     async def fstat(self, file_obj: object) -> os.stat_result:
         return os.fstat(self._handle(file_obj).fd)
 
@@ -222,7 +126,7 @@ class JailedSftp(asyncssh.SFTPServer):
         if attrs.atime is not None and attrs.mtime is not None:
             os.utime(target, (attrs.atime, attrs.mtime))
 
-    @_guarded
+    @guarded
     async def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
         res = self._resolve(path)
         if res.area is not Area.TO_KELA or res.local is None or res.is_area_root:
@@ -231,22 +135,22 @@ class JailedSftp(asyncssh.SFTPServer):
             raise Denied(f"{res.virtual}: not a file")
         self._apply_times(res.local, attrs)
 
-    @_guarded
+    @guarded
     async def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
         await self.setstat(path, attrs)
 
-    @_guarded
+    @guarded
     async def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
         handle = self._handle(file_obj)
         if not handle.writing:
             raise Denied(f"{handle.resolved.virtual}: attributes cannot be changed here")
         self._apply_times(handle.fd, attrs)
 
-    @_guarded
+    @guarded
     async def statvfs(self, path: bytes) -> os.statvfs_result:
         raise Denied("statvfs is not available")
 
-    @_guarded
+    @guarded
     async def fstatvfs(self, file_obj: object) -> os.statvfs_result:
         raise Denied("statvfs is not available")
 
@@ -263,11 +167,11 @@ class JailedSftp(asyncssh.SFTPServer):
         return self._entries(res)
 
     async def _entries(self, res: Resolved) -> AsyncIterator[asyncssh.SFTPName]:
-        yield asyncssh.SFTPName(b".", attrs=_dir_attrs())
-        yield asyncssh.SFTPName(b"..", attrs=_dir_attrs())
+        yield asyncssh.SFTPName(b".", attrs=dir_attrs())
+        yield asyncssh.SFTPName(b"..", attrs=dir_attrs())
         if res.local is None:
-            yield asyncssh.SFTPName(b"from-kela", attrs=_dir_attrs(0o700))
-            yield asyncssh.SFTPName(b"to-kela", attrs=_dir_attrs(0o300))
+            yield asyncssh.SFTPName(b"from-kela", attrs=dir_attrs(0o700))
+            yield asyncssh.SFTPName(b"to-kela", attrs=dir_attrs(0o300))
             return
         with sftp_status(), os.scandir(res.local) as entries:
             listing = list(entries)
@@ -284,38 +188,38 @@ class JailedSftp(asyncssh.SFTPServer):
                 attrs = asyncssh.SFTPAttrs.from_local(st)
                 yield asyncssh.SFTPName(os.fsencode(entry.name), attrs=attrs)
 
-    @_guarded
+    @guarded
     async def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
         raise Denied(f"{normalise_path(path)}: folders cannot be created")
 
-    @_guarded
+    @guarded
     async def rmdir(self, path: bytes) -> None:
         raise Denied(f"{normalise_path(path)}: folders cannot be removed")
 
     # -- links -----------------------------------------------------------
 
-    @_guarded
+    @guarded
     async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
         raise Denied("symbolic links cannot be created")
 
-    @_guarded
+    @guarded
     async def link(self, oldpath: bytes, newpath: bytes) -> None:
         raise Denied("links cannot be created")
 
-    @_guarded
+    @guarded
     async def readlink(self, path: bytes) -> bytes:
         self._resolve(path)  # a symlink anywhere on the way is refused here
         raise asyncssh.SFTPNoSuchFile(f"{normalise_path(path)}: not a symbolic link")
 
     # -- files -----------------------------------------------------------
 
-    def _handle(self, file_obj: object) -> _Handle:
-        if not isinstance(file_obj, _Handle):
+    def _handle(self, file_obj: object) -> Handle:
+        if not isinstance(file_obj, Handle):
             raise asyncssh.SFTPInvalidHandle("invalid handle")
         return file_obj
 
-    @_guarded
-    async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> _Handle:
+    @guarded
+    async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> Handle:
         res = self._resolve(path)
         if res.local is None or res.is_area_root:
             raise Denied(f"{res.virtual}: is a folder")
@@ -323,13 +227,13 @@ class JailedSftp(asyncssh.SFTPServer):
             return self._open_for_read(res, pflags)
         return self._open_for_write(res, pflags)
 
-    @_guarded
+    @guarded
     async def open56(
         self, path: bytes, desired_access: int, flags: int, attrs: asyncssh.SFTPAttrs
-    ) -> _Handle:
+    ) -> Handle:
         raise asyncssh.SFTPOpUnsupported("SFTP version 3 only")
 
-    def _open_for_read(self, res: Resolved, pflags: int) -> _Handle:
+    def _open_for_read(self, res: Resolved, pflags: int) -> Handle:
         assert res.local is not None
         if pflags & _WRITE_FLAGS:
             raise Denied(f"{res.virtual}: /from-kela/ is read-only")
@@ -337,9 +241,9 @@ class JailedSftp(asyncssh.SFTPServer):
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise Denied(f"{res.virtual}: not a file")
-        return _Handle(fd, res, writing=False)
+        return Handle(fd, res, writing=False)
 
-    def _open_for_write(self, res: Resolved, pflags: int) -> _Handle:
+    def _open_for_write(self, res: Resolved, pflags: int) -> Handle:
         assert res.local is not None
         if pflags & asyncssh.FXF_READ or not pflags & asyncssh.FXF_WRITE:
             raise Denied(f"{res.virtual}: /to-kela/ is write-only")
@@ -355,13 +259,13 @@ class JailedSftp(asyncssh.SFTPServer):
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise Denied(f"{res.virtual}: not a file")
-        handle = _Handle(fd, res, writing=True)
+        handle = Handle(fd, res, writing=True)
         if st.st_size:
             handle.hashed_upto = -1  # resuming: hash the whole file on close
         self.ctx.writing_add(res.local)
         return handle
 
-    @_guarded
+    @guarded
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         handle = self._handle(file_obj)
         if handle.writing:
@@ -374,7 +278,7 @@ class JailedSftp(asyncssh.SFTPServer):
         handle.transferred += len(data)
         return data
 
-    @_guarded
+    @guarded
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         handle = self._handle(file_obj)
         if not handle.writing:
@@ -390,13 +294,13 @@ class JailedSftp(asyncssh.SFTPServer):
         handle.transferred += written
         return written
 
-    @_guarded
+    @guarded
     async def fsync(self, file_obj: object) -> None:
         handle = self._handle(file_obj)
         if handle.writing:
             os.fsync(handle.fd)
 
-    @_guarded
+    @guarded
     async def close(self, file_obj: object) -> None:
         handle = self._handle(file_obj)
         try:
@@ -404,7 +308,7 @@ class JailedSftp(asyncssh.SFTPServer):
             if handle.hashed_upto == size:
                 digest = handle.hasher.hexdigest()
             else:
-                digest = await asyncio.to_thread(_hash_fd, handle.fd)
+                digest = await asyncio.to_thread(hash_fd, handle.fd)
         finally:
             os.close(handle.fd)
             if handle.writing and handle.resolved.local is not None:
@@ -414,7 +318,7 @@ class JailedSftp(asyncssh.SFTPServer):
         else:
             self._event("download", handle.resolved.virtual, handle.transferred, digest)
 
-    def _upload_closed(self, handle: _Handle, size: int, digest: str) -> None:
+    def _upload_closed(self, handle: Handle, size: int, digest: str) -> None:
         local = handle.resolved.local
         assert local is not None
         if handle.too_large:
@@ -446,7 +350,7 @@ class JailedSftp(asyncssh.SFTPServer):
 
     # -- delete and rename -----------------------------------------------
 
-    @_guarded
+    @guarded
     async def remove(self, path: bytes) -> None:
         res = self._resolve(path)
         if res.area is not Area.FROM_KELA or res.local is None or res.is_area_root:
@@ -472,7 +376,7 @@ class JailedSftp(asyncssh.SFTPServer):
     def _size_and_hash(path: Path) -> tuple[int, str]:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            return os.fstat(fd).st_size, _hash_fd(fd)
+            return os.fstat(fd).st_size, hash_fd(fd)
         finally:
             os.close(fd)
 
@@ -496,10 +400,10 @@ class JailedSftp(asyncssh.SFTPServer):
         self._event("rename", old.virtual, st.st_size, None, f"to {new.virtual}")
         self.ctx.upload_closed(self.ctx.org, new.local)
 
-    @_guarded
+    @guarded
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
         await self._rename(oldpath, newpath, overwrite=False)
 
-    @_guarded
+    @guarded
     async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
         await self._rename(oldpath, newpath, overwrite=True)

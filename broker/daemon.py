@@ -31,10 +31,11 @@ from broker.audit import AuditEvent, AuditLog
 from broker.config import Config, load_config
 from broker.db import make_engine
 from broker.errors import BrokerError, ConfigError
-from broker.fsutil import atomic_write, private_dir
+from broker.fsutil import atomic_write, is_hidden_or_partial, private_dir
 from broker.ingest import Outcome, ingest_batch, report_text
 from broker.metrics import Metrics, MetricsServer
 from broker.release import Releaser
+from broker.responses import finish_pending, process_upload, settle_upload
 from broker.store import Store
 
 log = logs.get("broker.daemon")
@@ -77,8 +78,10 @@ class Daemon:
         self.audit = AuditLog(make_engine(cfg.var / "audit.db"))
         self.releaser = Releaser(cfg, self.store)
         recovered = await self._in_worker(self.releaser.recover)
-        if recovered:
-            log.warning("finished deliveries interrupted by a crash", count=recovered)
+        answered = await self._in_worker(finish_pending, cfg, self.store)
+        if recovered or answered:
+            log.warning("finished work interrupted by a crash", deliveries=recovered,
+                        acknowledgements=answered)
 
         self.sftp = SftpService(self._sftp_options(cfg), on_event=self._audit_event,
                                 on_upload_closed=lambda org, path: self.enqueue(path))
@@ -91,7 +94,7 @@ class Daemon:
         self.metrics_server.start()
         log.info("metrics listening", host=mhost, port=self.metrics_server.port)
 
-        self.watcher = FolderWatcher([cfg.inbox / "kela"], self.enqueue, cfg.rescan_seconds)
+        self.watcher = FolderWatcher(self._inboxes(cfg), self.enqueue, cfg.rescan_seconds)
         self.watcher.start()
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.scheduler.add_job(self._tick, "interval", seconds=max(cfg.rescan_seconds, 0.5),
@@ -136,8 +139,12 @@ class Daemon:
         """Handle one queued item on the worker thread."""
         if path == WAKE:
             self.release_pass()
+        elif is_hidden_or_partial(path.name):
+            return  # SPEC 1: not complete until renamed (an SFTP close reports these too)
         elif path.parent == self.config.inbox / "kela":
             self.handle_batch(path)
+        elif path.parent.parent == self.config.inbox and path.parent.name in self.config.by_id:
+            self.handle_upload(path, path.parent.name)
 
     def handle_batch(self, path: Path) -> None:
         if not path.is_file():
@@ -154,6 +161,20 @@ class Daemon:
         log.info("batch accepted", file=outcome.file, status=outcome.status, new=outcome.new,
                  unchanged=outcome.unchanged)
         if outcome.new:
+            self.release_pass()
+
+    def handle_upload(self, path: Path, org_id: str) -> None:
+        """A response an organisation uploaded to /to-kela/ (SPEC 6), once complete."""
+        if not path.is_file() or self.sftp.is_writing(path):
+            return  # still being written: its close (or the next rescan) brings it back
+        now = utcnow()
+        out = process_upload(path, self.config.by_id[org_id], config=self.config,
+                             store=self.store, now=now)
+        settle_upload(path, out, config=self.config, store=self.store, now=now)
+        self.metrics.files.labels(source="organisation", status=out.status).inc()
+        log.info("response processed", organisation=org_id, file=path.name, status=out.status,
+                 problems=len(out.problems))
+        if out.needs_release:
             self.release_pass()
 
     def release_pass(self) -> None:
@@ -252,8 +273,14 @@ class Daemon:
         self.config = new
         self.releaser = Releaser(new, self.store)
         self.sftp.update_organisations(frozenset(new.by_id))
+        for folder in self._inboxes(new):
+            self.watcher.watch(folder)
         log.info("configuration reloaded", organisations=len(new.organisations))
         self.enqueue(WAKE)
+
+    @staticmethod
+    def _inboxes(cfg: Config) -> list[Path]:
+        return [cfg.inbox / "kela", *(cfg.inbox / o.id for o in cfg.organisations)]
 
     def _state_counts(self) -> list[tuple[str, str, str, int]]:
         totals: dict[str, int] = {}

@@ -30,6 +30,8 @@ def make_engine(path: Path) -> Engine:
 
     # Import the table modules so that every table is on ``metadata``.
     import broker.audit
+    import broker.pushes
+    import broker.response_store
     import broker.store  # noqa: F401
 
     metadata.create_all(engine)

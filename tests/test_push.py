@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from daemon_support import EXAMPLES, DaemonProcess, cli, drop, make_home, wait_for
-from sftp_support import Running, start_sftp  # noqa: F401  (fixture)
+from sftp_support import Running
+
+pytest_plugins = ("sftp_support",)
 
 
 def add_push(home: Path, remote: Running, known_hosts: Path) -> None:
@@ -25,7 +27,7 @@ def add_push(home: Path, remote: Running, known_hosts: Path) -> None:
 
 
 def test_released_files_are_pushed_once_with_host_key_checked(
-        tmp_path: Path, start_sftp: Callable[..., Running]) -> None:  # noqa: F811
+        tmp_path: Path, start_sftp: Callable[..., Running]) -> None:
     remote = start_sftp()
     host_pub = subprocess.run(["ssh-keygen", "-y", "-f", str(remote.options.host_key_path)],
                               capture_output=True, text=True, check=True).stdout.strip()
@@ -66,7 +68,7 @@ def test_released_files_are_pushed_once_with_host_key_checked(
 
 
 def test_unknown_host_key_is_refused(tmp_path: Path,
-                                     start_sftp: Callable[..., Running]) -> None:  # noqa: F811
+                                     start_sftp: Callable[..., Running]) -> None:
     remote = start_sftp()
     known_hosts = tmp_path / "known_hosts"
     other = tmp_path / "other"

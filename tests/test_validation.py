@@ -306,7 +306,8 @@ def test_console_script_exit_codes(tmp_path: Path) -> None:
 
 def test_unexpected_element_under_root(tmp_path: Path, ctx: BatchContext) -> None:
     text = batch_text().replace(
-        '  <Notification id="N-2026-000000002"', '  <Surprise/>\n  <Notification id="N-2026-000000002"'
+        '  <Notification id="N-2026-000000002"',
+        '  <Surprise/>\n  <Notification id="N-2026-000000002"',
     )
     p = only(validate_file(write(tmp_path, text), ctx))
     assert (p.line, p.code) == (21, "SCHEMA") and "Surprise" in p.message

@@ -31,9 +31,9 @@ def main(ctx: click.Context, home: Path) -> None:
 
 def _register() -> None:
     # Each module defines its commands standalone; wiring happens only here.
-    from broker.cli import audit, flow, ops, validate
+    from broker.cli import audit, flow, notifications, ops, validate
 
-    for module in (ops, flow, validate, audit):
+    for module in (ops, flow, validate, audit, notifications):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -17,6 +17,7 @@ from broker.cli.common import console, fail, home_of, parse_now
 from broker.ingest import ingest_batch
 from broker.model import ALL_TYPES, NotificationType
 from broker.release import Releaser
+from broker.responses import unreceipted
 
 
 @click.command()
@@ -59,8 +60,13 @@ def status(ctx: click.Context, as_json: bool) -> None:
     counts = store.counts()
     held = store.held_summary()
     files = store.file_counts()
+    waiting = unreceipted(store, datetime.now(UTC))
     if as_json:
         click.echo(json.dumps({
+            "unreceipted": [{"organisation": u.organisation, "count": u.count,
+                             "oldest_released_at": u.oldest_released_at.isoformat(),
+                             "oldest_age_hours": round(u.oldest_age.total_seconds() / 3600, 1)}
+                            for u in waiting],
             "files": files,
             "assignments": [{"organisation": o, "type": t, "state": s, "count": n}
                             for o, t, s, n in counts],
@@ -90,6 +96,16 @@ def status(ctx: click.Context, as_json: bool) -> None:
                       str(states.get("transferred", 0)),
                       nd.astimezone(tz).strftime("%Y-%m-%d %H:%M") if nd else "")
     console().print(table)
+    if waiting:
+        t2 = Table(title="Delivered, not yet receipted")
+        for col in ("organisation", "notifications", "oldest delivered (Helsinki)", "age"):
+            t2.add_column(col)
+        for u in waiting:
+            days, rest = divmod(int(u.oldest_age.total_seconds()), 86400)
+            t2.add_row(u.organisation, str(u.count),
+                       u.oldest_released_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"),
+                       f"{days} d {rest // 3600} h")
+        console().print(t2)
 
 
 @click.command()
