@@ -7,9 +7,12 @@ import subprocess
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon_support import EXAMPLES, DaemonProcess, cli, drop, make_home, wait_for
-from sftp_support import Running
+
+if TYPE_CHECKING:
+    from sftp_support import Running
 
 pytest_plugins = ("sftp_support",)
 

@@ -1,11 +1,34 @@
-"""The ``kela-broker`` command line. Each command group lives in its own module."""
+"""The ``kela-broker`` command line. Each command group lives in its own module.
+
+Commands load lazily (click's documented LazyGroup pattern): ``kela-broker
+validate`` does not pay for importing the database layer, the SFTP server or
+the daemon, which keeps one-shot validation close to xmllint's start-up time.
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
+
+# command name -> "module:attribute"
+COMMANDS: dict[str, str] = {
+    "run": "broker.cli.ops:run",
+    "init": "broker.cli.ops:init",
+    "config": "broker.cli.ops:config_group",
+    "routes": "broker.cli.ops:routes_group",
+    "validate": "broker.cli.validate:validate",
+    "ingest": "broker.cli.flow:ingest",
+    "status": "broker.cli.flow:status",
+    "demo": "broker.cli.flow:demo",
+    "schedule": "broker.cli.flow:schedule",
+    "release-due": "broker.cli.flow:release_due",
+    "release": "broker.cli.flow:release",
+    "audit": "broker.cli.audit:audit_group",
+    "notification": "broker.cli.notifications:notification_group",
+}
 
 
 @dataclass(frozen=True)
@@ -13,7 +36,21 @@ class CliState:
     home: Path
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--home",
     envvar="KELA_BROKER_HOME",
@@ -27,15 +64,3 @@ class CliState:
 def main(ctx: click.Context, home: Path) -> None:
     """kela-file-broker: validate, route, schedule and serve Kela's files."""
     ctx.obj = CliState(home=home.resolve())
-
-
-def _register() -> None:
-    # Each module defines its commands standalone; wiring happens only here.
-    from broker.cli import audit, flow, notifications, ops, validate
-
-    for module in (ops, flow, validate, audit, notifications):
-        for command in module.COMMANDS:
-            main.add_command(command)
-
-
-_register()

@@ -59,4 +59,3 @@ def audit_verify(ctx: click.Context) -> None:
     click.echo("audit trail intact")
 
 
-COMMANDS = [audit_group]

@@ -214,4 +214,3 @@ def release(ctx: click.Context, org: str, type_: str | None, everything: bool,
                f"for {org}")
 
 
-COMMANDS = [ingest, status, demo, schedule, release_due, release]

@@ -87,4 +87,3 @@ def _downloads(home: object, events: list[StoryEvent]) -> list[StoryEvent]:
     return out
 
 
-COMMANDS = [notification_group]

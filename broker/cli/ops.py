@@ -118,4 +118,3 @@ def routes_explain(ctx: click.Context, municipality: str, type_: str) -> None:
     console().print(table)
 
 
-COMMANDS = [run, init, config_group, routes_group]

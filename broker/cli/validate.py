@@ -69,4 +69,3 @@ def validate(ctx: click.Context, files: tuple[Path, ...], fmt: str) -> None:
     ctx.exit(1 if invalid else 0)
 
 
-COMMANDS = [validate]
