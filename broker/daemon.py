@@ -36,11 +36,13 @@ from broker.ingest import Outcome, ingest_batch, report_text
 from broker.metrics import Metrics, MetricsServer
 from broker.release import Releaser
 from broker.responses import finish_pending, process_upload, settle_upload
+from broker.retention import purge
 from broker.store import Store
 
 log = logs.get("broker.daemon")
 T = TypeVar("T")
-WAKE = Path("\0wake")  # queue sentinel: run a release pass
+WAKE = Path("\0wake")  # queue sentinels: run a release pass ...
+PURGE = Path("\0purge")  # ... or drop retained copies past their retention period
 
 
 def utcnow() -> datetime:
@@ -139,6 +141,11 @@ class Daemon:
         """Handle one queued item on the worker thread."""
         if path == WAKE:
             self.release_pass()
+        elif path == PURGE:
+            gone = purge(self.config.var / "retained",
+                         timedelta(days=self.config.retention_days), utcnow())
+            if gone:
+                log.info("retention: removed deleted files' copies", count=len(gone))
         elif is_hidden_or_partial(path.name):
             return  # SPEC 1: not complete until renamed (an SFTP close reports these too)
         elif path.parent == self.config.inbox / "kela":
@@ -255,6 +262,8 @@ class Daemon:
         self._ticks += 1
         if self._ticks % 30 == 0:  # a release (and push) pass even if no wake-up came
             self.enqueue(WAKE)
+        if self._ticks % 1800 == 1:  # at start, then about hourly
+            self.enqueue(PURGE)
         try:
             mtime = self.config.path.stat().st_mtime_ns
         except OSError:
