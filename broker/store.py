@@ -44,7 +44,7 @@ from sqlalchemy.types import TypeDecorator
 
 from broker.db import metadata
 from broker.errors import StoreError
-from broker.model import Item, Notification, PersonList
+from broker.model import Item, Notification
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -216,16 +216,6 @@ class Store:
             raise StoreError(f"attachment {sha256} is not in the store")
         return io.BytesIO(data)
 
-    # -- items ---------------------------------------------------------------
-    def item(self, item_id: str) -> Item | None:
-        with self.engine.connect() as c:
-            row = c.execute(select(items.c.kind, items.c.payload)
-                            .where(items.c.id == item_id)).first()
-        if row is None:
-            return None
-        return Notification.from_json(row.payload) if row.kind == "notification" \
-            else PersonList.from_json(row.payload)
-
     # -- counts for status ----------------------------------------------------
     def counts(self) -> list[tuple[str, str, str, int]]:
         """(organisation, type, state, count) rows for ``kela-broker status``."""
@@ -307,10 +297,6 @@ class IngestTx:
              "release_at": a.release_at, "state": "held", "created_at": now}
             for i, (it, a) in enumerate(chunk)])
         self.count += len(chunk)
-
-
-def as_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
 
 
 def today_in(tz: str, now: datetime) -> date:

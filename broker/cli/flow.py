@@ -196,14 +196,12 @@ def release(ctx: click.Context, org: str, type_: str | None, everything: bool,
     if type_:
         where.append(a.c.type == type_)
     with home.store.engine.begin() as c:
-        if not everything:  # the earliest held slot of each type
-            firsts = c.execute(select(a.c.type, func.min(due_at)).where(*where)
-                               .group_by(a.c.type)).all()
-            ids: list[int] = []
-            for t, first in firsts:
-                ids += [r.id for r in c.execute(select(a.c.id, due_at.label("d"))
-                        .where(*where, a.c.type == t)) if str(r.d) == str(first)]
-            where.append(a.c.id.in_(ids))
+        if not everything:
+            # Only the earliest held slot of each type: the next staggered portion, or
+            # everything of a type whose held items share one release time.
+            rows = c.execute(select(a.c.id, a.c.type, due_at.label("due")).where(*where)).all()
+            first = {t: min(r.due for r in rows if r.type == t) for t in {r.type for r in rows}}
+            where.append(a.c.id.in_([r.id for r in rows if r.due == first[r.type]]))
         moved = c.execute(update(a).where(*where).values(
             planned_at=now - timedelta(microseconds=1))).rowcount
     home.audit.record(AuditEvent(action="release-early", org=org, detail=(
