@@ -46,7 +46,8 @@ def main() -> int:
         verdict = "" if r.ok is None else ("[green]PASS[/]" if r.ok else "[red]FAIL[/]")
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
         table.add_row(r.benchmark, r.ours, r.baseline, ratio, r.target, verdict)
-    Console().print(table)
+    # Piped output (CI logs, files) gets the full width instead of wrapped cells.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
     return 0 if all(r.ok is not False for r in rows) else 1
 
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Row, and_, func, insert, select, update
+from sqlalchemy import Row, and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from broker.config import Config, Organisation
@@ -93,9 +93,10 @@ class Releaser:
                 plan = plan_first_delivery(cands, self.config.stagger, now)
                 if plan is None:
                     continue
-                for p in plan:
-                    c.execute(update(a).where(a.c.id == int(p.id))
-                              .values(planned_at=p.release_at, portion=p.portion))
+                c.execute(update(a).where(a.c.id == bindparam("aid"))
+                          .values(planned_at=bindparam("at"), portion=bindparam("portion")),
+                          [{"aid": int(p.id), "at": p.release_at, "portion": p.portion}
+                           for p in plan])
                 portions = max(p.portion for p in plan) + 1
                 c.execute(insert(stagger_plans).values(organisation=org, type=type_,
                                                        formed_at=now, total=len(plan),
@@ -147,9 +148,12 @@ class Releaser:
                     file_name=name, created_at=now, count=len(group.assignment_ids),
                     portion=group.portion, state="pending", seq=seq))
                 n = 0
+                # coalesce() keeps SQLite on the primary key: a bare ``state = 'held'``
+                # lures it onto the state index and a scan of every held row per group.
+                held = func.coalesce(assignments.c.state, "") == "held"
                 for chunk in _chunks(group.assignment_ids):
                     n += c.execute(update(assignments).where(
-                        and_(assignments.c.id.in_(chunk), assignments.c.state == "held"))
+                        and_(assignments.c.id.in_(chunk), held))
                         .values(state="releasing", delivery_id=delivery_id)).rowcount
                 if n != len(group.assignment_ids):  # another process released them first
                     raise StoreError(f"release of {delivery_id}: assignments changed underneath")
