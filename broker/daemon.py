@@ -327,10 +327,13 @@ class Daemon:
 
     def _archive(self, path: Path, source: str, now: datetime) -> None:
         dest = private_dir(self.config.var / "archive" / source / now.strftime("%Y-%m-%d"))
-        shutil.move(str(path), dest / f"{now.strftime('%H%M%S%f')}-{path.name}")
+        target = dest / f"{now.strftime('%H%M%S%f')}-{path.name}"
+        shutil.move(str(path), target)
+        target.chmod(0o600)  # it arrived with the writer's mode
 
     def _quarantine(self, path: Path, outcome: Outcome, now: datetime) -> None:
         dest = private_dir(self.config.var / "quarantine")
         name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{path.name}"
         atomic_write(dest / f"{name}.report.txt", report_text(outcome).encode())
         shutil.move(str(path), dest / name)
+        (dest / name).chmod(0o600)

@@ -135,3 +135,13 @@ def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
     d = DaemonProcess(make_home(tmp_path / "home")).start()
     assert d.stop() == 0
     assert not (d.home / "var" / "run.json").exists()
+
+
+def test_everything_the_daemon_writes_is_private(daemon: DaemonProcess) -> None:
+    home = daemon.home
+    drop(home, EXAMPLES / "decision-batch.xml")
+    wait_for(lambda: list((home / "outbox" / "helsinki").glob("D-*.xml")), what="delivery")
+    wait_for(lambda: list((home / "var" / "archive").rglob("*.xml")), what="archive")
+    leaks = [p for p in [*(home / "var").rglob("*"), *(home / "outbox").rglob("*")]
+             if p.stat().st_mode & 0o077]
+    assert leaks == [], leaks

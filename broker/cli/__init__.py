@@ -8,6 +8,7 @@ the daemon, which keeps one-shot validation close to xmllint's start-up time.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,4 +64,7 @@ class LazyGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context, home: Path) -> None:
     """kela-file-broker: validate, route, schedule and serve Kela's files."""
+    # Everything the broker writes holds personal data: the database and its WAL,
+    # logs, deliveries. A private umask covers even files that libraries create.
+    os.umask(0o077)
     ctx.obj = CliState(home=home.resolve())
