@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import signal
 import urllib.request
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from daemon_support import EXAMPLES, DaemonProcess, cli, drop, make_home, wait_for
 from lxml import etree
 
 import schemas
+from broker.synthetic import write_batch
 
 NS_V2 = "urn:fi:kela:etotu:notification-delivery:2"
 
@@ -145,3 +149,30 @@ def test_everything_the_daemon_writes_is_private(daemon: DaemonProcess) -> None:
     leaks = [p for p in [*(home / "var").rglob("*"), *(home / "outbox").rglob("*")]
              if p.stat().st_mode & 0o077]
     assert leaks == [], leaks
+
+
+def test_sighup_reloads_the_configuration(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    cfg = home / "config" / "broker.toml"
+    # A slow rescan, so that only the signal (not the file watch) can trigger the reload.
+    cfg.write_text(cfg.read_text().replace("rescan_seconds = 2.0", "rescan_seconds = 3600"))
+    d = DaemonProcess(home).start()
+    try:
+        cfg.write_text(cfg.read_text().replace('IMMIGRANT = "immediate"',
+                                               'IMMIGRANT = "next-day 06:00"'))
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in d.log(), what="reload on SIGHUP")
+        today = datetime.now(UTC).astimezone(ZoneInfo("Europe/Helsinki")).date()
+        batch = tmp_path / "today.xml"
+        write_batch(batch, count=4, municipalities=["091"], types=["IMMIGRANT"],
+                    decision_date=today, batch_id="HUP-1", seed=1)
+        batch.write_text(batch.read_text().replace(' urgent="true"', ""))
+        drop(home, batch)
+        wait_for(lambda: "batch accepted" in d.log(), what="batch accepted")
+        status = json.loads(cli(home, "status", "--json").stdout)
+        assert [(h["organisation"], h["type"], h["count"]) for h in status["held"]] == \
+            [("helsinki", "IMMIGRANT", 4)], "the reloaded timing was not applied"
+        assert not list((home / "outbox" / "helsinki").glob("D-*IMMIGRANT*"))
+    finally:
+        d.stop()
