@@ -39,6 +39,18 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
         json = not sys.stderr.isatty()
     renderer: Any = (structlog.processors.JSONRenderer(ensure_ascii=False) if json
                      else structlog.dev.ConsoleRenderer())
+    # Standard-library loggers (the adapters, asyncssh, paramiko, apscheduler) go
+    # through the same masking and rendering, so the stream stays one format.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.processors.add_log_level,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True)],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    mask_identity_codes, renderer]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("adapters").setLevel(level)  # our own adapters speak at INFO
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -52,7 +64,6 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
 
 def get(name: str) -> Any:

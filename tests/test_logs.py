@@ -19,3 +19,14 @@ def test_identity_codes_are_masked_in_every_field(capsys) -> None:  # type: igno
     assert event["event"] == "person 170953-**** looked up"
     assert event["codes"] == ["060885V****"]
     assert event["nested"] == {"p": "121052X****"}
+
+
+def test_standard_library_loggers_are_masked_and_rendered_too(capsys) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    logs.configure(json=True)
+    logging.getLogger("adapters.sftp_server").info("upload by 170953-927T done")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    event = json.loads(line)
+    assert event["event"] == "upload by 170953-**** done"
+    assert event["logger"] == "adapters.sftp_server" and event["level"] == "info"
