@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from daemon_support import cli, make_home
+from daemon_support import DaemonProcess, cli, drop, make_home, wait_for
 from lxml import etree
 
 from broker.synthetic import write_batch
@@ -35,12 +35,20 @@ def test_thousand_for_a_new_organisation_go_out_300_a_week(tmp_path: Path) -> No
     batch = tmp_path / "backlog.xml"
     write_batch(batch, count=1000, municipalities=["837"], types=["IMMIGRANT"],
                 decision_date=today, batch_id="BACKLOG-1", seed=3)
-    out = cli(home, "ingest", str(batch)).stdout
-    assert "1000 new" in out
     pirha = home / "outbox" / "pirha"
-    first = delivered_ids(pirha)
-    assert len(first) == 300
+    daemon = DaemonProcess(home).start()
+    try:
+        drop(home, batch)
+        wait_for(lambda: '"event": "released"' in daemon.log(), what="the first release")
+        assert "staggered first delivery planned" in daemon.log()
+        first = delivered_ids(pirha)
+        assert len(first) == 300
+        _check_portions(home, pirha, today)
+    finally:
+        daemon.stop()
 
+
+def _check_portions(home: Path, pirha: Path, today: date) -> None:
     plan = json.loads(cli(home, "schedule", "--org", "pirha", "--json").stdout)
     assert [(p["portion"], p["count"]) for p in plan] == [(1, 300), (2, 300), (3, 100)]
     monday = next_monday_0600(today)
