@@ -67,7 +67,6 @@ class Daemon:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-worker")
         self._config_mtime = self.config.path.stat().st_mtime_ns
         self.ready = asyncio.Event()
-        self._ticks = 0
 
     # -- start -----------------------------------------------------------------
     async def start(self) -> None:
@@ -99,8 +98,13 @@ class Daemon:
         self.watcher = FolderWatcher(self._inboxes(cfg), self.enqueue, cfg.rescan_seconds)
         self.watcher.start()
         self.scheduler = AsyncIOScheduler(timezone=UTC)
-        self.scheduler.add_job(self._tick, "interval", seconds=max(cfg.rescan_seconds, 0.5),
-                               id="tick")
+        # The scheduler only wakes work up; what is due is always read from the store.
+        self.scheduler.add_job(self._check_config, "interval",
+                               seconds=max(cfg.rescan_seconds, 0.5), id="config-watch")
+        self.scheduler.add_job(lambda: self.enqueue(WAKE), "interval", seconds=60,
+                               id="safety-wake")  # a pass (and push retry) even if no wake came
+        self.scheduler.add_job(lambda: self.enqueue(PURGE), "interval", hours=1,
+                               next_run_time=utcnow(), id="purge")
         self.scheduler.start()
 
         for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
@@ -257,13 +261,8 @@ class Daemon:
         self.scheduler.add_job(lambda: self.enqueue(WAKE), DateTrigger(run_date=when),
                                id="release", replace_existing=True)
 
-    def _tick(self) -> None:
-        """Safety net: a periodic wake, and the config file's change check."""
-        self._ticks += 1
-        if self._ticks % 30 == 0:  # a release (and push) pass even if no wake-up came
-            self.enqueue(WAKE)
-        if self._ticks % 1800 == 1:  # at start, then about hourly
-            self.enqueue(PURGE)
+    def _check_config(self) -> None:
+        """Reload when broker.toml changed on disk (SIGHUP does the same at once)."""
         try:
             mtime = self.config.path.stat().st_mtime_ns
         except OSError:

@@ -32,7 +32,7 @@ HEADER = """\
 timezone = "Europe/Helsinki"
 register = "municipalities.csv"
 database = "var/state.db"
-rescan_seconds = 2.0        # periodic inbox rescan, so no lost watch event strands a file
+rescan_seconds = 2.0        # inbox rescan (no lost watch event strands a file), config check
 retention_days = 90         # how long files deleted by clients are kept under var/retained/
 max_file_mb = 4096          # larger input files are rejected as TOO_LARGE
 
