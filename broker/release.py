@@ -65,7 +65,12 @@ class Releaser:
         result = ReleaseResult()
         self.recover(result)
         self.form_plans(now, result)
-        claimed = self._claim(self.due_groups(now, only_org=only_org), now)
+        try:
+            claimed = self._claim(self.due_groups(now, only_org=only_org), now)
+        except StoreError:
+            # Another process (an operator's release-due beside the daemon) claimed some
+            # of the same rows between our read and our claim; ours rolled back whole.
+            claimed = self._claim(self.due_groups(now, only_org=only_org), now)
         self._write_and_finish(claimed, result)
         return result
 
