@@ -1,0 +1,51 @@
+"""Two release passes at once (daemon + operator): no notification is claimed twice."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+
+from broker.config import load_config
+from broker.db import make_engine
+from broker.ingest import ingest_batch
+from broker.release import Releaser, _Group
+from broker.store import Store, assignments, deliveries
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO.parent / "shared" / "contracts" / "examples"
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+class RacedReleaser(Releaser):
+    """Between reading what is due and claiming it, another pass claims one row."""
+
+    raced = False
+
+    def due_groups(self, now: datetime, *, only_org: str | None = None) -> list[_Group]:
+        groups = super().due_groups(now, only_org=only_org)
+        if not self.raced:
+            self.raced = True
+            stolen = groups[0].assignment_ids[0]
+            with self.store.engine.begin() as c:
+                c.execute(update(assignments).where(assignments.c.id == stolen)
+                          .values(state="released"))
+        return groups
+
+
+def test_a_claim_that_lost_a_race_rolls_back_and_is_retried(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("keys"))
+    cfg = load_config(tmp_path)
+    store = Store(make_engine(cfg.database))
+    assert ingest_batch(EXAMPLES / "decision-batch.xml", config=cfg, store=store,
+                        now=NOW).status == "accepted"
+    result = RacedReleaser(cfg, store).run(NOW)
+    with store.engine.connect() as c:
+        states = dict(c.execute(select(assignments.c.state, func.count())
+                                .group_by(assignments.c.state)).all())
+        files = c.execute(select(func.count()).select_from(deliveries)).scalar()
+    # The stolen row stays with the other pass; the other three go out exactly once.
+    assert states == {"released": 4}
+    assert result.notifications == 3 and files == len(result.deliveries) == 3
