@@ -49,3 +49,27 @@ def test_a_claim_that_lost_a_race_rolls_back_and_is_retried(tmp_path: Path) -> N
     # The stolen row stays with the other pass; the other three go out exactly once.
     assert states == {"released": 4}
     assert result.notifications == 3 and files == len(result.deliveries) == 3
+
+
+def test_cli_says_clearly_when_the_daemon_holds_the_database(tmp_path: Path) -> None:
+    import sqlite3
+    import subprocess
+    import sys
+
+    shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("keys"))
+    cfg = load_config(tmp_path)
+    make_engine(cfg.database).dispose()
+    holder = sqlite3.connect(cfg.database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # as the daemon does during a long ingest
+    try:
+        r = subprocess.run([str(Path(sys.executable).parent / "kela-broker"), "--home",
+                            str(tmp_path), "ingest", str(EXAMPLES / "decision-batch.xml")],
+                           capture_output=True, text=True,
+                           timeout=60)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert r.returncode == 1
+    assert "the state database is busy" in r.stderr and "Traceback" not in r.stderr
+    with sqlite3.connect(cfg.database) as c:  # and the file left no trace
+        assert c.execute("select count(*) from items").fetchone() == (0,)

@@ -50,6 +50,21 @@ class LazyGroup(click.Group):
         assert isinstance(command, click.Command)
         return command
 
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # click's own control flow (ctx.exit, usage errors)
+        except Exception as exc:
+            from sqlalchemy.exc import OperationalError  # only now: keeps start-up light
+
+            if not (isinstance(exc, OperationalError) and "locked" in str(exc)):
+                raise
+            # The daemon holds the write lock while it takes in a large file.
+            click.echo("kela-broker: the state database is busy (the daemon is taking in a "
+                       "large file); nothing was changed, try again shortly", err=True)
+            ctx.exit(1)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
