@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
+from adapters.metrics_http import MetricsServer
 from adapters.sftp_push import SftpPusher
 from adapters.sftp_server import SftpOptions, SftpService
 from adapters.watcher import FolderWatcher
@@ -33,7 +34,7 @@ from broker.db import make_engine
 from broker.errors import BrokerError, ConfigError
 from broker.fsutil import atomic_write, is_hidden_or_partial, private_dir
 from broker.ingest import Outcome, ingest_batch, report_text
-from broker.metrics import Metrics, MetricsServer
+from broker.metrics import Metrics
 from broker.release import Releaser
 from broker.responses import finish_pending, process_upload, settle_upload
 from broker.retention import purge
