@@ -29,10 +29,11 @@ from pathlib import Path
 import asyncssh
 
 from adapters.sftp_base import Handle, dir_attrs, guarded, hash_fd, sftp_status
-from adapters.sftp_paths import Area, Denied, Jail, NotFound, Resolved, hidden_in_outbox
+from adapters.sftp_paths import Area, Denied, Jail, NotFound, Resolved
 from adapters.sftp_paths import normalise as normalise_path
 from adapters.sftp_paths import open_nofollow as _open_nofollow
 from broker.audit import AuditEvent
+from broker.fsutil import is_hidden_or_partial
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class JailedSftp(asyncssh.SFTPServer):
             listing = list(entries)
         for entry in listing:
             self.ctx.touch()
-            if res.area is Area.FROM_KELA and hidden_in_outbox(entry.name):
+            if res.area is Area.FROM_KELA and is_hidden_or_partial(entry.name):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)

@@ -26,6 +26,7 @@ from enum import Enum
 from pathlib import Path
 
 from broker.errors import PathError
+from broker.fsutil import is_hidden_or_partial
 
 FROM_KELA = "from-kela"
 TO_KELA = "to-kela"
@@ -57,11 +58,6 @@ class Resolved:
     @property
     def is_area_root(self) -> bool:
         return self.area is not Area.ROOT and not self.parts
-
-
-def hidden_in_outbox(name: str) -> bool:
-    """Names the broker uses for files still being written (SPEC section 1)."""
-    return name.startswith(".") or name.endswith((".part", ".tmp", ".filepart"))
 
 
 def normalise(path: bytes) -> str:
@@ -100,7 +96,7 @@ class Jail:
         head, rest = parts[0], parts[1:]
         if head == FROM_KELA:
             area = Area.FROM_KELA
-            if any(hidden_in_outbox(p) for p in rest):
+            if any(is_hidden_or_partial(p) for p in rest):
                 raise NotFound(f"{virtual}: no such file")
         elif head == TO_KELA:
             area = Area.TO_KELA
