@@ -176,7 +176,8 @@ class _Reader:
         return value
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:2222`` too); port 0 means any free port."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{text!r} is not HOST:PORT")
@@ -215,7 +216,7 @@ def load_config(home: Path, path: Path | None = None, *, check_keys: bool = Fals
     sftp = _sftp(r, data.get("sftp", {}))
     metrics = data.get("metrics", {})
     try:
-        metrics_host, metrics_port = _host_port(r.get(metrics, "metrics", "listen", str,
+        metrics_host, metrics_port = parse_host_port(r.get(metrics, "metrics", "listen", str,
                                                       "127.0.0.1:9464"))
     except ValueError as exc:
         r.error(str(exc), "metrics", "listen")
@@ -290,7 +291,7 @@ def _stagger(r: _Reader, table: Mapping[str, Any], tz: str) -> StaggerPolicy:
 def _sftp(r: _Reader, table: Mapping[str, Any]) -> SftpSettings:
     d = SftpSettings()
     try:
-        host, port = _host_port(r.get(table, "sftp", "listen", str, f"{d.host}:{d.port}"))
+        host, port = parse_host_port(r.get(table, "sftp", "listen", str, f"{d.host}:{d.port}"))
     except ValueError as exc:
         r.error(str(exc), "sftp", "listen")
         host, port = d.host, d.port

@@ -204,7 +204,10 @@ class Daemon:
             self.metrics.deliveries.labels(kind="list").inc(result.lists)
             log.info("released", deliveries=len(result.deliveries),
                      notifications=result.notifications, lists=result.lists)
-        for _org, _type, state, n in self._state_counts():
+        totals: dict[str, int] = {}
+        for _org, _type, state, n in self.store.counts():
+            totals[state] = totals.get(state, 0) + n
+        for state, n in totals.items():
             self.metrics.items.labels(state=state).set(n)
         self.push_pass()
         self.metrics.last_pass.set(now.timestamp())  # after the push: "this pass is done"
@@ -290,12 +293,6 @@ class Daemon:
     @staticmethod
     def _inboxes(cfg: Config) -> list[Path]:
         return [cfg.inbox / "kela", *(cfg.inbox / o.id for o in cfg.organisations)]
-
-    def _state_counts(self) -> list[tuple[str, str, str, int]]:
-        totals: dict[str, int] = {}
-        for _, _, state, n in self.store.counts():
-            totals[state] = totals.get(state, 0) + n
-        return [("", "", s, n) for s, n in totals.items()]
 
     def _healthy(self) -> bool:
         return self.ready.is_set() and not self._stopping.is_set()

@@ -26,6 +26,13 @@ def make_home(root: Path) -> Path:
     return root
 
 
+def keygen(path: Path, kind: str = "ed25519") -> Path:
+    """A passphrase-less client key pair at ``path`` and ``path.pub`` (ssh-keygen)."""
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", path.name, "-f", str(path)],
+                   check=True)
+    return path
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> object:
     """Poll until ``predicate`` is truthy; the deadline only guards against a hang."""
     deadline = time.monotonic() + timeout

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import paramiko
 import pytest
+from daemon_support import keygen
 
 from adapters.sftp_server import SftpOptions, SftpService
 from broker.audit import AuditEvent
@@ -25,12 +26,6 @@ T = TypeVar("T")
 ORGS = ("alpha", "beta")
 
 
-def keygen(path: Path, kind: str = "ed25519") -> Path:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", path.name, "-f", str(path)],
-        check=True,
-    )
-    return path
 
 
 @dataclass

@@ -15,15 +15,10 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from daemon_support import EXAMPLES, DaemonProcess, cli, drop, make_home, wait_for
+from daemon_support import EXAMPLES, DaemonProcess, cli, drop, keygen, make_home, wait_for
 from lxml import etree
 
 ACK_NS = "{urn:fi:kela:etotu:acknowledgement:1}"
-
-
-def keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-    return path
 
 
 class Client:

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from daemon_support import EXAMPLES, DaemonProcess, drop, make_home, wait_for
+from daemon_support import EXAMPLES, DaemonProcess, drop, keygen, make_home, wait_for
 from lxml import etree
 
 LFTP = shutil.which("lftp")
@@ -17,7 +17,7 @@ LFTP = shutil.which("lftp")
 def test_lftp_lists_mirrors_and_uploads(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     key = tmp_path / "key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    keygen(key)
     (home / "config" / "keys" / "pirha").mkdir(parents=True)
     shutil.copyfile(f"{key}.pub", home / "config" / "keys" / "pirha" / "authorized_keys")
     d = DaemonProcess(home).start()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from daemon_support import EXAMPLES, DaemonProcess, cli, drop, make_home, wait_for
+from daemon_support import EXAMPLES, DaemonProcess, cli, drop, keygen, make_home, wait_for
 
 if TYPE_CHECKING:
     from sftp_support import Running
@@ -75,7 +75,7 @@ def test_unknown_host_key_is_refused(tmp_path: Path,
     remote = start_sftp()
     known_hosts = tmp_path / "known_hosts"
     other = tmp_path / "other"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    keygen(other)
     known_hosts.write_text(f"[127.0.0.1]:{remote.port} {Path(f'{other}.pub').read_text()}")
     home = make_home(tmp_path / "home")
     add_push(home, remote, known_hosts)

@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from broker.cli.common import console, fail, home_of
-from broker.config import load_config
+from broker.config import load_config, parse_host_port
 from broker.errors import ConfigError
 from broker.model import ALL_TYPES
 from broker.municipalities import load_register, packaged_register_path
@@ -19,10 +19,10 @@ from broker.sample_config import render_sample
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not port.isdigit():
-        raise click.BadParameter(f"{text!r} is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command()
