@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 from broker.config import Config
@@ -69,15 +69,16 @@ def ingest_batch(path: Path, *, config: Config, store: Store, now: datetime,
             with store.ingesting(source="kela", kind="batch", name=path.name, sha256=sha,
                                  size=size, now=now) as tx:
                 reader = BatchReader(path, batch_context(config, now), on_attachment=tx.put_blob)
+                decide = _Decider(config, store, now, out, mine)
                 buf: list[Item] = []
                 for item in reader:
                     buf.append(item)
                     if len(buf) >= CHUNK:
-                        tx.add(list(_decide(buf, config, store, now, out, mine)))
+                        tx.add(list(decide(buf)))
                         buf = []
                         if on_progress:
                             on_progress(tx.count)
-                tx.add(list(_decide(buf, config, store, now, out, mine)))
+                tx.add(list(decide(buf)))
                 tx.batch_id = out.batch_id = reader.header.batch_id if reader.header else None
                 if mine:  # raising inside the transaction rolls the whole file back
                     raise InvalidFile(out.file, [])
@@ -92,33 +93,64 @@ def ingest_batch(path: Path, *, config: Config, store: Store, now: datetime,
     return out
 
 
-def _decide(buf: list[Item], config: Config, store: Store, now: datetime, out: Outcome,
-            mine: list[Problem]) -> Iterator[tuple[Item, NewAssignment]]:
-    known = store.existing_hashes([i.id for i in buf])
-    for item in buf:
-        what = f"{'Notification' if item.kind == 'notification' else 'PersonList'} {item.id}"
-        previous = known.get(item.id)
-        if previous == item.content_hash:
-            out.unchanged += 1  # an identical resend is a no-op (SPEC 2)
-            continue
-        if previous is not None:
-            mine.append(Problem(out.file, item.line, "INVALID_VALUE",
-                                f"{what} was received before with different content; "
-                                "an id is unique for all time"))
-            continue
-        try:
-            org = route(config, item.type, item.municipality)
-        except RoutingError as exc:
-            mine.append(Problem(out.file, item.line, "INVALID_VALUE",
-                                f"{what}: no receiving organisation: {exc.message}"))
-            continue
-        if isinstance(item, Notification):
-            at = release_time(config.timing[item.type], decision_date=item.decision_date,
-                              urgent=item.urgent, received=now, tz=config.timezone)
-        else:
-            at = now
-        out.new += 1
-        yield item, NewAssignment(org.id, at)
+class _Decider:
+    """Route and time each new item. Memoised per file: a big batch repeats the same few
+    (type, municipality) and (type, decision date, urgent) combinations."""
+
+    def __init__(self, config: Config, store: Store, now: datetime, out: Outcome,
+                 mine: list[Problem]) -> None:
+        self.config, self.store, self.now, self.out, self.mine = config, store, now, out, mine
+        self._orgs: dict[tuple[str, str], str | RoutingError] = {}
+        self._times: dict[tuple[str, date, bool], datetime] = {}
+
+    def _route(self, type_: str, municipality: str) -> str:
+        key = (type_, municipality)
+        org = self._orgs.get(key)
+        if org is None:
+            try:
+                org = route(self.config, type_, municipality).id
+            except RoutingError as exc:
+                org = exc
+            self._orgs[key] = org
+        if isinstance(org, RoutingError):
+            raise org
+        return org
+
+    def _release_at(self, n: Notification) -> datetime:
+        key = (n.type, n.decision_date, n.urgent)
+        at = self._times.get(key)
+        if at is None:
+            at = self._times[key] = release_time(
+                self.config.timing[n.type], decision_date=n.decision_date, urgent=n.urgent,
+                received=self.now, tz=self.config.timezone)
+        return at
+
+    def __call__(self, buf: list[Item]) -> Iterator[tuple[Item, NewAssignment]]:
+        out, mine = self.out, self.mine
+        known = self.store.existing_hashes([i.id for i in buf])
+        for item in buf:
+            previous = known.get(item.id)
+            if previous is not None:
+                if previous == item.content_hash:
+                    out.unchanged += 1  # an identical resend is a no-op (SPEC 2)
+                else:
+                    mine.append(Problem(out.file, item.line, "INVALID_VALUE",
+                                        f"{_what(item)} was received before with different "
+                                        "content; an id is unique for all time"))
+                continue
+            try:
+                org = self._route(item.type, item.municipality)
+            except RoutingError as exc:
+                mine.append(Problem(out.file, item.line, "INVALID_VALUE",
+                                    f"{_what(item)}: no receiving organisation: {exc.message}"))
+                continue
+            at = self._release_at(item) if isinstance(item, Notification) else self.now
+            out.new += 1
+            yield item, NewAssignment(org, at)
+
+
+def _what(item: Item) -> str:
+    return f"{'Notification' if item.kind == 'notification' else 'PersonList'} {item.id}"
 
 
 def report_text(out: Outcome) -> str:

@@ -137,7 +137,7 @@ class Notification:
     @property
     def content_hash(self) -> str:
         """Identity of the content: an identical resend is a no-op, a changed one a conflict."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        return _content_hash(self)
 
 
 @dataclass(frozen=True)
@@ -187,10 +187,19 @@ class PersonList:
 
     @property
     def content_hash(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        return _content_hash(self)
 
 
 Item = Notification | PersonList
+
+
+def _content_hash(item: Item) -> str:
+    """sha256 of the canonical JSON, computed once per item (ingest asks twice)."""
+    cached: str | None = item.__dict__.get("_hash")
+    if cached is None:
+        cached = hashlib.sha256(item.to_json().encode()).hexdigest()
+        object.__setattr__(item, "_hash", cached)
+    return cached
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,15 @@ the same (deterministic) files, so every notification lands in exactly one file.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Row, and_, bindparam, func, insert, select, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from broker.config import Config, Organisation
@@ -35,7 +36,7 @@ from broker.render import (
     write_attachments_zip,
 )
 from broker.schedule import Candidate, plan_first_delivery
-from broker.store import Store, assignments, deliveries, items, stagger_plans
+from broker.store import Store, UTCDateTime, assignments, deliveries, items, stagger_plans
 
 
 @dataclass
@@ -75,33 +76,42 @@ class Releaser:
         return result
 
     # -- stagger -------------------------------------------------------------
+    # Driver-level SQL for the per-notification statements below: after a big batch they
+    # touch every row, and SQLAlchemy's per-row compile and bind cost more than SQLite.
+    _FIRST_DELIVERY_SQL = (
+        "SELECT a.id, a.organisation, a.type, i.decision_date, i.seq"
+        " FROM assignments a JOIN items i ON i.seq = a.item_seq"
+        " WHERE a.state = 'held' AND a.planned_at IS NULL AND a.release_at <= ?"
+        " AND a.transferred_from IS NULL AND i.kind = 'notification'"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries d"
+        "  WHERE d.organisation = a.organisation AND d.type = a.type)"
+        " AND NOT EXISTS (SELECT 1 FROM stagger_plans p"
+        "  WHERE p.organisation = a.organisation AND p.type = a.type)"
+        " ORDER BY a.organisation, a.type, i.seq")
+    _PLAN_SQL = "UPDATE assignments SET planned_at = ?, portion = ? WHERE id = ?"
+    # coalesce() keeps SQLite on the primary key: a bare ``state = 'held'`` lures it onto
+    # the state index and a scan of every held row.
+    _CLAIM_SQL = ("UPDATE assignments SET state = 'releasing', delivery_id = ?"
+                  " WHERE id IN (SELECT value FROM json_each(?))"
+                  " AND coalesce(state, '') = 'held'")
+
     def form_plans(self, now: datetime, result: ReleaseResult) -> None:
         """A first delivery of a type over the threshold becomes a weekly plan (SPEC 4)."""
-        a, i = assignments, items
-        delivered = select(deliveries.c.id).where(
-            deliveries.c.organisation == a.c.organisation, deliveries.c.type == a.c.type)
-        planned = select(stagger_plans.c.organisation).where(
-            stagger_plans.c.organisation == a.c.organisation, stagger_plans.c.type == a.c.type)
         with self.store.engine.begin() as c:
-            rows = c.execute(
-                select(a.c.id, a.c.organisation, a.c.type, i.c.decision_date, i.c.seq)
-                .join(i, i.c.seq == a.c.item_seq)
-                .where(a.c.state == "held", a.c.planned_at.is_(None), a.c.release_at <= now,
-                       a.c.transferred_from.is_(None), i.c.kind == "notification",
-                       ~delivered.exists(), ~planned.exists())
-                .order_by(a.c.organisation, a.c.type, i.c.seq)).all()
+            at = _bind_time(c)
             by_pair: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
-            for r in rows:
-                by_pair[(r.organisation, r.type)].append(
-                    Candidate(id=str(r.id), decision_date=r.decision_date, seq=r.seq))
+            dates: dict[str, date] = {}
+            for aid, org, type_, day, seq in c.exec_driver_sql(self._FIRST_DELIVERY_SQL,
+                                                                (at(now),)):
+                d = dates.get(day) or dates.setdefault(day, date.fromisoformat(day))
+                by_pair[(org, type_)].append(Candidate(id=str(aid), decision_date=d, seq=seq))
             for (org, type_), cands in by_pair.items():
                 plan = plan_first_delivery(cands, self.config.stagger, now)
                 if plan is None:
                     continue
-                c.execute(update(a).where(a.c.id == bindparam("aid"))
-                          .values(planned_at=bindparam("at"), portion=bindparam("portion")),
-                          [{"aid": int(p.id), "at": p.release_at, "portion": p.portion}
-                           for p in plan])
+                times = {t: at(t) for t in {p.release_at for p in plan}}
+                c.exec_driver_sql(self._PLAN_SQL, [(times[p.release_at], p.portion, int(p.id))
+                                                   for p in plan])
                 portions = max(p.portion for p in plan) + 1
                 c.execute(insert(stagger_plans).values(organisation=org, type=type_,
                                                        formed_at=now, total=len(plan),
@@ -152,14 +162,8 @@ class Releaser:
                     id=delivery_id, organisation=org.id, type=group.type, kind=group.kind,
                     file_name=name, created_at=now, count=len(group.assignment_ids),
                     portion=group.portion, state="pending", seq=seq))
-                n = 0
-                # coalesce() keeps SQLite on the primary key: a bare ``state = 'held'``
-                # lures it onto the state index and a scan of every held row per group.
-                held = func.coalesce(assignments.c.state, "") == "held"
-                for chunk in _chunks(group.assignment_ids):
-                    n += c.execute(update(assignments).where(
-                        and_(assignments.c.id.in_(chunk), held))
-                        .values(state="releasing", delivery_id=delivery_id)).rowcount
+                n = c.exec_driver_sql(self._CLAIM_SQL, (
+                    delivery_id, _id_list(group.assignment_ids))).rowcount
                 if n != len(group.assignment_ids):  # another process released them first
                     raise StoreError(f"release of {delivery_id}: assignments changed underneath")
                 claimed.append(delivery_id)
@@ -235,13 +239,13 @@ class Releaser:
 
     @staticmethod
     def _payloads(c: Connection, assignment_ids: Sequence[int]) -> list[str]:
-        out: list[tuple[int, str]] = []
-        for chunk in _chunks(assignment_ids):
-            out.extend((r.seq, r.payload) for r in c.execute(
-                select(items.c.seq, items.c.payload)
-                .join(assignments, assignments.c.item_seq == items.c.seq)
-                .where(assignments.c.id.in_(chunk))))
-        return [payload for _, payload in sorted(out)]  # oldest first
+        rows = c.exec_driver_sql(
+            "SELECT items.payload FROM items JOIN assignments"
+            " ON assignments.item_seq = items.seq"
+            " WHERE assignments.id IN (SELECT value FROM json_each(?))"
+            " ORDER BY items.seq",  # oldest first
+            (_id_list(assignment_ids),))
+        return [payload for (payload,) in rows]
 
     def _notifications(self, c: Connection, ids: Sequence[int]) -> list[Notification]:
         return [Notification.from_json(p) for p in self._payloads(c, ids)]
@@ -250,6 +254,14 @@ class Releaser:
         return [PersonList.from_json(p) for p in self._payloads(c, ids)]
 
 
-def _chunks(ids: Sequence[int], size: int = 5000) -> list[Sequence[int]]:
-    """SQLite caps bound parameters per statement; big releases go in slices."""
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
+def _bind_time(c: Connection) -> Callable[[datetime], str]:
+    """A datetime as the store's UTCDateTime column keeps it, for driver-level SQL."""
+    bind = UTCDateTime().bind_processor(c.dialect)
+    assert bind is not None
+    return bind
+
+
+def _id_list(ids: Sequence[int]) -> str:
+    """Ids as one JSON array parameter (``IN (SELECT value FROM json_each(?))``): any
+    number of them in one statement, past SQLite's cap on bound parameters."""
+    return json.dumps([int(i) for i in ids])

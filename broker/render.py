@@ -173,40 +173,67 @@ class _Document:
             self.out.write(b"\n")
 
 
-def _write_notification(
-    w: _Writer, n: Notification, with_phone: bool, blob_size: Callable[[str], int] | None
-) -> None:
-    attrib = {"id": n.id, "type": n.type}
-    if n.urgent:
-        attrib["urgent"] = "true"
-    with w.open("Notification", attrib):
-        w.leaf("Municipality", n.municipality)
-        w.leaf("DecisionDate", n.decision_date.isoformat())
-        with w.open("Person"):
-            p = n.person
-            w.leaf("PersonalIdentityCode", p.pic)
-            w.leaf("FamilyName", p.family_name)
-            w.leaf("GivenNames", p.given_names)
-            w.leaf("Language", p.language)
-            if with_phone:
-                w.text_if("Phone", p.phone)
-        w.text_if("AdditionalInfo", n.additional_info)
-        names = safe_member_names(n.id, [a.document_name for a in n.attachments])
-        for att, file_name in zip(n.attachments, names, strict=True):
-            if blob_size is not None and blob_size(att.sha256) != att.size:
-                # Promise no size the zip cannot keep: a damaged blob store stops the delivery.
-                raise DeliveryError("stored attachment size differs from the recorded size",
-                                    key=file_name)
-            w.leaf(
-                "Attachment",
-                attrib={
-                    "documentName": att.document_name,
-                    "fileName": file_name,
-                    "mediaType": att.media_type,
-                    "size": str(att.size),
-                    "sha256": att.sha256,
-                },
-            )
+# Notification deliveries are the bulk of what the broker writes (tens of thousands of
+# notifications per release after a big batch), so they are written as text, one
+# notification per string, with the same escaping and layout lxml's serializer gives
+# person lists; tests hold both to the XSDs and read every value back.
+_TEXT_ESCAPES = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("\r", "&#13;"))
+_ATTR_ESCAPES = (*_TEXT_ESCAPES, ('"', "&quot;"), ("\n", "&#10;"), ("\t", "&#9;"))
+_NEEDS_ESCAPE = re.compile('[&<>"\r\n\t]')
+
+
+def _esc(value: str) -> str:
+    """Character data: & < > and CR escaped (a raw CR would read back as LF)."""
+    if _NEEDS_ESCAPE.search(value) is None:
+        return value
+    for raw, ref in _TEXT_ESCAPES:
+        value = value.replace(raw, ref)
+    return value
+
+
+def _attr(value: str) -> str:
+    """An attribute value in double quotes: also " and the whitespace that would normalise."""
+    if _NEEDS_ESCAPE.search(value) is None:
+        return value
+    for raw, ref in _ATTR_ESCAPES:
+        value = value.replace(raw, ref)
+    return value
+
+
+def _notification_xml(
+    n: Notification, with_phone: bool, blob_size: Callable[[str], int] | None
+) -> str:
+    """One Notification element at depth 1, preceded by its line break and indent."""
+    p = n.person
+    urgent = ' urgent="true"' if n.urgent else ""
+    parts = [
+        f'\n  <Notification id="{_attr(n.id)}" type="{_attr(n.type)}"{urgent}>'
+        f"\n    <Municipality>{_esc(n.municipality)}</Municipality>"
+        f"\n    <DecisionDate>{n.decision_date.isoformat()}</DecisionDate>"
+        f"\n    <Person>"
+        f"\n      <PersonalIdentityCode>{_esc(p.pic)}</PersonalIdentityCode>"
+        f"\n      <FamilyName>{_esc(p.family_name)}</FamilyName>"
+        f"\n      <GivenNames>{_esc(p.given_names)}</GivenNames>"
+        f"\n      <Language>{_esc(p.language)}</Language>"
+    ]
+    if with_phone and p.phone is not None:
+        parts.append(f"\n      <Phone>{_esc(p.phone)}</Phone>")
+    parts.append("\n    </Person>")
+    if n.additional_info is not None:
+        parts.append(f"\n    <AdditionalInfo>{_esc(n.additional_info)}</AdditionalInfo>")
+    names = safe_member_names(n.id, [a.document_name for a in n.attachments])
+    for att, file_name in zip(n.attachments, names, strict=True):
+        if blob_size is not None and blob_size(att.sha256) != att.size:
+            # Promise no size the zip cannot keep: a damaged blob store stops the delivery.
+            raise DeliveryError("stored attachment size differs from the recorded size",
+                                key=file_name)
+        parts.append(
+            f'\n    <Attachment documentName="{_attr(att.document_name)}"'
+            f' fileName="{_attr(file_name)}" mediaType="{_attr(att.media_type)}"'
+            f' size="{att.size}" sha256="{_attr(att.sha256)}"></Attachment>'
+        )
+    parts.append("\n  </Notification>")
+    return "".join(parts)
 
 
 def render_notification_delivery(
@@ -228,19 +255,25 @@ def render_notification_delivery(
     against each attachment's recorded size (DeliveryError on a mismatch).
     """
     ns = NAMESPACES[fmt]
-    attrib = {
-        "deliveryId": delivery_id,
-        "organisation": organisation,
-        "created": helsinki_time(created).isoformat(),
-        "count": str(len(notifications)),
-    }
+    with_phone = ns == NS_V2
+    out.write(_XML_DECLARATION)
+    out.write(
+        f'<NotificationDelivery xmlns="{ns}" deliveryId="{_attr(delivery_id)}"'
+        f' organisation="{_attr(organisation)}"'
+        f' created="{helsinki_time(created).isoformat()}" count="{len(notifications)}">'
+        .encode())
     seen: set[str] = set()
-    with _Document(out, ns, "NotificationDelivery", attrib) as w:
-        for n in notifications:
-            if n.id in seen:
-                raise DeliveryError("notification appears twice in one delivery", key=n.id)
-            seen.add(n.id)
-            _write_notification(w, n, with_phone=ns == NS_V2, blob_size=blob_size)
+    buf: list[str] = []
+    for n in notifications:
+        if n.id in seen:
+            raise DeliveryError("notification appears twice in one delivery", key=n.id)
+        seen.add(n.id)
+        buf.append(_notification_xml(n, with_phone, blob_size))
+        if len(buf) >= 256:  # bounded memory for big deliveries, few writes for small
+            out.write("".join(buf).encode())
+            buf = []
+    buf.append("\n</NotificationDelivery>\n")
+    out.write("".join(buf).encode())
 
 
 def render_person_list(

@@ -206,12 +206,14 @@ class Store:
             )).inserted_primary_key[0])  # type: ignore[index]
             tx = IngestTx(c, file_id, now)
             yield tx
+            tx.flush_blobs()
             c.execute(update(input_files).where(input_files.c.id == file_id)
                       .values(items=tx.count, batch_id=tx.batch_id))
 
     def open_blob(self, sha256: str) -> io.BytesIO:
-        with self.engine.connect() as c:
-            data = c.execute(select(blobs.c.data).where(blobs.c.sha256 == sha256)).scalar()
+        with self.engine.connect() as c:  # driver SQL: one call per attachment of a release
+            data = c.exec_driver_sql("SELECT data FROM blobs WHERE sha256 = ?",
+                                     (sha256,)).scalar()
         if data is None:
             raise StoreError(f"attachment {sha256} is not in the store")
         return io.BytesIO(data)
@@ -276,6 +278,8 @@ class IngestTx:
                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     _ASSIGN_SQL = ("INSERT INTO assignments (item_seq, organisation, type, release_at, state,"
                    " created_at) VALUES (?, ?, ?, ?, 'held', ?)")
+    _BLOB_SQL = "INSERT OR IGNORE INTO blobs (sha256, size, data) VALUES (?, ?, ?)"
+    _BLOB_FLUSH_BYTES = 32 * 1024**2  # attachments wait for their items' insert, up to this
 
     def __init__(self, c: Connection, file_id: int, now: datetime) -> None:
         self.c = c
@@ -283,28 +287,51 @@ class IngestTx:
         self.now = now
         self.count = 0
         self.batch_id: str | None = None
+        self._blobs: list[tuple[str, int, bytes]] = []
+        self._blob_bytes = 0
         self._at = UTCDateTime().bind_processor(c.dialect)
         self._day = Date().dialect_impl(c.dialect).bind_processor(c.dialect)
+        self._bound_values: dict[date | datetime, str] = {}
+
+    def _bound(self, value: date | datetime) -> str:
+        """A date or aware datetime as its column stores it (a batch repeats a few values)."""
+        text = self._bound_values.get(value)
+        if text is None:
+            if isinstance(value, datetime):
+                assert self._at is not None
+                text = self._at(value)
+            else:
+                assert self._day is not None
+                text = self._day(value)
+            self._bound_values[value] = text
+        return text
 
     def put_blob(self, sha256: str, data: bytes) -> None:
-        self.c.execute(insert(blobs).prefix_with("OR IGNORE"),
-                       {"sha256": sha256, "size": len(data), "data": data})
+        self._blobs.append((sha256, len(data), data))
+        self._blob_bytes += len(data)
+        if self._blob_bytes >= self._BLOB_FLUSH_BYTES:
+            self.flush_blobs()
+
+    def flush_blobs(self) -> None:
+        if self._blobs:
+            self.c.exec_driver_sql(self._BLOB_SQL, self._blobs)
+            self._blobs, self._blob_bytes = [], 0
 
     def add(self, chunk: Sequence[tuple[Item, NewAssignment]]) -> None:
+        self.flush_blobs()
         if not chunk:
             return
-        c, at, day = self.c, self._at, self._day
-        assert at is not None and day is not None
-        now = at(self.now)
+        c, bound = self.c, self._bound
+        now = bound(self.now)
         first_seq = (c.execute(select(func.max(items.c.seq))).scalar() or 0) + 1
         c.exec_driver_sql(self._ITEMS_SQL, [(
             first_seq + i, it.id, it.kind, it.type, it.municipality,
-            day(it.decision_date) if isinstance(it, Notification) else None,
+            bound(it.decision_date) if isinstance(it, Notification) else None,
             int(isinstance(it, Notification) and it.urgent),
             it.content_hash, it.to_json(), self.file_id, now,
         ) for i, (it, _) in enumerate(chunk)])
         c.exec_driver_sql(self._ASSIGN_SQL, [
-            (first_seq + i, a.organisation, it.type, at(a.release_at), now)
+            (first_seq + i, a.organisation, it.type, bound(a.release_at), now)
             for i, (it, a) in enumerate(chunk)])
         self.count += len(chunk)
 

@@ -237,6 +237,38 @@ def test_property_file_names_satisfy_the_schema(names: list[str]) -> None:
     assert_valid(render([note], "xml-v1"), NS1)
 
 
+# Text as a parsed XML document can hold it: any character XML allows, CR/LF/tab included.
+ANY_XML_TEXT = st.text(
+    st.characters(exclude_categories=["Cs"], exclude_characters="\ufffe\uffff",
+                  min_codepoint=0x20) | st.sampled_from("\t\n\r&<>\"']]>"),
+    min_size=1, max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(family=ANY_XML_TEXT, info=ANY_XML_TEXT, doc=ANY_XML_TEXT, phone=ANY_XML_TEXT,
+       urgent=st.booleans())
+def test_property_every_value_reads_back_exactly(
+    family: str, info: str, doc: str, phone: str, urgent: bool
+) -> None:
+    """The delivery is written as text for speed: whatever the values hold, an XML
+    parser reads back exactly those values (escaping of & < > quotes, CR, LF, tab)."""
+    note = Notification("N-1", "IMMIGRANT", "091", date(2026, 11, 20),
+                        Person(pic.make(date(1990, 1, 1), 990), family, "B", "fi", phone),
+                        urgent=urgent, additional_info=info,
+                        attachments=(Attachment(doc, "application/pdf", "0" * 64, 1),))
+    ns = {"d": NS2}
+    root = etree.fromstring(render([note]))
+    n = root.find("d:Notification", ns)
+    assert n is not None
+    assert n.get("urgent") == ("true" if urgent else None)
+    assert n.findtext("d:Person/d:FamilyName", namespaces=ns) == family
+    assert n.findtext("d:Person/d:Phone", namespaces=ns) == phone
+    assert n.findtext("d:AdditionalInfo", namespaces=ns) == info
+    att = n.find("d:Attachment", ns)
+    assert att is not None and att.get("documentName") == doc
+    assert root.get("count") == "1"
+
+
 # --- notification delivery XML --------------------------------------------------------
 
 
