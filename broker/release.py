@@ -211,8 +211,9 @@ class Releaser:
                 if any(n.attachments for n in notes):
                     zip_name = attachments_zip_name(d.id)
                     # The zip goes first: once the XML is visible, everything it names is there.
-                    self._write(folder / zip_name, lambda f: write_attachments_zip(
-                        f, notes, self.store.open_blob, created=d.created_at))
+                    with self.store.blobs() as open_blob:
+                        self._write(folder / zip_name, lambda f: write_attachments_zip(
+                            f, notes, open_blob, created=d.created_at))
                 digest, size = self._write(folder / d.file_name,
                                            lambda f: self._render_notes(f, d, org, notes))
                 result.notifications += len(notes)

@@ -15,7 +15,7 @@ Tables (SQLite, WAL, through SQLAlchemy Core):
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -211,12 +211,21 @@ class Store:
                       .values(items=tx.count, batch_id=tx.batch_id))
 
     def open_blob(self, sha256: str) -> io.BytesIO:
-        with self.engine.connect() as c:  # driver SQL: one call per attachment of a release
-            data = c.exec_driver_sql("SELECT data FROM blobs WHERE sha256 = ?",
-                                     (sha256,)).scalar()
-        if data is None:
-            raise StoreError(f"attachment {sha256} is not in the store")
-        return io.BytesIO(data)
+        with self.blobs() as open_blob:
+            return open_blob(sha256)
+
+    @contextmanager
+    def blobs(self) -> Iterator[Callable[[str], io.BytesIO]]:
+        """``open_blob(sha256)`` on one connection, for the many attachments of a delivery."""
+        with self.engine.connect() as c:
+            def open_blob(sha256: str) -> io.BytesIO:
+                data = c.exec_driver_sql("SELECT data FROM blobs WHERE sha256 = ?",
+                                         (sha256,)).scalar()
+                if data is None:
+                    raise StoreError(f"attachment {sha256} is not in the store")
+                return io.BytesIO(data)
+
+            yield open_blob
 
     # -- counts for status ----------------------------------------------------
     def counts(self) -> list[tuple[str, str, str, int]]:
