@@ -54,6 +54,19 @@ def _birth_ok(head: str) -> bool:
     return True
 
 
+def id_hash(item_id: str) -> int:
+    """A 64-bit hash of an id, the same in every process (str hashes are salted per
+    process, and pieces of one file are checked in several: broker.batch_chunks)."""
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(),
+                          "little", signed=True)
+
+
+def maybe_duplicates(hashes: array[int]) -> bool:
+    """Could two of the ids behind ``hashes`` be equal? (A collision also says yes.)"""
+    ordered = sorted(hashes)
+    return any(a == b for a, b in pairwise(ordered))
+
+
 # An element proxy from lxml; typed loosely because lxml's stubs are not installed.
 Element = Any
 
@@ -101,7 +114,7 @@ class Rules:
 
     def _check_id(self, out: list[Problem], kind: str, item_id: str, el: Element) -> None:
         if not self.exact_ids:
-            self.id_hashes.append(hash(item_id))
+            self.id_hashes.append(id_hash(item_id))
             return
         line = el.sourceline
         if item_id in self.id_lines:
@@ -134,8 +147,7 @@ class Rules:
 
     def maybe_duplicates(self) -> bool:
         """Fast pass: could two ids be equal? (A hash collision also says yes.)"""
-        ordered = sorted(self.id_hashes)
-        return any(a == b for a, b in pairwise(ordered))
+        return maybe_duplicates(self.id_hashes)
 
     def _check_pic(self, out: list[Problem], where: str, el: Element) -> str:
         code = el.text or ""

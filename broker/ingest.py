@@ -8,14 +8,15 @@ so a rejected file changes nothing in the store.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
+from broker.batch_chunks import PARALLEL_MIN_BYTES, ParallelBatchReader, SplitFailed
 from broker.config import Config
 from broker.errors import InvalidFile, Problem, RoutingError
-from broker.model import Item, Notification
+from broker.model import StoredItem
 from broker.routing import route
 from broker.schedule import release_time
 from broker.store import NewAssignment, Store, today_in
@@ -64,33 +65,52 @@ def ingest_batch(path: Path, *, config: Config, store: Store, now: datetime,
         out.problems.append(Problem(path.name, None, "TOO_LARGE",
                                     f"file is {size} bytes; the limit is {config.max_file_bytes}"))
     else:
-        mine: list[Problem] = []
+        ctx = batch_context(config, now)
         try:
-            with store.ingesting(source="kela", kind="batch", name=path.name, sha256=sha,
-                                 size=size, now=now) as tx:
-                reader = BatchReader(path, batch_context(config, now), on_attachment=tx.put_blob)
-                decide = _Decider(config, store, now, out, mine)
-                buf: list[Item] = []
-                for item in reader:
-                    buf.append(item)
-                    if len(buf) >= CHUNK:
-                        tx.add(list(decide(buf)))
-                        buf = []
-                        if on_progress:
-                            on_progress(tx.count)
-                tx.add(list(decide(buf)))
-                tx.batch_id = out.batch_id = reader.header.batch_id if reader.header else None
-                if mine:  # raising inside the transaction rolls the whole file back
-                    raise InvalidFile(out.file, [])
+            try:
+                # A big file is read on every core; the ordinary reader is the judge of
+                # anything the fast path cannot vouch for (broker.batch_chunks).
+                if size < PARALLEL_MIN_BYTES:
+                    raise SplitFailed("small file")
+                _store_file(ParallelBatchReader(path, ctx), path, config, store, now, out,
+                            on_progress)
+            except SplitFailed:
+                out.new = out.unchanged = 0
+                _store_file(BatchReader(path, ctx), path, config, store, now, out, on_progress)
         except InvalidFile as exc:
-            out.problems = sorted([*exc.problems, *mine],
-                                  key=lambda p: (p.line is None, p.line or 0))
+            out.problems = sorted(exc.problems, key=lambda p: (p.line is None, p.line or 0))
     if out.problems:
         out.status = "rejected"
         out.new = out.unchanged = 0
         store.record_rejected(source="kela", kind="batch", name=path.name, sha256=sha,
                               size=size, now=now, report=report_text(out))
     return out
+
+
+def _store_file(reader: BatchReader | ParallelBatchReader, path: Path, config: Config,
+                store: Store, now: datetime, out: Outcome,
+                on_progress: Callable[[int], None] | None) -> None:
+    """Read, decide and insert every item in one transaction; InvalidFile rolls it back."""
+    mine: list[Problem] = []
+    with store.ingesting(source="kela", kind="batch", name=path.name, sha256=out.sha256,
+                         size=out.size, now=now) as tx:
+        reader.on_attachment = tx.put_blob
+        decide = _Decider(config, store, now, out, mine)
+        items: Iterable[StoredItem] = (
+            reader if isinstance(reader, ParallelBatchReader)
+            else (StoredItem.of(i) for i in reader))
+        buf: list[StoredItem] = []
+        for item in items:
+            buf.append(item)
+            if len(buf) >= CHUNK:
+                tx.add(list(decide(buf)))
+                buf = []
+                if on_progress:
+                    on_progress(tx.count)
+        tx.add(list(decide(buf)))
+        tx.batch_id = out.batch_id = reader.header.batch_id if reader.header else None
+        if mine:  # raising inside the transaction rolls the whole file back
+            raise InvalidFile(out.file, mine)
 
 
 class _Decider:
@@ -101,7 +121,7 @@ class _Decider:
                  mine: list[Problem]) -> None:
         self.config, self.store, self.now, self.out, self.mine = config, store, now, out, mine
         self._orgs: dict[tuple[str, str], str | RoutingError] = {}
-        self._times: dict[tuple[str, date, bool], datetime] = {}
+        self._times: dict[tuple[str, str, bool], datetime] = {}
 
     def _route(self, type_: str, municipality: str) -> str:
         key = (type_, municipality)
@@ -116,16 +136,18 @@ class _Decider:
             raise org
         return org
 
-    def _release_at(self, n: Notification) -> datetime:
+    def _release_at(self, n: StoredItem) -> datetime:
+        if n.decision_date is None:  # a list goes out when received
+            return self.now
         key = (n.type, n.decision_date, n.urgent)
         at = self._times.get(key)
         if at is None:
             at = self._times[key] = release_time(
-                self.config.timing[n.type], decision_date=n.decision_date, urgent=n.urgent,
-                received=self.now, tz=self.config.timezone)
+                self.config.timing[n.type], decision_date=date.fromisoformat(n.decision_date),
+                urgent=n.urgent, received=self.now, tz=self.config.timezone)
         return at
 
-    def __call__(self, buf: list[Item]) -> Iterator[tuple[Item, NewAssignment]]:
+    def __call__(self, buf: list[StoredItem]) -> Iterator[tuple[StoredItem, NewAssignment]]:
         out, mine = self.out, self.mine
         known = self.store.existing_hashes([i.id for i in buf])
         for item in buf:
@@ -144,12 +166,11 @@ class _Decider:
                 mine.append(Problem(out.file, item.line, "INVALID_VALUE",
                                     f"{_what(item)}: no receiving organisation: {exc.message}"))
                 continue
-            at = self._release_at(item) if isinstance(item, Notification) else self.now
             out.new += 1
-            yield item, NewAssignment(org, at)
+            yield item, NewAssignment(org, self._release_at(item))
 
 
-def _what(item: Item) -> str:
+def _what(item: StoredItem) -> str:
     return f"{'Notification' if item.kind == 'notification' else 'PersonList'} {item.id}"
 
 

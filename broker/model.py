@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class NotificationType(StrEnum):
@@ -191,6 +191,32 @@ class PersonList:
 
 
 Item = Notification | PersonList
+
+
+class StoredItem(NamedTuple):
+    """An item as the store keeps it: the columns of its row, plus the line it came from.
+
+    Plain strings, so a worker process hands it back cheaply (broker.batch_chunks).
+    """
+
+    kind: str
+    id: str
+    type: str
+    municipality: str
+    decision_date: str | None  # ISO date; None for a list
+    urgent: bool
+    content_hash: str
+    payload: str  # canonical JSON (to_json)
+    line: int | None
+
+    @classmethod
+    def of(cls, item: Item) -> StoredItem:
+        if isinstance(item, Notification):
+            return cls("notification", item.id, item.type, item.municipality,
+                       item.decision_date.isoformat(), item.urgent, item.content_hash,
+                       item.to_json(), item.line)
+        return cls("list", item.id, item.type, item.municipality, None, False,
+                   item.content_hash, item.to_json(), item.line)
 
 
 def _content_hash(item: Item) -> str:

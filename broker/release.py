@@ -36,7 +36,7 @@ from broker.render import (
     write_attachments_zip,
 )
 from broker.schedule import Candidate, plan_first_delivery
-from broker.store import Store, UTCDateTime, assignments, deliveries, items, stagger_plans
+from broker.store import Store, assignments, deliveries, items, stagger_plans, stored_time
 
 
 @dataclass
@@ -98,18 +98,17 @@ class Releaser:
     def form_plans(self, now: datetime, result: ReleaseResult) -> None:
         """A first delivery of a type over the threshold becomes a weekly plan (SPEC 4)."""
         with self.store.engine.begin() as c:
-            at = _bind_time(c)
             by_pair: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
             dates: dict[str, date] = {}
             for aid, org, type_, day, seq in c.exec_driver_sql(self._FIRST_DELIVERY_SQL,
-                                                                (at(now),)):
+                                                                (stored_time(now),)):
                 d = dates.get(day) or dates.setdefault(day, date.fromisoformat(day))
                 by_pair[(org, type_)].append(Candidate(id=str(aid), decision_date=d, seq=seq))
             for (org, type_), cands in by_pair.items():
                 plan = plan_first_delivery(cands, self.config.stagger, now)
                 if plan is None:
                     continue
-                times = {t: at(t) for t in {p.release_at for p in plan}}
+                times = {t: stored_time(t) for t in {p.release_at for p in plan}}
                 c.exec_driver_sql(self._PLAN_SQL, [(times[p.release_at], p.portion, int(p.id))
                                                    for p in plan])
                 portions = max(p.portion for p in plan) + 1
@@ -253,13 +252,6 @@ class Releaser:
 
     def _lists(self, c: Connection, ids: Sequence[int]) -> list[PersonList]:
         return [PersonList.from_json(p) for p in self._payloads(c, ids)]
-
-
-def _bind_time(c: Connection) -> Callable[[datetime], str]:
-    """A datetime as the store's UTCDateTime column keeps it, for driver-level SQL."""
-    bind = UTCDateTime().bind_processor(c.dialect)
-    assert bind is not None
-    return bind
 
 
 def _id_list(ids: Sequence[int]) -> str:

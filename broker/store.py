@@ -44,7 +44,18 @@ from sqlalchemy.types import TypeDecorator
 
 from broker.db import metadata
 from broker.errors import StoreError
-from broker.model import Item, Notification
+from broker.model import StoredItem
+
+# SQLAlchemy's text form of a DATETIME in SQLite. Driver-level SQL binds times as this
+# same text: the columns are compared as text, so one form only (a test holds them equal).
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def stored_time(value: datetime) -> str:
+    """An aware datetime as a UTCDateTime column holds it, for driver-level SQL."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the store")
+    return value.astimezone(UTC).strftime(_SQLITE_DATETIME)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -298,21 +309,13 @@ class IngestTx:
         self.batch_id: str | None = None
         self._blobs: list[tuple[str, int, bytes]] = []
         self._blob_bytes = 0
-        self._at = UTCDateTime().bind_processor(c.dialect)
-        self._day = Date().dialect_impl(c.dialect).bind_processor(c.dialect)
-        self._bound_values: dict[date | datetime, str] = {}
+        self._bound_values: dict[datetime, str] = {}
 
-    def _bound(self, value: date | datetime) -> str:
-        """A date or aware datetime as its column stores it (a batch repeats a few values)."""
+    def _bound(self, value: datetime) -> str:
+        """stored_time, memoised: a batch repeats a few release times."""
         text = self._bound_values.get(value)
         if text is None:
-            if isinstance(value, datetime):
-                assert self._at is not None
-                text = self._at(value)
-            else:
-                assert self._day is not None
-                text = self._day(value)
-            self._bound_values[value] = text
+            text = self._bound_values[value] = stored_time(value)
         return text
 
     def put_blob(self, sha256: str, data: bytes) -> None:
@@ -326,7 +329,7 @@ class IngestTx:
             self.c.exec_driver_sql(self._BLOB_SQL, self._blobs)
             self._blobs, self._blob_bytes = [], 0
 
-    def add(self, chunk: Sequence[tuple[Item, NewAssignment]]) -> None:
+    def add(self, chunk: Sequence[tuple[StoredItem, NewAssignment]]) -> None:
         self.flush_blobs()
         if not chunk:
             return
@@ -334,10 +337,8 @@ class IngestTx:
         now = bound(self.now)
         first_seq = (c.execute(select(func.max(items.c.seq))).scalar() or 0) + 1
         c.exec_driver_sql(self._ITEMS_SQL, [(
-            first_seq + i, it.id, it.kind, it.type, it.municipality,
-            bound(it.decision_date) if isinstance(it, Notification) else None,
-            int(isinstance(it, Notification) and it.urgent),
-            it.content_hash, it.to_json(), self.file_id, now,
+            first_seq + i, it.id, it.kind, it.type, it.municipality, it.decision_date,
+            int(it.urgent), it.content_hash, it.payload, self.file_id, now,
         ) for i, (it, _) in enumerate(chunk)])
         c.exec_driver_sql(self._ASSIGN_SQL, [
             (first_seq + i, a.organisation, it.type, bound(a.release_at), now)
@@ -351,5 +352,15 @@ def today_in(tz: str, now: datetime) -> date:
     return now.astimezone(ZoneInfo(tz)).date()
 
 
-__all__ = ["IngestTx", "NewAssignment", "Store", "assignments", "blobs", "deliveries",
-           "input_files", "items", "stagger_plans"]
+__all__ = [
+    "IngestTx",
+    "NewAssignment",
+    "Store",
+    "assignments",
+    "blobs",
+    "deliveries",
+    "input_files",
+    "items",
+    "stagger_plans",
+    "stored_time",
+]

@@ -18,6 +18,7 @@ read once.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 from collections.abc import Callable, Iterator
@@ -155,9 +156,13 @@ class BatchReader:
         on_attachment: Callable[[str, bytes], None] | None = None,
         *,
         build: bool = True,
+        source: Any = None,
     ) -> None:
         self.path = path
         self.build = build  # False: check only, yield nothing (validate_file)
+        # A piece of the file (broker.batch_chunks), already checked; it has no precise
+        # pass of its own: any problem ends it with an InvalidFile without problems.
+        self.source = source
         self.ctx = ctx
         self.on_attachment = on_attachment
         self.header: BatchHeader | None = None
@@ -165,17 +170,19 @@ class BatchReader:
         self._rule_ctx = RuleContext(
             self._file, ctx.municipalities, ctx.today, ctx.max_attachment_bytes
         )
+        self.id_hashes: Any = None  # the fast pass's id hashes, once read
 
     def __iter__(self) -> Iterator[Item]:
         file = self._file
         problems: list[Problem] = []
         rules = Rules(self._rule_ctx, self.on_attachment, exact_ids=False, build=self.build)
+        self.id_hashes = rules.id_hashes
         needs_precise = False
         try:
-            f = _open_checked(self.path, self.ctx)
+            f = self.source if self.source is not None else _open_checked(self.path, self.ctx)
         except xmlsafe.UnsafeXml as exc:
             raise InvalidFile(file, [exc.problem(file)]) from None
-        with f:
+        with contextlib.closing(f):
             it = xmlsafe.iterparse(
                 xmlsafe.BoundedReader(f, self.ctx.max_file_bytes),
                 events=("start", "end"),
@@ -225,7 +232,9 @@ class BatchReader:
                 problems.append(exc.problem(file))
         if not needs_precise and rules.maybe_duplicates():
             needs_precise = True  # the exact pass names the duplicates and their lines
-        if needs_precise:
+        if needs_precise or (problems and self.source is not None):
+            if self.source is not None:
+                raise InvalidFile(file, [])
             problems = precise_problems(self.path, self.ctx)
         if problems:
             problems.sort(key=lambda p: p.line or 0)
@@ -306,6 +315,18 @@ def _check_child(el: Any, schema: Any, rules: Rules, problems: list[Problem], fi
 
 def validate_file(path: Path, ctx: BatchContext) -> list[Problem]:
     """Every problem of a decision batch (up to ctx.max_problems); [] when valid."""
+    # A big file is first read on every core; that path can only say "valid", so
+    # anything else is judged by the ordinary reader below. (Imported here: it
+    # builds on this module.)
+    from broker.batch_chunks import PARALLEL_MIN_BYTES, ParallelBatchReader, SplitFailed
+
+    if path.stat().st_size >= PARALLEL_MIN_BYTES:
+        try:
+            for _ in ParallelBatchReader(path, ctx, build=False):
+                pass
+            return []
+        except SplitFailed:
+            pass
     try:
         for _ in BatchReader(path, ctx, build=False):
             pass

@@ -1,0 +1,239 @@
+"""Reading one big decision batch on several cores: split at top-level elements, parse
+the pieces in worker processes, hand the items back in file order.
+
+Parsing with the XSD and checking the rules is most of an ingest's work and runs in
+one core per file; a batch of hundreds of megabytes is cut into pieces of
+``chunk_bytes`` at the start of a ``<Notification`` or ``<PersonList`` tag. Every
+piece after the first gets the file's prolog and root start tag in front, every
+piece before the last gets ``</DecisionBatch>`` behind, and each is parsed and
+checked on its own exactly as a whole file would be (broker.validation.BatchReader).
+
+Why a valid split changes nothing: a piece parses only if its bytes between the
+root's tags are balanced content of the root, so the pieces together are the file's
+own sequence of top-level elements, and the root's content model is any sequence of
+them. A cut in a bad place (inside a comment, say) makes a piece fail to parse.
+
+This is a fast path for valid files only. Any problem in any piece, an id that may
+repeat across pieces, or a file that cannot be cut raises ``SplitFailed``, and the
+caller reads the file again the ordinary way, which gives the verdict and every
+problem with its line. So a valid file is accepted with exactly the items, order and
+lines the sequential reader gives, and an invalid one is described the same way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import multiprocessing
+import os
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker import xmlsafe
+from broker.batch_rules import maybe_duplicates
+from broker.model import BatchHeader, StoredItem
+from broker.validation import BatchContext, BatchReader
+
+PARALLEL_MIN_BYTES = 48 * 1024**2  # below this, starting worker processes costs more than it saves
+CHUNK_BYTES = 16 * 1024**2
+_ROOT = b"<DecisionBatch"
+_ROOT_END = b"</DecisionBatch>"
+_CHILD_TAGS = (b"<Notification", b"<PersonList")
+_NAME_END = frozenset(b" \t\r\n>/")
+
+
+class SplitFailed(Exception):
+    """The parallel fast path cannot vouch for this file; read it the ordinary way."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: int  # byte range of the file
+    end: int
+    prefix: bytes  # prolog and root start tag, on one line (empty for the first piece)
+    suffix: bytes  # b"</DecisionBatch>" (empty for the last piece)
+    line_offset: int  # lines of the file before ``start``
+
+
+@dataclass
+class ChunkResult:
+    ok: bool
+    items: list[StoredItem] = field(default_factory=list)
+    blobs: list[tuple[str, bytes]] = field(default_factory=list)
+    id_hashes: bytes = b""
+    header: BatchHeader | None = None
+
+
+def _start_tag_end(data: bytes | mmap.mmap, at: int) -> int:
+    """Offset just after the start tag beginning at ``at``, quotes respected; -1 if none."""
+    quote = 0
+    for i in range(at, min(len(data), at + xmlsafe.PROLOG_LIMIT)):
+        c = data[i]
+        if quote:
+            if c == quote:
+                quote = 0
+        elif c in (0x22, 0x27):  # " or '
+            quote = c
+        elif c == 0x3E:  # >
+            return i + 1
+    return -1
+
+
+def _next_child(mm: mmap.mmap, at: int) -> int:
+    """First ``<Notification`` or ``<PersonList`` tag at or after ``at``; -1 if none."""
+    best = -1
+    for tag in _CHILD_TAGS:
+        i = mm.find(tag, at)
+        while i >= 0 and i + len(tag) < len(mm) and mm[i + len(tag)] not in _NAME_END:
+            i = mm.find(tag, i + 1)  # a longer name (<NotificationX): not a cut point
+        if i >= 0 and (best < 0 or i < best):
+            best = i
+    return best
+
+
+def plan_chunks(path: Path, ctx: BatchContext, chunk_bytes: int = CHUNK_BYTES) -> list[Chunk]:
+    """The pieces of ``path``; raises SplitFailed when it cannot or need not be cut."""
+    with path.open("rb") as f:
+        try:
+            xmlsafe.check_stream(f, max_bytes=ctx.max_file_bytes)
+        except xmlsafe.UnsafeXml:
+            raise SplitFailed("refused before parsing") from None
+        size = os.fstat(f.fileno()).st_size
+        if size < 2 * chunk_bytes:
+            raise SplitFailed("small file")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            head = mm[: min(size, xmlsafe.PROLOG_LIMIT)]
+            root = xmlsafe.scan_prolog(head, complete=size <= xmlsafe.PROLOG_LIMIT)
+            # Only an unprefixed root: its children are then <Notification ...> too.
+            if root < 0 or not head.startswith(_ROOT, root) or head[root + len(_ROOT)] \
+                    not in _NAME_END:
+                raise SplitFailed("root element not found as expected")
+            root_end = _start_tag_end(head, root)
+            if root_end < 0 or head[root_end - 2] == 0x2F:  # '/>': no content to split
+                raise SplitFailed("root start tag not found")
+            # One line, so a piece's lines are its own lines plus a known offset.
+            prefix = head[:root_end].replace(b"\r", b" ").replace(b"\n", b" ")
+            cuts = [0]
+            while (nxt := _next_child(mm, max(cuts[-1] + 1, root_end,
+                                              len(cuts) * chunk_bytes))) > 0:
+                if size - nxt < chunk_bytes // 2:
+                    break  # a short tail goes with the piece before it
+                cuts.append(nxt)
+            if len(cuts) < 2:
+                raise SplitFailed("no place to cut")
+            cuts.append(size)
+            chunks: list[Chunk] = []
+            lines = 0
+            for i, (start, end) in enumerate(itertools.pairwise(cuts)):
+                last = end == size
+                chunks.append(Chunk(start, end, prefix if i else b"",
+                                    b"" if last else _ROOT_END, lines))
+                lines += mm[start:end].count(b"\n")
+            return chunks
+
+
+class _Spliced:
+    """prefix + file[start:end] + suffix as one readable stream, for iterparse."""
+
+    def __init__(self, path: Path, chunk: Chunk) -> None:
+        self._f = path.open("rb")
+        self._f.seek(chunk.start)
+        self._left = chunk.end - chunk.start
+        self._tail = chunk.suffix
+        self._head = chunk.prefix
+
+    def read(self, n: int = -1) -> bytes:
+        n = n if n > 0 else 1 << 20
+        if self._head:
+            out, self._head = self._head[:n], self._head[n:]
+            return out
+        if self._left > 0:
+            out = self._f.read(min(n, self._left))
+            self._left -= len(out)
+            if out:
+                return out
+            self._left = 0
+        out, self._tail = self._tail[:n], self._tail[n:]
+        return out
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_chunk(path: Path, chunk: Chunk, ctx: BatchContext, build: bool) -> ChunkResult:
+    """Parse and check one piece (in a worker process); ok=False on anything unusual."""
+    blobs: list[tuple[str, bytes]] = []
+    src = _Spliced(path, chunk)
+    try:
+        keep = (lambda sha, data: blobs.append((sha, data))) if build else None
+        reader = BatchReader(path, ctx, on_attachment=keep, build=build, source=src)
+        items = []
+        # The prefix is line 1 and the piece goes on from there: shift by the lines before it.
+        delta = chunk.line_offset
+        for item in reader:
+            row = StoredItem.of(item)  # JSON and hash made here, on this core
+            if delta and row.line is not None:
+                row = row._replace(line=row.line + delta)
+            items.append(row)
+        return ChunkResult(True, items, blobs, reader.id_hashes.tobytes(), reader.header)
+    except Exception:  # anything at all: the ordinary reader will judge and word it
+        return ChunkResult(False)
+    finally:
+        src.close()
+
+
+def _workers() -> int:
+    return max(2, min(4, (os.cpu_count() or 1)))
+
+
+class ParallelBatchReader:
+    """Like BatchReader (items in file order, as StoredItem rows; ``header``), but raises
+    SplitFailed instead of describing problems: see the module doc. ``workers``
+    processes are started per file.
+    """
+
+    def __init__(self, path: Path, ctx: BatchContext,
+                 on_attachment: Callable[[str, bytes], None] | None = None, *,
+                 build: bool = True, chunk_bytes: int | None = None,
+                 workers: int | None = None) -> None:
+        self.path, self.ctx, self.on_attachment, self.build = path, ctx, on_attachment, build
+        self.chunk_bytes = chunk_bytes or CHUNK_BYTES
+        self.workers = workers or _workers()
+        self.header: BatchHeader | None = None
+
+    def __iter__(self) -> Iterator[StoredItem]:
+        chunks = plan_chunks(self.path, self.ctx, self.chunk_bytes)
+        hashes = array("q")
+        # spawn, not fork: the daemon has threads, and a forked child would inherit their locks.
+        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")
+                                 ) as pool:
+            pending: deque[Future[ChunkResult]] = deque()
+            todo = deque(chunks)
+            try:
+                while todo or pending:
+                    # A bounded window: results wait in memory only a few pieces ahead.
+                    try:
+                        while todo and len(pending) < 2 * self.workers:
+                            pending.append(pool.submit(read_chunk, self.path, todo.popleft(),
+                                                       self.ctx, self.build))
+                        result = pending.popleft().result()
+                    except (BrokenProcessPool, OSError) as exc:  # no workers: read it here
+                        raise SplitFailed(f"worker processes failed: {exc}") from exc
+                    if not result.ok:
+                        raise SplitFailed("a piece has a problem")
+                    self.header = self.header or result.header
+                    hashes.frombytes(result.id_hashes)
+                    if self.on_attachment is not None:
+                        for sha, data in result.blobs:
+                            self.on_attachment(sha, data)
+                    yield from result.items
+            finally:
+                for f in pending:
+                    f.cancel()
+        if maybe_duplicates(hashes):
+            raise SplitFailed("an id may repeat across pieces")
