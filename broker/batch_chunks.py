@@ -26,6 +26,7 @@ import itertools
 import mmap
 import multiprocessing
 import os
+import signal
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -40,7 +41,7 @@ from broker.model import BatchHeader, StoredItem
 from broker.validation import BatchContext, BatchReader
 
 PARALLEL_MIN_BYTES = 48 * 1024**2  # below this, starting worker processes costs more than it saves
-CHUNK_BYTES = 16 * 1024**2
+CHUNK_BYTES = 8 * 1024**2
 _ROOT = b"<DecisionBatch"
 _ROOT_END = b"</DecisionBatch>"
 _CHILD_TAGS = (b"<Notification", b"<PersonList")
@@ -187,6 +188,11 @@ def read_chunk(path: Path, chunk: Chunk, ctx: BatchContext, build: bool) -> Chun
         src.close()
 
 
+def _worker_init() -> None:
+    # Ctrl-C reaches the whole process group; the parent handles it and stops the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _workers() -> int:
     return max(2, min(4, (os.cpu_count() or 1)))
 
@@ -210,8 +216,8 @@ class ParallelBatchReader:
         chunks = plan_chunks(self.path, self.ctx, self.chunk_bytes)
         hashes = array("q")
         # spawn, not fork: the daemon has threads, and a forked child would inherit their locks.
-        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")
-                                 ) as pool:
+        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init) as pool:
             pending: deque[Future[ChunkResult]] = deque()
             todo = deque(chunks)
             try:
