@@ -36,7 +36,7 @@ from broker.render import (
     write_attachments_zip,
 )
 from broker.schedule import Candidate, plan_first_delivery
-from broker.store import Store, assignments, deliveries, items, stagger_plans, stored_time
+from broker.store import Store, assignments, deliveries, stagger_plans, stored_time
 
 
 @dataclass
@@ -118,23 +118,23 @@ class Releaser:
                 result.plans.append((org, type_, len(plan)))
 
     # -- what is due ---------------------------------------------------------
+    _DUE_SQL = (
+        "SELECT a.id, a.organisation, a.type, a.portion, i.kind"
+        " FROM assignments a JOIN items i ON i.seq = a.item_seq"
+        " WHERE a.state = 'held' AND coalesce(a.planned_at, a.release_at) <= ?"
+        " AND (? IS NULL OR a.organisation = ?)"
+        " ORDER BY a.organisation, a.type, a.portion, i.seq")
+
     def due_groups(self, now: datetime, *, only_org: str | None = None) -> list[_Group]:
-        a, i = assignments, items
-        due_at = func.coalesce(a.c.planned_at, a.c.release_at)
-        q = (select(a.c.id, a.c.organisation, a.c.type, a.c.portion, i.c.kind)
-             .join(i, i.c.seq == a.c.item_seq)
-             .where(a.c.state == "held", due_at <= now)
-             .order_by(a.c.organisation, a.c.type, a.c.portion, i.c.seq))
-        if only_org:
-            q = q.where(a.c.organisation == only_org)
         groups: dict[tuple[str, str, int | None], list[int]] = defaultdict(list)
         out: list[_Group] = []
         with self.store.engine.connect() as c:
-            for r in c.execute(q):
-                if r.kind == "list":  # a list is delivered whole, one file each (SPEC 2)
-                    out.append(_Group(r.organisation, r.type, "list", None, (r.id,)))
+            for aid, org, type_, portion, kind in c.exec_driver_sql(
+                    self._DUE_SQL, (stored_time(now), only_org, only_org)):
+                if kind == "list":  # a list is delivered whole, one file each (SPEC 2)
+                    out.append(_Group(org, type_, "list", None, (aid,)))
                 else:
-                    groups[(r.organisation, r.type, r.portion)].append(r.id)
+                    groups[(org, type_, portion)].append(aid)
         out.extend(_Group(org, t, "notification", p, tuple(ids))
                    for (org, t, p), ids in groups.items())
         return out
