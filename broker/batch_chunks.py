@@ -23,7 +23,6 @@ lines the sequential reader gives, and an invalid one is described the same way.
 from __future__ import annotations
 
 import itertools
-import mmap
 import multiprocessing
 import os
 import signal
@@ -34,6 +33,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from broker import xmlsafe
 from broker.batch_rules import maybe_duplicates
@@ -58,22 +58,22 @@ class Chunk:
     end: int
     prefix: bytes  # prolog and root start tag, on one line (empty for the first piece)
     suffix: bytes  # b"</DecisionBatch>" (empty for the last piece)
-    line_offset: int  # lines of the file before ``start``
 
 
 @dataclass
 class ChunkResult:
     ok: bool
-    items: list[StoredItem] = field(default_factory=list)
+    items: list[StoredItem] = field(default_factory=list)  # lines counted within the piece
     blobs: list[tuple[str, bytes]] = field(default_factory=list)
     id_hashes: bytes = b""
     header: BatchHeader | None = None
+    newlines: int = 0  # in the piece's own bytes: the next piece's lines start after them
 
 
-def _start_tag_end(data: bytes | mmap.mmap, at: int) -> int:
+def _start_tag_end(data: bytes, at: int) -> int:
     """Offset just after the start tag beginning at ``at``, quotes respected; -1 if none."""
     quote = 0
-    for i in range(at, min(len(data), at + xmlsafe.PROLOG_LIMIT)):
+    for i in range(at, len(data)):
         c = data[i]
         if quote:
             if c == quote:
@@ -85,16 +85,29 @@ def _start_tag_end(data: bytes | mmap.mmap, at: int) -> int:
     return -1
 
 
-def _next_child(mm: mmap.mmap, at: int) -> int:
-    """First ``<Notification`` or ``<PersonList`` tag at or after ``at``; -1 if none."""
-    best = -1
-    for tag in _CHILD_TAGS:
-        i = mm.find(tag, at)
-        while i >= 0 and i + len(tag) < len(mm) and mm[i + len(tag)] not in _NAME_END:
-            i = mm.find(tag, i + 1)  # a longer name (<NotificationX): not a cut point
-        if i >= 0 and (best < 0 or i < best):
-            best = i
-    return best
+_WINDOW = 256 * 1024
+_OVERLAP = max(len(t) for t in _CHILD_TAGS)  # a tag split across two windows is still seen
+
+
+def _next_child(f: BinaryIO, at: int) -> int:
+    """Offset of the first ``<Notification`` or ``<PersonList`` tag at or after ``at``,
+    reading forward a window at a time; -1 if there is none."""
+    while True:
+        f.seek(at)
+        window = f.read(_WINDOW + _OVERLAP + 1)
+        hits = []
+        for tag in _CHILD_TAGS:
+            i = window.find(tag)
+            # A longer name (<NotificationX) is not a cut point; look further along.
+            while i >= 0 and i + len(tag) < len(window) and window[i + len(tag)] not in _NAME_END:
+                i = window.find(tag, i + 1)
+            if 0 <= i <= _WINDOW and i + len(tag) < len(window):
+                hits.append(i)
+        if hits:
+            return at + min(hits)
+        if len(window) <= _WINDOW + _OVERLAP:
+            return -1  # end of file
+        at += _WINDOW
 
 
 def plan_chunks(path: Path, ctx: BatchContext, chunk_bytes: int = CHUNK_BYTES) -> list[Chunk]:
@@ -107,39 +120,33 @@ def plan_chunks(path: Path, ctx: BatchContext, chunk_bytes: int = CHUNK_BYTES) -
         size = os.fstat(f.fileno()).st_size
         if size < 2 * chunk_bytes:
             raise SplitFailed("small file")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            head = mm[: min(size, xmlsafe.PROLOG_LIMIT)]
-            root = xmlsafe.scan_prolog(head, complete=size <= xmlsafe.PROLOG_LIMIT)
-            # Only an unprefixed root: its children are then <Notification ...> too.
-            if root < 0 or not head.startswith(_ROOT, root) or head[root + len(_ROOT)] \
-                    not in _NAME_END:
-                raise SplitFailed("root element not found as expected")
-            root_end = _start_tag_end(head, root)
-            if root_end < 0 or head[root_end - 2] == 0x2F:  # '/>': no content to split
-                raise SplitFailed("root start tag not found")
-            # One line, so a piece's lines are its own lines plus a known offset.
-            prefix = head[:root_end].replace(b"\r", b" ").replace(b"\n", b" ")
-            cuts = [0]
-            while (nxt := _next_child(mm, max(cuts[-1] + 1, root_end,
-                                              len(cuts) * chunk_bytes))) > 0:
-                if size - nxt < chunk_bytes // 2:
-                    break  # a short tail goes with the piece before it
-                cuts.append(nxt)
-            if len(cuts) < 2:
-                raise SplitFailed("no place to cut")
-            cuts.append(size)
-            chunks: list[Chunk] = []
-            lines = 0
-            for i, (start, end) in enumerate(itertools.pairwise(cuts)):
-                last = end == size
-                chunks.append(Chunk(start, end, prefix if i else b"",
-                                    b"" if last else _ROOT_END, lines))
-                lines += mm[start:end].count(b"\n")
-            return chunks
+        head = f.read(xmlsafe.PROLOG_LIMIT)
+        root = xmlsafe.scan_prolog(head, complete=size <= xmlsafe.PROLOG_LIMIT)
+        # Only an unprefixed root: its children are then <Notification ...> too.
+        if root < 0 or not head.startswith(_ROOT, root) or head[root + len(_ROOT)] \
+                not in _NAME_END:
+            raise SplitFailed("root element not found as expected")
+        root_end = _start_tag_end(head, root)
+        if root_end < 0 or head[root_end - 2] == 0x2F:  # '/>': no content to split
+            raise SplitFailed("root start tag not found")
+        # One line, so a piece's lines are its own lines plus those of the pieces before.
+        prefix = head[:root_end].replace(b"\r", b" ").replace(b"\n", b" ")
+        cuts = [0]
+        while (nxt := _next_child(f, max(cuts[-1] + 1, root_end,
+                                         len(cuts) * chunk_bytes))) > 0:
+            if size - nxt < chunk_bytes // 2:
+                break  # a short tail goes with the piece before it
+            cuts.append(nxt)
+    if len(cuts) < 2:
+        raise SplitFailed("no place to cut")
+    cuts.append(size)
+    return [Chunk(start, end, prefix if start else b"", b"" if end == size else _ROOT_END)
+            for start, end in itertools.pairwise(cuts)]
 
 
 class _Spliced:
-    """prefix + file[start:end] + suffix as one readable stream, for iterparse."""
+    """prefix + file[start:end] + suffix as one readable stream, for iterparse; counts
+    the newlines of the file's own bytes as they pass."""
 
     def __init__(self, path: Path, chunk: Chunk) -> None:
         self._f = path.open("rb")
@@ -147,6 +154,7 @@ class _Spliced:
         self._left = chunk.end - chunk.start
         self._tail = chunk.suffix
         self._head = chunk.prefix
+        self.newlines = 0
 
     def read(self, n: int = -1) -> bytes:
         n = n if n > 0 else 1 << 20
@@ -157,6 +165,7 @@ class _Spliced:
             out = self._f.read(min(n, self._left))
             self._left -= len(out)
             if out:
+                self.newlines += out.count(b"\n")
                 return out
             self._left = 0
         out, self._tail = self._tail[:n], self._tail[n:]
@@ -173,15 +182,12 @@ def read_chunk(path: Path, chunk: Chunk, ctx: BatchContext, build: bool) -> Chun
     try:
         keep = (lambda sha, data: blobs.append((sha, data))) if build else None
         reader = BatchReader(path, ctx, on_attachment=keep, build=build, source=src)
-        items = []
-        # The prefix is line 1 and the piece goes on from there: shift by the lines before it.
-        delta = chunk.line_offset
-        for item in reader:
-            row = StoredItem.of(item)  # JSON and hash made here, on this core
-            if delta and row.line is not None:
-                row = row._replace(line=row.line + delta)
-            items.append(row)
-        return ChunkResult(True, items, blobs, reader.id_hashes.tobytes(), reader.header)
+        # JSON and hash made here, on this core.
+        items = [StoredItem.of(item) for item in reader]
+        while src.read(1 << 20):  # the whole piece counted, for the lines of the next
+            pass
+        return ChunkResult(True, items, blobs, reader.id_hashes.tobytes(), reader.header,
+                           src.newlines)
     except Exception:  # anything at all: the ordinary reader will judge and word it
         return ChunkResult(False)
     finally:
@@ -215,6 +221,7 @@ class ParallelBatchReader:
     def __iter__(self) -> Iterator[StoredItem]:
         chunks = plan_chunks(self.path, self.ctx, self.chunk_bytes)
         hashes = array("q")
+        lines = 0  # of the file, before the piece being handed out
         # spawn, not fork: the daemon has threads, and a forked child would inherit their locks.
         with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init) as pool:
@@ -237,7 +244,14 @@ class ParallelBatchReader:
                     if self.on_attachment is not None:
                         for sha, data in result.blobs:
                             self.on_attachment(sha, data)
-                    yield from result.items
+                    # A piece's prefix is its line 1, where its own first line begins.
+                    if lines:
+                        for row in result.items:
+                            yield row._replace(line=None if row.line is None
+                                               else row.line + lines)
+                    else:
+                        yield from result.items
+                    lines += result.newlines
             finally:
                 for f in pending:
                     f.cancel()
