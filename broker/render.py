@@ -2,8 +2,8 @@
 
 Pure functions: the caller passes ``created`` (no clock here) and a binary file to
 stream into (normally :func:`broker.fsutil.atomic_writer`). Notification deliveries
-are written incrementally with ``lxml.etree.xmlfile`` so a backlog of thousands
-never sits in memory as one tree.
+are streamed as text, a few hundred notifications at a time, so a backlog of
+thousands never sits in memory whole; person lists use ``lxml.etree.xmlfile``.
 
 Formats per organisation: ``xml-v2`` (namespace ``...:2``), ``xml-v1`` (legacy
 ``...:1``, no ``Phone``) and ``csv``. CSV only changes person lists: organisations on
@@ -182,22 +182,22 @@ _ATTR_ESCAPES = (*_TEXT_ESCAPES, ('"', "&quot;"), ("\n", "&#10;"), ("\t", "&#9;"
 _NEEDS_ESCAPE = re.compile('[&<>"\r\n\t]')
 
 
-def _esc(value: str) -> str:
-    """Character data: & < > and CR escaped (a raw CR would read back as LF)."""
-    if _NEEDS_ESCAPE.search(value) is None:
+def _escaped(value: str, table: tuple[tuple[str, str], ...]) -> str:
+    if _NEEDS_ESCAPE.search(value) is None:  # the common case: nothing to escape
         return value
-    for raw, ref in _TEXT_ESCAPES:
+    for raw, ref in table:
         value = value.replace(raw, ref)
     return value
+
+
+def _esc(value: str) -> str:
+    """Character data: & < > and CR escaped (a raw CR would read back as LF)."""
+    return _escaped(value, _TEXT_ESCAPES)
 
 
 def _attr(value: str) -> str:
     """An attribute value in double quotes: also " and the whitespace that would normalise."""
-    if _NEEDS_ESCAPE.search(value) is None:
-        return value
-    for raw, ref in _ATTR_ESCAPES:
-        value = value.replace(raw, ref)
-    return value
+    return _escaped(value, _ATTR_ESCAPES)
 
 
 def _notification_xml(
