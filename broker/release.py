@@ -19,7 +19,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, func, insert, select
 from sqlalchemy.engine import Connection
 
 from broker.config import Config, Organisation
@@ -36,7 +36,7 @@ from broker.render import (
     write_attachments_zip,
 )
 from broker.schedule import Candidate, plan_first_delivery
-from broker.store import Store, assignments, deliveries, stagger_plans, stored_time
+from broker.store import Store, deliveries, stagger_plans, stored_time
 
 
 @dataclass
@@ -183,30 +183,36 @@ class Releaser:
             return
         done = [self._write_files(d, result) for d in delivery_ids]
         with self.store.engine.begin() as c:
-            for delivery_id, digest, size, zip_name, created in done:
-                c.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
-                    state="written", sha256=digest, size=size, zip_name=zip_name))
-                c.execute(update(assignments).where(assignments.c.delivery_id == delivery_id)
-                          .values(state="released", released_at=created))
+            c.exec_driver_sql(
+                "UPDATE deliveries SET state = 'written', sha256 = ?, size = ?, zip_name = ?"
+                " WHERE id = ?",
+                [(digest, size, zip_name, delivery_id)
+                 for delivery_id, digest, size, zip_name, _ in done])
+            c.exec_driver_sql(
+                "UPDATE assignments SET state = 'released', released_at = ?"
+                " WHERE delivery_id = ?",
+                [(stored_time(created), delivery_id) for delivery_id, _, _, _, created in done])
         result.deliveries.extend(delivery_ids)
 
     def _write_files(self, delivery_id: str, result: ReleaseResult
                      ) -> tuple[str, str, int, str | None, datetime]:
         with self.store.engine.connect() as c:
             d = c.execute(select(deliveries).where(deliveries.c.id == delivery_id)).one()
-            ids = [r.id for r in c.execute(select(assignments.c.id).where(
-                assignments.c.delivery_id == delivery_id))]
+            payloads = [p for (p,) in c.exec_driver_sql(
+                "SELECT items.payload FROM items JOIN assignments"
+                " ON assignments.item_seq = items.seq WHERE assignments.delivery_id = ?"
+                " ORDER BY items.seq", (delivery_id,))]  # oldest first
             org = self.config.by_id[d.organisation]
             folder = private_dir(self.config.outbox / org.id)
             zip_name = None
             if d.kind == "list":
-                plist = self._lists(c, ids)[0]
+                plist = PersonList.from_json(payloads[0])
                 digest, size = self._write(folder / d.file_name, lambda f: render_person_list(
                     f, delivery_id=d.id, organisation=org.id, created=d.created_at,
                     plist=plist, fmt=org.format))
                 result.lists += 1
             else:
-                notes = self._notifications(c, ids)
+                notes = [Notification.from_json(p) for p in payloads]
                 if any(n.attachments for n in notes):
                     zip_name = attachments_zip_name(d.id)
                     # The zip goes first: once the XML is visible, everything it names is there.
@@ -246,9 +252,6 @@ class Releaser:
             " ORDER BY items.seq",  # oldest first
             (_id_list(assignment_ids),))
         return [payload for (payload,) in rows]
-
-    def _notifications(self, c: Connection, ids: Sequence[int]) -> list[Notification]:
-        return [Notification.from_json(p) for p in self._payloads(c, ids)]
 
     def _lists(self, c: Connection, ids: Sequence[int]) -> list[PersonList]:
         return [PersonList.from_json(p) for p in self._payloads(c, ids)]
