@@ -26,6 +26,8 @@ import itertools
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -194,9 +196,18 @@ def read_chunk(path: Path, chunk: Chunk, ctx: BatchContext, build: bool) -> Chun
         src.close()
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     # Ctrl-C reaches the whole process group; the parent handles it and stops the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker holds its own end of the task queue, so it would wait for tasks forever
+    # after a kill -9 of the broker: it leaves as soon as its parent is gone (which may
+    # be before this runs, hence the pid from the parent itself).
+    def leave_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=leave_with_parent, daemon=True, name="parent-watch").start()
 
 
 def _workers() -> int:
@@ -224,7 +235,7 @@ class ParallelBatchReader:
         lines = 0  # of the file, before the piece being handed out
         # spawn, not fork: the daemon has threads, and a forked child would inherit their locks.
         with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_init) as pool:
+                                 initializer=_worker_init, initargs=(os.getpid(),)) as pool:
             pending: deque[Future[ChunkResult]] = deque()
             todo = deque(chunks)
             try:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
-from daemon_support import make_home
+from daemon_support import make_home, wait_for
 from sqlalchemy import select
 
 from broker import ingest as ingest_module
@@ -205,3 +207,55 @@ def test_validate_reads_big_files_on_every_core_with_the_same_verdicts(
     assert validate_file(batch, CTX) == []
     assert validate_file(bad, CTX) == exact
     assert len(used) == 2
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"  # a zombie has exited; only its parent has not collected it
+
+
+def test_workers_leave_when_the_broker_is_killed(batch: Path, tmp_path: Path) -> None:
+    """kill -9 of the reading process must not leave its workers behind for good."""
+    script = tmp_path / "reader.py"
+    script.write_text(
+        "import sys, time\n"
+        "from datetime import date\n"
+        "from pathlib import Path\n"
+        "from broker.batch_chunks import ParallelBatchReader\n"
+        "from broker.validation import BatchContext\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = BatchContext(frozenset(sys.argv[2].split(',')), date(2026, 11, 20))\n"
+        f"    for _ in ParallelBatchReader(Path(sys.argv[1]), ctx, chunk_bytes={PIECE},\n"
+        "                                 workers=2):\n"
+        "        time.sleep(0.01)  # a slow consumer: the workers stay busy or waiting\n",
+        encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, str(script), str(batch), ",".join(MUNICIPALITIES)])
+    try:
+        def two_workers() -> list[int] | None:
+            kids = [k for k in _children(proc.pid)
+                    if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+            return kids if len(kids) == 2 else None
+
+        workers = wait_for(two_workers, what="two worker processes")
+        assert isinstance(workers, list)
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_for(lambda: not any(_running(w) for w in workers), timeout=10,
+             what="workers to leave after their parent was killed")
