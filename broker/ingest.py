@@ -100,13 +100,16 @@ def _store_file(reader: BatchReader | ParallelBatchReader, path: Path, config: C
             reader if isinstance(reader, ParallelBatchReader)
             else (StoredItem.of(i) for i in reader))
         buf: list[StoredItem] = []
-        for item in items:
-            buf.append(item)
-            if len(buf) >= CHUNK:
-                tx.add(list(decide(buf)))
-                buf = []
-                if on_progress:
-                    on_progress(tx.count)
+        try:
+            for item in items:
+                buf.append(item)
+                if len(buf) >= CHUNK:
+                    tx.add(list(decide(buf)))
+                    buf = []
+                    if on_progress:
+                        on_progress(tx.count)
+        except InvalidFile as exc:  # the reader's problems, and ours among the items before
+            raise InvalidFile(out.file, [*exc.problems, *mine]) from None
         tx.add(list(decide(buf)))
         tx.batch_id = out.batch_id = reader.header.batch_id if reader.header else None
         if mine:  # raising inside the transaction rolls the whole file back

@@ -1,0 +1,43 @@
+"""Taking in one batch whole: every problem is reported together, nothing is kept."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from daemon_support import make_home
+
+from broker.config import load_config
+from broker.db import make_engine
+from broker.ingest import ingest_batch
+from broker.store import Store
+from broker.synthetic import write_batch
+
+REPO = Path(__file__).resolve().parents[1]
+with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:
+    MUNICIPALITIES = sorted(row["code"] for row in csv.DictReader(_f))
+DAY = date(2026, 11, 20)
+NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+
+
+def test_conflicts_found_before_a_schema_error_are_reported_with_it(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    config = load_config(home)
+    store = Store(make_engine(config.database))
+    first = tmp_path / "first.xml"
+    write_batch(first, count=600, municipalities=MUNICIPALITIES, decision_date=DAY,
+                batch_id="FIRST", seed=1)
+    assert ingest_batch(first, config=config, store=store, now=NOW).status == "accepted"
+    # The same ids again: the first with other content, the last with a schema error.
+    text = first.read_text(encoding="utf-8").replace('batchId="FIRST"', 'batchId="AGAIN"')
+    i = text.index("<FamilyName>") + len("<FamilyName>")
+    text = text[:i] + "Changed" + text[i:]
+    j = text.rindex("<DecisionDate>") + len("<DecisionDate>")
+    again = tmp_path / "again.xml"
+    again.write_text(text[:j] + "2026-13-45" + text[j + 10:], encoding="utf-8")
+    out = ingest_batch(again, config=config, store=store, now=NOW)
+    assert out.status == "rejected"
+    messages = [p.message for p in out.problems]
+    assert any("received before with different content" in m for m in messages), messages
+    assert any("DecisionDate" in m for m in messages), messages
