@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -156,7 +157,7 @@ class BatchReader:
         on_attachment: Callable[[str, bytes], None] | None = None,
         *,
         build: bool = True,
-        source: Any = None,
+        source: xmlsafe.Readable | None = None,
     ) -> None:
         self.path = path
         self.build = build  # False: check only, yield nothing (validate_file)
@@ -170,7 +171,7 @@ class BatchReader:
         self._rule_ctx = RuleContext(
             self._file, ctx.municipalities, ctx.today, ctx.max_attachment_bytes
         )
-        self.id_hashes: Any = None  # the fast pass's id hashes, once read
+        self.id_hashes: array[int] = array("q")  # the fast pass's id hashes, once read
 
     def __iter__(self) -> Iterator[Item]:
         file = self._file

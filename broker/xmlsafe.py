@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from lxml import etree
 
@@ -140,13 +140,21 @@ def _check_size(size: int, max_bytes: int) -> None:
         )
 
 
+class Readable(Protocol):
+    """What a parse reads from: a binary file, or a piece of one (broker.batch_chunks)."""
+
+    def read(self, n: int = -1) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class BoundedReader:
     """File wrapper for iterparse that stops at ``max_bytes``, whatever fstat said.
 
     A file can grow after it was checked; reading past the bound raises UnsafeXml.
     """
 
-    def __init__(self, f: IO[bytes], max_bytes: int) -> None:
+    def __init__(self, f: Readable, max_bytes: int) -> None:
         self._f = f
         self._left = max_bytes
 
