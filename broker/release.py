@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from broker.config import Config, Organisation
 from broker.errors import StoreError
-from broker.fsutil import atomic_writer, private_dir
+from broker.fsutil import atomic_writer, private_dir, temp_path
 from broker.model import Notification, PersonList
 from broker.render import (
     attachments_zip_name,
@@ -237,6 +237,9 @@ class Releaser:
         if not path.exists():
             with atomic_writer(path, exclusive=True) as f:
                 render(f)
+        else:
+            # A crash between the link to the real name and the temp's unlink left both.
+            temp_path(path).unlink(missing_ok=True)
         h = hashlib.sha256()
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):

@@ -63,9 +63,21 @@ def test_kill_minus_nine_during_ingest_and_release(tmp_path: Path) -> None:
     for b in range(BATCHES):
         (inbox / f".big-{b}.xml.part").rename(inbox / f"big-{b}.xml")
     kills = mid_release = 0
+    def mid_release_soon() -> None:
+        """Wait until a delivery is claimed but not yet confirmed (the release is fast:
+        a kill at a random moment alone would rarely land in it)."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and state()[1] == 0 and state()[0] < total:
+            time.sleep(0.005)
+
     try:
-        for _ in range(10):
-            time.sleep(rng.uniform(0.3, 1.2))  # anywhere: start-up, ingest, release, recovery
+        for k in range(20):
+            if kills >= 10 or (kills >= 5 and mid_release >= 2):
+                break
+            if k % 2:
+                mid_release_soon()
+            else:
+                time.sleep(rng.uniform(0.3, 1.2))  # anywhere: start-up, ingest, release, recovery
             if state()[0] == total:
                 break
             d.kill9()

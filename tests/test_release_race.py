@@ -10,8 +10,9 @@ from sqlalchemy import func, select, update
 
 from broker.config import load_config
 from broker.db import make_engine
+from broker.fsutil import temp_path
 from broker.ingest import ingest_batch
-from broker.release import Releaser, _Group
+from broker.release import Releaser, ReleaseResult, _Group
 from broker.store import Store, assignments, deliveries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +50,29 @@ def test_a_claim_that_lost_a_race_rolls_back_and_is_retried(tmp_path: Path) -> N
     # The stolen row stays with the other pass; the other three go out exactly once.
     assert states == {"released": 4}
     assert result.notifications == 3 and files == len(result.deliveries) == 3
+
+
+def test_recovery_clears_a_temp_file_a_crash_left_beside_its_finished_file(
+    tmp_path: Path,
+) -> None:
+    """kill -9 between linking a delivery file to its name and removing the temp name."""
+    shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("keys"))
+    cfg = load_config(tmp_path)
+    store = Store(make_engine(cfg.database))
+    ingest_batch(EXAMPLES / "decision-batch.xml", config=cfg, store=store, now=NOW)
+    releaser = Releaser(cfg, store)
+    claimed = releaser._claim(releaser.due_groups(NOW), NOW)
+    for delivery_id in claimed:  # the files are written, the delivery not yet confirmed
+        releaser._write_files(delivery_id, ReleaseResult())
+    written = [p for p in (tmp_path / "outbox").rglob("*") if p.is_file()]
+    assert written
+    for path in written:
+        temp_path(path).write_bytes(path.read_bytes())
+    assert releaser.recover() == len(claimed)
+    assert not list((tmp_path / "outbox").rglob(".*.part"))
+    assert sorted(p for p in (tmp_path / "outbox").rglob("*") if p.is_file()) == sorted(written)
+    with store.engine.connect() as c:
+        assert set(c.execute(select(deliveries.c.state)).scalars()) == {"written"}
 
 
 def test_cli_says_clearly_when_the_daemon_holds_the_database(tmp_path: Path) -> None:
