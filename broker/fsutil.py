@@ -9,6 +9,7 @@ Everything the broker writes holds personal data: files are 0600, directories 07
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -45,6 +46,28 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _locked_temp(tmp: Path) -> int:
+    """Open ``tmp`` for writing under an exclusive lock; BlockingIOError if another holds it.
+
+    A stale temp file from a crash is reused. Two processes may write one name (a
+    release pass beside the daemon's): the lock keeps their bytes apart, and a file
+    that was renamed or removed while we waited for it is opened again.
+    """
+    # O_NOFOLLOW: a symlink planted at the temp name must not redirect our write.
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        fd = os.open(tmp, flags, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(tmp, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                    return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the name now holds another file: lock that one
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path, *, exclusive: bool = False) -> Iterator[BinaryIO]:
     """Yield a binary file whose content appears at ``path`` only if the block succeeds.
@@ -54,18 +77,16 @@ def atomic_writer(path: Path, *, exclusive: bool = False) -> Iterator[BinaryIO]:
     is untouched (an older file there stays as it was). With ``exclusive=True`` an
     existing ``path`` is never replaced: FileExistsError is raised instead, which is
     how "a file once released is never rewritten" (SPEC 5) is enforced by the writer.
+    BlockingIOError: another process is writing ``path`` at this moment.
     """
     path = Path(path)
     tmp = temp_path(path)
-    # O_NOFOLLOW: a symlink planted at the temp name must not redirect our write.
-    # A stale temp file from a crash is simply truncated and reused.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(tmp, flags | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
-    try:
+    fd = _locked_temp(tmp)
+    try:  # the lock is held until the file has its name
+        os.ftruncate(fd, 0)
         # The create mode is masked by umask, and a stale temp file keeps its old mode.
         os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            fd = -1  # now owned by f
+        with os.fdopen(os.dup(fd), "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -76,11 +97,11 @@ def atomic_writer(path: Path, *, exclusive: bool = False) -> Iterator[BinaryIO]:
         else:
             os.replace(tmp, path)
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        os.close(fd)
     fsync_dir(path.parent)
 
 

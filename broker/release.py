@@ -39,6 +39,10 @@ from broker.schedule import Candidate, plan_first_delivery
 from broker.store import Store, deliveries, stagger_plans, stored_time
 
 
+class _Busy(Exception):
+    """Another process is writing this delivery's file right now."""
+
+
 @dataclass
 class ReleaseResult:
     deliveries: list[str] = field(default_factory=list)
@@ -181,7 +185,14 @@ class Releaser:
         """Step 2 (files) for every delivery, then commit 3 for all of them at once."""
         if not delivery_ids:
             return
-        done = [self._write_files(d, result) for d in delivery_ids]
+        done = []
+        for delivery_id in delivery_ids:
+            try:
+                done.append(self._write_files(delivery_id, result))
+            except _Busy:
+                continue  # stays pending; the pass writing it now confirms it
+        if not done:
+            return
         with self.store.engine.begin() as c:
             c.exec_driver_sql(
                 "UPDATE deliveries SET state = 'written', sha256 = ?, size = ?, zip_name = ?"
@@ -192,7 +203,7 @@ class Releaser:
                 "UPDATE assignments SET state = 'released', released_at = ?"
                 " WHERE delivery_id = ?",
                 [(stored_time(created), delivery_id) for delivery_id, _, _, _, created in done])
-        result.deliveries.extend(delivery_ids)
+        result.deliveries.extend(d[0] for d in done)
 
     def _write_files(self, delivery_id: str, result: ReleaseResult
                      ) -> tuple[str, str, int, str | None, datetime]:
@@ -234,12 +245,19 @@ class Releaser:
     @staticmethod
     def _write(path: Path, render: Callable[[IO[bytes]], object]) -> tuple[str, int]:
         """Write via temp + fsync + rename, unless a crash already put the file in place."""
-        if not path.exists():
-            with atomic_writer(path, exclusive=True) as f:
-                render(f)
-        else:
-            # A crash between the link to the real name and the temp's unlink left both.
-            temp_path(path).unlink(missing_ok=True)
+        try:
+            if not path.exists():
+                with atomic_writer(path, exclusive=True) as f:
+                    render(f)
+            else:
+                # A crash between the link to the real name and the temp's unlink left
+                # both (a pass still writing it would fail at the link: the name is taken).
+                temp_path(path).unlink(missing_ok=True)
+        except (BlockingIOError, FileExistsError, FileNotFoundError):
+            # Another pass (an operator's beside the daemon) is writing the same delivery,
+            # or has just written it: the same bytes either way (rendering is deterministic).
+            if not path.exists():
+                raise _Busy(path) from None
         h = hashlib.sha256()
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):

@@ -96,6 +96,21 @@ def test_stale_temp_from_a_crash_is_reused_with_private_mode(
     assert not stale.exists()
 
 
+def test_a_name_another_process_is_writing_is_left_to_it(tmp_path: Path) -> None:
+    """Two writers of one name (a release pass beside the daemon's) never mix bytes."""
+    target = tmp_path / "D-x.xml"
+    with atomic_writer(target, exclusive=True) as first:
+        first.write(b"the first writer's ")
+        with pytest.raises(BlockingIOError), atomic_writer(target, exclusive=True) as second:
+            second.write(b"garbage")
+        first.write(b"bytes")
+    assert target.read_bytes() == b"the first writer's bytes"
+    assert not temp_path(target).exists()
+    with pytest.raises(FileExistsError), atomic_writer(target, exclusive=True) as late:
+        late.write(b"a second rendering")
+    assert target.read_bytes() == b"the first writer's bytes"
+
+
 def test_symlink_at_temp_name_is_not_followed(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 
 from broker.config import load_config
 from broker.db import make_engine
-from broker.fsutil import temp_path
+from broker.fsutil import atomic_writer, temp_path
 from broker.ingest import ingest_batch
 from broker.release import Releaser, ReleaseResult, _Group
 from broker.store import Store, assignments, deliveries
@@ -73,6 +73,32 @@ def test_recovery_clears_a_temp_file_a_crash_left_beside_its_finished_file(
     assert sorted(p for p in (tmp_path / "outbox").rglob("*") if p.is_file()) == sorted(written)
     with store.engine.connect() as c:
         assert set(c.execute(select(deliveries.c.state)).scalars()) == {"written"}
+
+
+def test_a_delivery_another_pass_is_writing_is_left_to_it(tmp_path: Path) -> None:
+    """The operator's release-due recovers pending deliveries while the daemon may be
+    writing them: it must neither mix bytes into them nor confirm them itself."""
+    shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("keys"))
+    cfg = load_config(tmp_path)
+    store = Store(make_engine(cfg.database))
+    ingest_batch(EXAMPLES / "decision-batch.xml", config=cfg, store=store, now=NOW)
+    releaser = Releaser(cfg, store)
+    claimed = releaser._claim(releaser.due_groups(NOW), NOW)
+    with store.engine.connect() as c:
+        busy_id, org, name = c.execute(select(
+            deliveries.c.id, deliveries.c.organisation, deliveries.c.file_name)
+            .where(deliveries.c.id == claimed[0])).one()
+    busy = cfg.outbox / org / name
+    busy.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(busy, exclusive=True) as other_pass:  # the daemon, mid-write
+        other_pass.write(b"<?xml")
+        result = ReleaseResult()
+        assert releaser.recover(result) == len(claimed)
+        assert busy_id not in result.deliveries
+        assert sorted(result.deliveries) == sorted(claimed[1:])
+    with store.engine.connect() as c:
+        pending = c.execute(select(deliveries.c.id).where(deliveries.c.state == "pending"))
+        assert pending.scalars().all() == [busy_id]
 
 
 def test_cli_says_clearly_when_the_daemon_holds_the_database(tmp_path: Path) -> None:
