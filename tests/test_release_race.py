@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 
-from broker.config import load_config
+from broker.config import Config, load_config
 from broker.db import make_engine
 from broker.fsutil import atomic_writer, temp_path
 from broker.ingest import ingest_batch
@@ -36,12 +36,18 @@ class RacedReleaser(Releaser):
         return groups
 
 
-def test_a_claim_that_lost_a_race_rolls_back_and_is_retried(tmp_path: Path) -> None:
+def home_with_example(tmp_path: Path) -> tuple[Config, Store]:
+    """A home at ``tmp_path`` holding the contract's decision batch, nothing released."""
     shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("keys"))
     cfg = load_config(tmp_path)
     store = Store(make_engine(cfg.database))
     assert ingest_batch(EXAMPLES / "decision-batch.xml", config=cfg, store=store,
                         now=NOW).status == "accepted"
+    return cfg, store
+
+
+def test_a_claim_that_lost_a_race_rolls_back_and_is_retried(tmp_path: Path) -> None:
+    cfg, store = home_with_example(tmp_path)
     result = RacedReleaser(cfg, store).run(NOW)
     with store.engine.connect() as c:
         states = dict(c.execute(select(assignments.c.state, func.count())
@@ -56,12 +62,9 @@ def test_recovery_clears_a_temp_file_a_crash_left_beside_its_finished_file(
     tmp_path: Path,
 ) -> None:
     """kill -9 between linking a delivery file to its name and removing the temp name."""
-    shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("keys"))
-    cfg = load_config(tmp_path)
-    store = Store(make_engine(cfg.database))
-    ingest_batch(EXAMPLES / "decision-batch.xml", config=cfg, store=store, now=NOW)
+    cfg, store = home_with_example(tmp_path)
     releaser = Releaser(cfg, store)
-    claimed = releaser._claim(releaser.due_groups(NOW), NOW)
+    claimed = releaser._claim(releaser.due_groups(NOW), NOW)  # pending, as a crash leaves them
     for delivery_id in claimed:  # the files are written, the delivery not yet confirmed
         releaser._write_files(delivery_id, ReleaseResult())
     written = [p for p in (tmp_path / "outbox").rglob("*") if p.is_file()]
@@ -78,12 +81,9 @@ def test_recovery_clears_a_temp_file_a_crash_left_beside_its_finished_file(
 def test_a_delivery_another_pass_is_writing_is_left_to_it(tmp_path: Path) -> None:
     """The operator's release-due recovers pending deliveries while the daemon may be
     writing them: it must neither mix bytes into them nor confirm them itself."""
-    shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("keys"))
-    cfg = load_config(tmp_path)
-    store = Store(make_engine(cfg.database))
-    ingest_batch(EXAMPLES / "decision-batch.xml", config=cfg, store=store, now=NOW)
+    cfg, store = home_with_example(tmp_path)
     releaser = Releaser(cfg, store)
-    claimed = releaser._claim(releaser.due_groups(NOW), NOW)
+    claimed = releaser._claim(releaser.due_groups(NOW), NOW)  # pending, as a crash leaves them
     with store.engine.connect() as c:
         busy_id, org, name = c.execute(select(
             deliveries.c.id, deliveries.c.organisation, deliveries.c.file_name)
