@@ -16,8 +16,9 @@ them. A cut in a bad place (inside a comment, say) makes a piece fail to parse.
 This is a fast path for valid files only. Any problem in any piece, an id that may
 repeat across pieces, or a file that cannot be cut raises ``SplitFailed``, and the
 caller reads the file again the ordinary way, which gives the verdict and every
-problem with its line. So a valid file is accepted with exactly the items, order and
-lines the sequential reader gives, and an invalid one is described the same way.
+problem with its line. So a valid file is accepted with exactly the items, in the order,
+the sequential reader gives (each with the line of its start tag, counted in the file),
+and an invalid one is described the same way.
 """
 
 from __future__ import annotations
