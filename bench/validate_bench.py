@@ -52,6 +52,7 @@ def _tree_rss_kb(root: int) -> int:
 
     Shared pages (libraries) count once per process: an upper bound, on purpose.
     """
+    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -63,7 +64,7 @@ def _tree_rss_kb(root: int) -> int:
         except OSError:
             continue
         parents[int(entry)] = int(fields[1])
-        rss[int(entry)] = int(fields[21]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+        rss[int(entry)] = int(fields[21]) * page_kb
     tree, todo = set(), [root]
     while todo:
         pid = todo.pop()

@@ -221,10 +221,6 @@ class Store:
             c.execute(update(input_files).where(input_files.c.id == file_id)
                       .values(items=tx.count, batch_id=tx.batch_id))
 
-    def open_blob(self, sha256: str) -> io.BytesIO:
-        with self.blobs() as open_blob:
-            return open_blob(sha256)
-
     @contextmanager
     def blobs(self) -> Iterator[Callable[[str], io.BytesIO]]:
         """``open_blob(sha256)`` on one connection, for the many attachments of a delivery."""
