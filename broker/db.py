@@ -2,6 +2,12 @@
 
 SQLite in WAL mode: readers (``status``, ``audit show``) never block the daemon,
 and a crash leaves the last committed transaction intact.
+
+Write transactions take the write lock when they begin (``BEGIN IMMEDIATE``, through
+:func:`writer`): a deferred transaction that reads first and writes later fails at
+once with "database is locked" when another writer committed in between (WAL does
+not wait for a snapshot that is out of date), which is how two release passes
+could race. Read-only work uses the engine itself (deferred, never blocks a writer).
 """
 
 from __future__ import annotations
@@ -13,6 +19,13 @@ from sqlalchemy import Engine, MetaData, create_engine, event
 
 metadata = MetaData()
 
+_BEGIN_OPTION = "sqlite_begin"
+
+
+def writer(engine: Engine) -> Engine:
+    """The same engine (same pool) whose transactions begin by taking the write lock."""
+    return engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+
 
 def make_engine(path: Path) -> Engine:
     """Open (creating if needed) the state database at ``path`` with every table."""
@@ -21,12 +34,19 @@ def make_engine(path: Path) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # pysqlite's own implicit BEGIN is off: the "begin" hook below says which kind.
+        dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")  # a committed row survives power loss
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=10000")
         cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
 
     # Import the table modules so that every table is on ``metadata``.
     import broker.audit
