@@ -1,4 +1,5 @@
-"""``/metrics`` for Prometheus and ``/healthz`` for probes, on a local port."""
+"""``/metrics`` for Prometheus and ``/healthz`` for probes (503 and the reasons when
+unhealthy), on a local port."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ class MetricsServer:
     """A tiny HTTP server: ``/metrics`` for Prometheus, ``/healthz`` for probes."""
 
     def __init__(self, metrics: Metrics, host: str, port: int,
-                 healthy: Callable[[], bool]) -> None:
+                 problems: Callable[[], list[str]]) -> None:
         registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
@@ -24,9 +25,11 @@ class MetricsServer:
                 if self.path == "/metrics":
                     body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
                 elif self.path == "/healthz":
-                    ok = healthy()
-                    body = b"ok\n" if ok else b"unhealthy\n"
-                    ctype, code = "text/plain", 200 if ok else 503
+                    # Unhealthy says why, one line per problem (a probe shows the body).
+                    found = problems()
+                    body = ("unhealthy\n" + "".join(f"{p}\n" for p in found) if found
+                            else "ok\n").encode()
+                    ctype, code = "text/plain; charset=utf-8", 503 if found else 200
                 else:
                     body, ctype, code = b"not found\n", "text/plain", 404
                 self.send_response(code)

@@ -19,9 +19,13 @@ from broker.errors import DeliveryError
 
 
 class SftpPusher:
-    def __init__(self, target: PushTarget, timeout: float = 30.0) -> None:
+    """Bounded in time: every network step (TCP connect, SSH banner, authentication and
+    each SFTP request) waits at most ``target.timeout`` seconds, so a server that black-
+    holes packets or stalls mid-transfer ends the push with an error, never hangs it."""
+
+    def __init__(self, target: PushTarget) -> None:
         self.target = target
-        self.timeout = timeout
+        self.timeout = target.timeout
 
     def push(self, local_root: Path, files: list[str],
              on_pushed: Callable[[str, int, str], None]) -> int:
@@ -38,12 +42,14 @@ class SftpPusher:
         try:
             client.connect(t.host, port=t.port, username=t.user, key_filename=str(t.key_file),
                            timeout=self.timeout, banner_timeout=self.timeout,
-                           auth_timeout=self.timeout, allow_agent=False, look_for_keys=False)
+                           auth_timeout=self.timeout, channel_timeout=self.timeout,
+                           allow_agent=False, look_for_keys=False)
         except (paramiko.SSHException, OSError) as exc:
             raise DeliveryError(f"cannot connect to {t.user}@{t.host}:{t.port}: {exc}") from exc
         count = 0
         try:
             sftp = client.open_sftp()
+            sftp.get_channel().settimeout(self.timeout)  # type: ignore[union-attr]
             made: set[str] = set()
             for rel in files:
                 remote = posixpath.join(t.remote_dir, rel)

@@ -325,7 +325,13 @@ class SftpService:
                 self.options.outbox_dir / org / "acks",
                 self.options.inbox_dir / org,
             ):
-                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+                try:
+                    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+                except OSError as exc:
+                    # One organisation's broken folder (immutable, replaced by a file) must
+                    # not keep the server, or anyone else's session, from starting: that
+                    # organisation sees the error in its session, health names it.
+                    log.error("sftp: cannot create %s: %s", d, exc.strerror)
 
     def _drop_removed(self) -> None:
         for conn in list(self.connections):

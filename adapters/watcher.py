@@ -7,12 +7,14 @@ consumer dedups (by sha256 in the store), so seeing a file twice is harmless.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 try:  # Linux: watchdog's inotify backend
     from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
@@ -27,6 +29,8 @@ except ImportError:  # pragma: no cover - other platforms use other backends
     pass
 
 from broker.fsutil import is_hidden_or_partial
+
+log = logging.getLogger(__name__)
 
 
 def complete_files(folder: Path) -> list[Path]:
@@ -63,16 +67,23 @@ class FolderWatcher:
         self.folders = list(folders)
         self.notify = notify
         self.rescan_seconds = rescan_seconds
-        self._observer = Observer()
         self._stop = threading.Event()
-        self._rescanner = threading.Thread(target=self._rescan_loop, name="inbox-rescan",
-                                           daemon=True)
+        self._observer = self._new_observer()
+        self._rescanner = self._new_rescanner()
+        self.last_rescan_error: str | None = None
 
-    def start(self) -> None:
+    def _new_observer(self) -> BaseObserver:
+        observer: BaseObserver = Observer()
         handler = _Handler(self.notify)
         for folder in self.folders:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._observer.schedule(handler, str(folder), recursive=False)
+            observer.schedule(handler, str(folder), recursive=False)
+        return observer
+
+    def _new_rescanner(self) -> threading.Thread:
+        return threading.Thread(target=self._rescan_loop, name="inbox-rescan", daemon=True)
+
+    def start(self) -> None:
         self._observer.start()
         self._rescanner.start()
 
@@ -85,13 +96,43 @@ class FolderWatcher:
         self._observer.schedule(_Handler(self.notify), str(folder), recursive=False)
 
     def rescan(self) -> None:
+        """Notify every complete file; a folder that cannot be read is skipped, not fatal."""
+        errors = []
         for folder in list(self.folders):
-            for path in complete_files(folder):
-                self.notify(path)
+            try:
+                for path in complete_files(folder):
+                    self.notify(path)
+            except OSError as exc:  # EMFILE, a folder replaced by a file, EIO ...
+                errors.append(f"{folder.name}: {exc.strerror or exc}")
+        self.last_rescan_error = "; ".join(errors) or None
 
     def _rescan_loop(self) -> None:
+        # Nothing may end this loop but stop(): a batch dropped while the process is out
+        # of descriptors must still be found once it has them again.
         while not self._stop.wait(self.rescan_seconds):
-            self.rescan()
+            try:
+                self.rescan()
+            except Exception as exc:
+                self.last_rescan_error = f"{type(exc).__name__}: {exc}"
+                log.exception("inbox rescan failed; trying again in %ss", self.rescan_seconds)
+
+    def supervise(self) -> list[str]:
+        """Restart a watcher thread that died; returns which were restarted (for health)."""
+        restarted: list[str] = []
+        if self._stop.is_set():
+            return restarted
+        if not self._rescanner.is_alive():
+            self._rescanner = self._new_rescanner()
+            self._rescanner.start()
+            restarted.append("inbox-rescan")
+        if not self._observer.is_alive():
+            try:
+                self._observer = self._new_observer()
+                self._observer.start()
+            except OSError as exc:  # e.g. inotify limits: the rescan still finds files
+                log.error("file watcher could not be restarted: %s", exc)
+            restarted.append("file-watcher")
+        return restarted
 
     def stop(self) -> None:
         self._stop.set()

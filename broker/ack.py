@@ -1,11 +1,11 @@
 """The files a response produces: the acknowledgement (SPEC 7) and the forward to Kela.
 
-Acknowledgement: ``outbox/<org>/acks/<uploaded name>.ack.xml``. An ack is never
-overwritten: when that name is taken (the organisation reused an upload name, with
-the same or other bytes, after the first upload left the inbox) the next free of
-``<name>.2.ack.xml``, ``<name>.3.ack.xml`` ... is used, and each ack names the
-sha256 of the bytes it is about. Integrators who use unique upload names (the
-usual practice) only ever see ``<name>.ack.xml``.
+Acknowledgement: ``outbox/<org>/acks/<uploaded name>.ack.xml`` is always about the
+latest upload of that name (SPEC 7): when a new upload of a name is taken, the ack there
+moves at once to ``acks/history/<uploaded name>.<its received time, UTC
+yyyymmddThhmmssZ>.ack.xml``, and the new ack appears once the upload is processed. A
+fixed file re-uploaded under the same name therefore never leaves a stale REJECTED
+beside it. Each ack names the sha256 of the bytes it is about.
 
 Forward: ``outbox/kela/response-<org>-<local time>-<sha256 prefix>.xml``, an envelope
 ``ForwardedResponse`` (namespace urn:fi:kela:etotu:forwarded-response:1, XSD
@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Collection, Sequence
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -73,15 +72,25 @@ def _fit(name: str, tail: str) -> str:
     return raw[:room].decode("utf-8", "ignore") + tail
 
 
-def ack_name(upload_name: str, taken: Collection[str], acks_dir: Path) -> str:
-    """The first free ack name for ``upload_name`` (see module doc)."""
-    n = 1
-    while True:
-        name = _fit(upload_name, ACK_SUFFIX if n == 1 else f".{n}{ACK_SUFFIX}")
-        if name not in taken and not (acks_dir / name).exists() \
-                and not (acks_dir / f".{name}.part").exists():
-            return name
-        n += 1
+def ack_name(upload_name: str) -> str:
+    """The ack of the latest upload of ``upload_name`` (cut to fit a file name)."""
+    return _fit(upload_name, ACK_SUFFIX)
+
+
+def history_name(upload_name: str, received: datetime, n: int = 1) -> str:
+    """Where an earlier ack of ``upload_name`` goes (``n`` > 1 only if two share a second)."""
+    stamp = received.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return _fit(upload_name, f".{stamp}{'' if n == 1 else f'-{n}'}{ACK_SUFFIX}")
+
+
+def received_of(ack_xml: bytes) -> datetime | None:
+    """The ``received`` time an ack file states (None if it cannot be read)."""
+    try:
+        root = etree.fromstring(ack_xml, etree.XMLParser(resolve_entities=False,
+                                                         no_network=True, load_dtd=False))
+        return datetime.fromisoformat(root.get("received", ""))
+    except (etree.XMLSyntaxError, ValueError):
+        return None
 
 
 def forward_name(org: str, received: datetime, sha256: str, tz: str) -> str:

@@ -39,6 +39,7 @@ class PushTarget:
     key_file: Path
     remote_dir: str
     known_hosts: Path | None
+    timeout: float = 30.0  # seconds for each network step: connect, banner, auth, each request
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,12 @@ class SftpSettings:
     ban_after_failures: int = 5
     ban_window: float = 600.0
     ban_seconds: float = 900.0
+    # Resource limits: no client may exhaust the daemon's descriptors (see README).
+    max_unauthenticated: int = 100
+    max_unauthenticated_per_address: int = 10
+    max_sessions_total: int = 1000
+    max_handles_per_session: int = 64
+    upload_quota_bytes: int = 2048 * 1024**2  # waiting in one organisation's /to-kela/
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,15 @@ class Config:
     rescan_seconds: float = 2.0
     retention_days: int = 90
     max_file_bytes: int = 4 * 1024**3
+    # A file in inbox/kela/ is taken once its size and mtime have not changed for this
+    # long (and no process has it open for writing, where that can be told).
+    settle_seconds: float = 0.5
+    max_attempts: int = 3  # failed handlings of one input before it is quarantined
+    archive_days: int = 90
+    quarantine_days: int = 90
+    stale_upload_hours: float = 24.0  # temp uploads and cut-off uploads are removed after this
+    # Organisations removed or renamed: where their held and undelivered items go.
+    handover: Mapping[str, str] = field(default_factory=dict)
 
     @cached_property
     def by_id(self) -> dict[str, Organisation]:
@@ -231,6 +247,13 @@ def load_config(home: Path, path: Path | None = None, *, check_keys: bool = Fals
         rescan_seconds=float(r.get(broker, "broker", "rescan_seconds", (int, float), 2.0)),
         retention_days=r.get(broker, "broker", "retention_days", int, 90),
         max_file_bytes=r.get(broker, "broker", "max_file_mb", int, 4096) * 1024**2,
+        settle_seconds=float(r.get(broker, "broker", "settle_seconds", (int, float), 0.5)),
+        max_attempts=_positive(r, broker, "max_attempts", 3),
+        archive_days=_positive(r, broker, "archive_days", 90),
+        quarantine_days=_positive(r, broker, "quarantine_days", 90),
+        stale_upload_hours=float(r.get(broker, "broker", "stale_upload_hours", (int, float),
+                                       24.0)),
+        handover=_handover(r, data.get("handover", {}), {o.id for o in orgs}),
     )
     from broker.routing import check_routes
 
@@ -244,6 +267,32 @@ def load_config(home: Path, path: Path | None = None, *, check_keys: bool = Fals
     if r.errors:
         raise ConfigErrors(r.errors)
     return config
+
+
+def _positive(r: _Reader, table: Mapping[str, Any], key: str, default: int) -> int:
+    value: int = r.get(table, "broker", key, int, default)
+    if value < 1:
+        r.error("must be 1 or more", "broker", key)
+        return default
+    return value
+
+
+def _handover(r: _Reader, table: Any, ids: set[str]) -> dict[str, str]:
+    """``[handover] old-id = "new-id"``: items of a removed or renamed organisation go on."""
+    if not isinstance(table, dict):
+        r.error("must be a table of old-id = \"new-id\"", "handover")
+        return {}
+    out: dict[str, str] = {}
+    for old, new in table.items():
+        if not isinstance(new, str) or new not in ids:
+            r.error(f"hands over to {new!r}, which is not a configured organisation",
+                    "handover", old)
+        elif old in ids:
+            r.error(f"{old!r} is still configured; only a removed organisation hands over",
+                    "handover", old)
+        else:
+            out[old] = new
+    return out
 
 
 def _timing(r: _Reader, table: Mapping[str, Any]) -> dict[str, TypeTiming]:
@@ -307,6 +356,15 @@ def _sftp(r: _Reader, table: Mapping[str, Any]) -> SftpSettings:
         ban_after_failures=r.get(table, "sftp", "ban_after_failures", int, d.ban_after_failures),
         ban_window=float(r.get(table, "sftp", "ban_window", num, d.ban_window)),
         ban_seconds=float(r.get(table, "sftp", "ban_seconds", num, d.ban_seconds)),
+        max_unauthenticated=r.get(table, "sftp", "max_unauthenticated", int,
+                                  d.max_unauthenticated),
+        max_unauthenticated_per_address=r.get(table, "sftp", "max_unauthenticated_per_address",
+                                              int, d.max_unauthenticated_per_address),
+        max_sessions_total=r.get(table, "sftp", "max_sessions_total", int, d.max_sessions_total),
+        max_handles_per_session=r.get(table, "sftp", "max_handles_per_session", int,
+                                      d.max_handles_per_session),
+        upload_quota_bytes=r.get(table, "sftp", "upload_quota_mb", int,
+                                 d.upload_quota_bytes // 1024**2) * 1024**2,
     )
 
 
@@ -368,4 +426,5 @@ def _push(r: _Reader, raw: Any, i: int, home: Path) -> PushTarget | None:
         key_file=home / r.get(raw, s, "key_file", str, "", index=i),
         remote_dir=r.get(raw, s, "remote_dir", str, "/", index=i),
         known_hosts=(home / kh) if isinstance(kh, str) else None,
+        timeout=float(r.get(raw, s, "timeout", (int, float), 30.0, index=i)),
     )

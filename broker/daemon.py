@@ -2,8 +2,9 @@
 
 Reads top to bottom: ``start`` (config, store, SFTP, watcher, scheduler),
 ``loop`` (take one path or wake-up, handle it in the single worker thread),
-``shutdown``. All store writes happen on that one worker thread, so ingest and
-release never race; the event loop only moves bytes (SFTP) and waits.
+``shutdown``. All ingest and release writes happen on that one worker thread, so they
+never race; pushes run in their own small pool (broker.push_runner) because a remote
+server may hang; the event loop only moves bytes (SFTP) and waits.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,19 +31,23 @@ from broker import logs, pushes
 from broker.audit import AuditEvent, AuditLog
 from broker.config import Config, load_config
 from broker.db import make_engine
-from broker.errors import BrokerError, ConfigError
+from broker.errors import ConfigError, ConfigErrors
 from broker.fsutil import atomic_write, is_hidden_or_partial, private_dir
-from broker.ingest import Outcome, ingest_batch, report_text
+from broker.handover import hand_over, removed_with_items
+from broker.inputs import Inputs
 from broker.metrics import Metrics
+from broker.push_runner import PushRunner
 from broker.release import Releaser
-from broker.responses import finish_pending, process_upload, settle_upload
-from broker.retention import purge
+from broker.responses import finish_pending
+from broker.retention import purge_all
+from broker.state_guard import check_state_store
 from broker.store import Store
 
 log = logs.get("broker.daemon")
 T = TypeVar("T")
 WAKE = Path("\0wake")  # queue sentinels: run a release pass ...
-PURGE = Path("\0purge")  # ... or drop retained copies past their retention period
+PURGE = Path("\0purge")  # ... or drop copies past their retention period
+RESTART_REPORTED = timedelta(minutes=10)  # /healthz names a restarted thread this long
 
 
 def utcnow() -> datetime:
@@ -54,6 +58,7 @@ def utcnow() -> datetime:
 class Overrides:
     sftp: tuple[str, int] | None = None
     metrics: tuple[str, int] | None = None
+    initialise: bool = False  # make a new state database even in a used home
 
 
 class Daemon:
@@ -64,26 +69,39 @@ class Daemon:
         self.metrics = Metrics()
         self._queue: asyncio.Queue[Path] = asyncio.Queue()
         self._queued: set[Path] = set()
+        self._timers: dict[Path, float] = {}  # path -> when a later() call is due
         self._stopping = asyncio.Event()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-worker")
         self._config_mtime = self.config.path.stat().st_mtime_ns
+        self._restarts: dict[str, datetime] = {}
+        self._db_problem: str | None = None
         self.ready = asyncio.Event()
 
     # -- start -----------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
         self.loop = asyncio.get_running_loop()
+        # A read lease (fsutil.open_for_writing) that a writer breaks sends SIGIO, whose
+        # default action ends the process.
+        with contextlib.suppress(ValueError):  # not the main thread (tests)
+            signal.signal(signal.SIGIO, signal.SIG_IGN)
         for d in (cfg.var, cfg.inbox / "kela", cfg.outbox / "kela", cfg.var / "archive",
                   cfg.var / "quarantine"):
             private_dir(d)
+        check_state_store(cfg, initialise=self.overrides.initialise)
         self.store = Store(make_engine(cfg.database))
+        self._check_removed(cfg)
         self.audit = AuditLog(make_engine(cfg.var / "audit.db"))
         self.releaser = Releaser(cfg, self.store)
+        self.inputs = Inputs(cfg, self.store, self.metrics, later=self.later,
+                             release=self.release_pass)
+        self.pushes = PushRunner(self.store, self.metrics, SftpPusher, self._pushed)
+        moved = await self._in_worker(hand_over, cfg, self.store)
         recovered = await self._in_worker(self.releaser.recover)
         answered = await self._in_worker(finish_pending, cfg, self.store)
-        if recovered or answered:
-            log.warning("finished work interrupted by a crash", deliveries=recovered,
-                        acknowledgements=answered)
+        if recovered or answered or moved:
+            log.warning("finished work left by a crash or a config change",
+                        deliveries=recovered, acknowledgements=answered, handed_over=moved)
 
         self.sftp = SftpService(self._sftp_options(cfg), on_event=self._audit_event,
                                 on_upload_closed=lambda org, path: self.enqueue(path))
@@ -92,7 +110,7 @@ class Daemon:
                  host_key=self.sftp.host_key_fingerprint)
 
         mhost, mport = self.overrides.metrics or (cfg.metrics_host, cfg.metrics_port)
-        self.metrics_server = MetricsServer(self.metrics, mhost, mport, self._healthy)
+        self.metrics_server = MetricsServer(self.metrics, mhost, mport, self.problems)
         self.metrics_server.start()
         log.info("metrics listening", host=mhost, port=self.metrics_server.port)
 
@@ -100,8 +118,10 @@ class Daemon:
         self.watcher.start()
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         # The scheduler only wakes work up; what is due is always read from the store.
-        self.scheduler.add_job(self._check_config, "interval",
-                               seconds=max(cfg.rescan_seconds, 0.5), id="config-watch")
+        every = max(cfg.rescan_seconds, 0.5)
+        self.scheduler.add_job(self._check_config, "interval", seconds=every,
+                               id="config-watch")
+        self.scheduler.add_job(self._supervise, "interval", seconds=every, id="supervise")
         self.scheduler.add_job(lambda: self.enqueue(WAKE), "interval", seconds=60,
                                id="safety-wake")  # a pass (and push retry) even if no wake came
         self.scheduler.add_job(lambda: self.enqueue(PURGE), "interval", hours=1,
@@ -113,10 +133,10 @@ class Daemon:
             # Not possible off the main thread (tests run the daemon in a thread).
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self.loop.add_signal_handler(sig, handler)
-        self._write_run_file(sftp_port)
         self.watcher.rescan()
         self.enqueue(WAKE)
         self.ready.set()
+        self._write_run_file(sftp_port)  # last: tools and tests take it as "ready"
 
     # -- loop --------------------------------------------------------------------
     async def run(self) -> None:
@@ -144,50 +164,20 @@ class Daemon:
 
     def handle(self, path: Path) -> None:
         """Handle one queued item on the worker thread."""
+        cfg = self.config
         if path == WAKE:
             self.release_pass()
         elif path == PURGE:
-            gone = purge(self.config.var / "retained",
-                         timedelta(days=self.config.retention_days), utcnow())
+            gone = purge_all(cfg, utcnow())
             if gone:
-                log.info("retention: removed deleted files' copies", count=len(gone))
+                log.info("retention: removed files past their retention period", count=gone)
         elif is_hidden_or_partial(path.name):
             return  # SPEC 1: not complete until renamed (an SFTP close reports these too)
-        elif path.parent == self.config.inbox / "kela":
-            self.handle_batch(path)
-        elif path.parent.parent == self.config.inbox and path.parent.name in self.config.by_id:
-            self.handle_upload(path, path.parent.name)
-
-    def handle_batch(self, path: Path) -> None:
-        if not path.is_file():
-            return  # already handled (watch event and rescan both saw it)
-        now = utcnow()
-        outcome = ingest_batch(path, config=self.config, store=self.store, now=now)
-        self.metrics.files.labels(source="kela", status=outcome.status).inc()
-        if outcome.status == "rejected":
-            self._quarantine(path, outcome, now)
-            log.warning("batch rejected", file=outcome.file, problems=len(outcome.problems),
-                        first=str(outcome.problems[0]) if outcome.problems else None)
-            return
-        self._archive(path, "kela", now)
-        log.info("batch accepted", file=outcome.file, status=outcome.status, new=outcome.new,
-                 unchanged=outcome.unchanged)
-        if outcome.new:
-            self.release_pass()
-
-    def handle_upload(self, path: Path, org_id: str) -> None:
-        """A response an organisation uploaded to /to-kela/ (SPEC 6), once complete."""
-        if not path.is_file() or self.sftp.is_writing(path):
-            return  # still being written: its close (or the next rescan) brings it back
-        now = utcnow()
-        out = process_upload(path, self.config.by_id[org_id], config=self.config,
-                             store=self.store, now=now)
-        settle_upload(path, out, config=self.config, store=self.store, now=now)
-        self.metrics.files.labels(source="organisation", status=out.status).inc()
-        log.info("response processed", organisation=org_id, file=path.name, status=out.status,
-                 problems=len(out.problems))
-        if out.needs_release:
-            self.release_pass()
+        elif path.parent == cfg.inbox / "kela":
+            self.inputs.batch(path)
+        elif (path.parent.parent == cfg.inbox and path.parent.name in cfg.by_id
+              and not self.sftp.is_writing(path)):  # its close or a rescan brings it back
+            self.inputs.upload(path, cfg.by_id[path.parent.name])
 
     def release_pass(self) -> None:
         now = utcnow()
@@ -204,33 +194,59 @@ class Daemon:
             self.metrics.deliveries.labels(kind="list").inc(result.lists)
             log.info("released", deliveries=len(result.deliveries),
                      notifications=result.notifications, lists=result.lists)
+        for f in result.failures:
+            self.metrics.delivery_failures.labels(organisation=f.organisation).inc()
+            log.warning("delivery could not be written; it stays pending and is retried",
+                        organisation=f.organisation, delivery=f.delivery_id, error=f.error)
+        failing = {row.organisation for row in self.store.failing_deliveries()}
+        failing |= self.pushes.failing()
+        for org in self.config.by_id:
+            self.metrics.org_failing.labels(organisation=org).set(int(org in failing))
         totals: dict[str, int] = {}
         for _org, _type, state, n in self.store.counts():
             totals[state] = totals.get(state, 0) + n
         for state, n in totals.items():
             self.metrics.items.labels(state=state).set(n)
-        self.push_pass()
-        self.metrics.last_pass.set(now.timestamp())  # after the push: "this pass is done"
-        self.loop.call_soon_threadsafe(self._schedule_wake, self.store.next_release())
+        self.pushes.kick(self.config, now)
+        self.metrics.last_pass.set(now.timestamp())
+        wake = min((t for t in (self.store.next_release(), self.store.next_retry())
+                    if t is not None), default=None)
+        self.loop.call_soon_threadsafe(self._schedule_wake, wake)
 
-    def push_pass(self) -> None:
-        """Copy released files to the organisations that want them pushed."""
-        for org in self.config.organisations:
-            if org.push is None:
-                continue
-            folder = self.config.outbox / org.id
-            todo = pushes.pending(self.store.engine, org.id, folder)
-            if not todo:
-                continue
-            def done(rel: str, size: int, remote: str, org_id: str = org.id) -> None:
-                pushes.record(self.store.engine, org_id, rel, size, remote, utcnow())
-                self._audit_event(AuditEvent(action="push", org=org_id, path=rel, size=size,
-                                             detail=remote))
+    # -- health ------------------------------------------------------------------
+    def problems(self) -> list[str]:
+        """Why the broker is not healthy; [] when it is (served on /healthz)."""
+        if not self.ready.is_set():
+            return ["starting"]
+        if self._stopping.is_set():
+            return ["stopping"]
+        found = []
+        if self._db_problem:
+            found.append(f"state database unreadable: {self._db_problem}")
+        else:
             try:
-                n = SftpPusher(org.push).push(folder, todo, done)
-                log.info("pushed", organisation=org.id, files=n)
-            except BrokerError as exc:  # the next pass retries what is missing
-                log.warning("push failed", organisation=org.id, error=str(exc))
+                for row in self.store.failing_deliveries():
+                    found.append(f"deliveries to {row.organisation} failing ({row.attempts} "
+                                 f"attempt(s), next at {row.next_attempt_at:%H:%M:%S}Z): "
+                                 f"{row.last_error}")
+            except Exception as exc:  # the probe below says what
+                found.append(f"state database unreadable: {type(exc).__name__}")
+        found += self.pushes.problems()
+        now = utcnow()
+        found += [f"{name} thread died and was restarted at {at:%H:%M:%S}Z"
+                  for name, at in sorted(self._restarts.items()) if now - at < RESTART_REPORTED]
+        if self.watcher.last_rescan_error:
+            found.append(f"inbox rescan: {self.watcher.last_rescan_error}")
+        self.metrics.healthy.set(0 if found else 1)
+        return found
+
+    def _supervise(self) -> None:
+        """Restart dead watcher threads; probe the database (health, not a crash)."""
+        for name in self.watcher.supervise():
+            self._restarts[name] = utcnow()
+            self.metrics.thread_restarts.labels(thread=name).inc()
+            log.error("background thread died and was restarted", thread=name)
+        self._db_problem = self.store.probe()
 
     # -- shutdown ----------------------------------------------------------------
     def stop(self) -> None:
@@ -242,6 +258,7 @@ class Daemon:
         self.scheduler.shutdown(wait=False)
         await self.sftp.stop()
         self.metrics_server.stop()
+        self.pushes.stop()
         self._worker.shutdown(wait=True)  # let an ingest in progress finish its transaction
         (self.config.var / "run.json").unlink(missing_ok=True)
         log.info("stopped")
@@ -254,6 +271,21 @@ class Daemon:
                 self._queued.add(path)
                 self._queue.put_nowait(path)
         self.loop.call_soon_threadsafe(put)
+
+    def later(self, path: Path, seconds: float) -> None:
+        """Thread-safe: look at ``path`` again in ``seconds`` (one timer per path)."""
+        def arm() -> None:
+            due = self.loop.time() + seconds
+            if self._timers.get(path, float("inf")) <= due:
+                return  # an earlier call is already armed
+            self._timers[path] = due
+
+            def fire() -> None:
+                if self._timers.get(path) == due:
+                    del self._timers[path]
+                    self.enqueue(path)
+            self.loop.call_at(due, fire)
+        self.loop.call_soon_threadsafe(arm)
 
     async def _in_worker(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -275,18 +307,28 @@ class Daemon:
             self._config_mtime = mtime
             self.request_reload()
 
+    def _check_removed(self, cfg: Config) -> None:
+        """Refuse a config that drops an organisation still holding items (see handover)."""
+        problems = removed_with_items(cfg, self.store.undelivered_by_org())
+        if problems:
+            raise ConfigErrors(problems)
+
     def request_reload(self) -> None:
         try:
             new = load_config(self.home)
+            self._check_removed(new)
         except ConfigError as exc:
             log.error("configuration reload failed; keeping the running configuration",
                       problems=str(exc))
             return
         self.config = new
         self.releaser = Releaser(new, self.store)
+        self.inputs.config = new
+        self.pushes.forget(new)
         self.sftp.update_organisations(frozenset(new.by_id))
         for folder in self._inboxes(new):
             self.watcher.watch(folder)
+        self._worker.submit(hand_over, new, self.store)
         log.info("configuration reloaded", organisations=len(new.organisations))
         self.enqueue(WAKE)
 
@@ -294,11 +336,14 @@ class Daemon:
     def _inboxes(cfg: Config) -> list[Path]:
         return [cfg.inbox / "kela", *(cfg.inbox / o.id for o in cfg.organisations)]
 
-    def _healthy(self) -> bool:
-        return self.ready.is_set() and not self._stopping.is_set()
-
     def _audit_event(self, event: AuditEvent) -> None:
         self.audit.record(event, utcnow())
+
+    def _pushed(self, org: str, rel: str, size: int, remote: str) -> None:
+        """A push job's thread: one file is on the organisation's server."""
+        pushes.record(self.store.engine, org, rel, size, remote, utcnow())
+        self._audit_event(AuditEvent(action="push", org=org, path=rel, size=size,
+                                     detail=remote))
 
     def _sftp_addr(self) -> tuple[str, int]:
         return self.overrides.sftp or (self.config.sftp.host, self.config.sftp.port)
@@ -322,15 +367,3 @@ class Daemon:
             "metrics_port": self.metrics_server.port,
             "host_key": self.sftp.host_key_fingerprint}).encode())
 
-    def _archive(self, path: Path, source: str, now: datetime) -> None:
-        dest = private_dir(self.config.var / "archive" / source / now.strftime("%Y-%m-%d"))
-        target = dest / f"{now.strftime('%H%M%S%f')}-{path.name}"
-        shutil.move(str(path), target)
-        target.chmod(0o600)  # it arrived with the writer's mode
-
-    def _quarantine(self, path: Path, outcome: Outcome, now: datetime) -> None:
-        dest = private_dir(self.config.var / "quarantine")
-        name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{path.name}"
-        atomic_write(dest / f"{name}.report.txt", report_text(outcome).encode())
-        shutil.move(str(path), dest / name)
-        (dest / name).chmod(0o600)

@@ -90,6 +90,11 @@ class InvalidFile(BrokerError):
         self.problems = problems
 
 
+class InputChanged(BrokerError):
+    """An input file changed while it was being read: it is still being written. Nothing
+    was stored or rejected; it is taken again once it has settled."""
+
+
 class StoreError(BrokerError):
     """The state store refused an operation."""
 

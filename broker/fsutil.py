@@ -9,21 +9,28 @@ Everything the broker writes holds personal data: files are 0600, directories 07
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
-# Upload names readers skip until renamed (SPEC 1); WinSCP uses .filepart.
-_PARTIAL_SUFFIXES = (".part", ".filepart", ".tmp")
+# Upload names readers skip until renamed (SPEC 1): WinSCP writes .filepart, rclone
+# (1.63 and later) .partial.
+_PARTIAL_SUFFIXES = (".part", ".partial", ".filepart", ".tmp")
+# Bytes in one file name on every filesystem we run on.
+NAME_MAX = 255
 
 
 def is_hidden_or_partial(name: str) -> bool:
-    """True for names a reader must ignore: ``.*``, ``*.part``, ``*.filepart``, ``*.tmp``.
+    """True for names a reader must ignore: ``.*``, ``*.part``, ``*.partial``,
+    ``*.filepart``, ``*.tmp``.
 
     ``name`` is a file name, not a path; only its last component is looked at.
     Suffixes match case-insensitively because Windows clients write ``.TMP`` too.
@@ -143,3 +150,46 @@ def private_dir(path: Path) -> Path:
     if (path.stat().st_mode & 0o777) != DIR_MODE:
         os.chmod(path, DIR_MODE)
     return path
+
+
+def stored_name(now: datetime, name: str, *, reserve: int = len(".report.txt")) -> str:
+    """The one name an input gets in ``var/archive/`` and ``var/quarantine/``: the UTC time
+    it was taken, then its own name. A name too long for that (with room for ``reserve``
+    more bytes and the writer's ``.<name>.part``) keeps its start and its extension, with a
+    digest of the whole name between them so two long names stay apart: an upload name of
+    255 bytes must never make the move fail (it would be retried forever).
+    """
+    stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
+    room = NAME_MAX - reserve - len("..part") - len(stamp) - 1
+    raw = name.encode()
+    if len(raw) > room:
+        stem, dot, ext = name.rpartition(".")
+        tail = f".{ext}" if dot and stem and len(ext.encode()) <= 16 else ""
+        digest = "~" + hashlib.sha256(raw).hexdigest()[:12]
+        keep = room - len(digest) - len(tail.encode())
+        head = name[: len(name) - len(tail)].encode()[:keep].decode("utf-8", "ignore")
+        name = head + digest + tail
+    return f"{stamp}-{name}"
+
+
+def open_for_writing(path: Path) -> bool | None:
+    """Does any process have ``path`` open for writing? None when this cannot be told.
+
+    Linux grants a read lease only while nobody has the file open for writing (EAGAIN
+    otherwise). Leases need the file's owner or CAP_LEASE (EACCES/EPERM: cannot tell) and
+    work on local filesystems only. The lease is dropped at once; a writer that opens the
+    file meanwhile makes the kernel send SIGIO, which the daemon ignores.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as exc:
+            return True if exc.errno == errno.EAGAIN else None
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)

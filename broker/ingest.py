@@ -15,7 +15,7 @@ from pathlib import Path
 
 from broker.batch_chunks import PARALLEL_MIN_BYTES, ParallelBatchReader, SplitFailed
 from broker.config import Config
-from broker.errors import InvalidFile, Problem, RoutingError
+from broker.errors import InputChanged, InvalidFile, Problem, RoutingError
 from broker.model import StoredItem
 from broker.routing import route
 from broker.schedule import release_time
@@ -54,8 +54,16 @@ def batch_context(config: Config, now: datetime) -> BatchContext:
 
 
 def ingest_batch(path: Path, *, config: Config, store: Store, now: datetime,
-                 on_progress: Callable[[int], None] | None = None) -> Outcome:
-    """Validate and store ``path``; never raises for bad input, returns the verdict."""
+                 on_progress: Callable[[int], None] | None = None,
+                 unchanged: Callable[[], bool] | None = None) -> Outcome:
+    """Validate and store ``path``; never raises for bad input, returns the verdict.
+
+    ``unchanged()``, when given, is asked right before the verdict is committed, accepted
+    or rejected: if the file changed while it was read (a producer still writing in place),
+    InputChanged is raised instead and nothing is stored, so a growing file is neither
+    accepted in part nor rejected as truncated.
+    """
+    still = unchanged or (lambda: True)
     sha, size = file_digest(path)
     out = Outcome(file=path.name, sha256=sha, size=size, status="accepted")
     if store.accepted_file("kela", sha) is not None:
@@ -73,12 +81,15 @@ def ingest_batch(path: Path, *, config: Config, store: Store, now: datetime,
                 if size < PARALLEL_MIN_BYTES:
                     raise SplitFailed("small file")
                 _store_file(ParallelBatchReader(path, ctx), path, config, store, now, out,
-                            on_progress)
+                            on_progress, still)
             except SplitFailed:
                 out.new = out.unchanged = 0
-                _store_file(BatchReader(path, ctx), path, config, store, now, out, on_progress)
+                _store_file(BatchReader(path, ctx), path, config, store, now, out, on_progress,
+                            still)
         except InvalidFile as exc:
             out.problems = sorted(exc.problems, key=lambda p: (p.line is None, p.line or 0))
+    if out.problems and not still():
+        raise InputChanged("the file changed while it was read", file=path.name)
     if out.problems:
         out.status = "rejected"
         out.new = out.unchanged = 0
@@ -89,7 +100,7 @@ def ingest_batch(path: Path, *, config: Config, store: Store, now: datetime,
 
 def _store_file(reader: BatchReader | ParallelBatchReader, path: Path, config: Config,
                 store: Store, now: datetime, out: Outcome,
-                on_progress: Callable[[int], None] | None) -> None:
+                on_progress: Callable[[int], None] | None, unchanged: Callable[[], bool]) -> None:
     """Read, decide and insert every item in one transaction; InvalidFile rolls it back."""
     mine: list[Problem] = []
     with store.ingesting(source="kela", kind="batch", name=path.name, sha256=out.sha256,
@@ -114,6 +125,8 @@ def _store_file(reader: BatchReader | ParallelBatchReader, path: Path, config: C
         tx.batch_id = out.batch_id = reader.header.batch_id if reader.header else None
         if mine:  # raising inside the transaction rolls the whole file back
             raise InvalidFile(out.file, mine)
+        if not unchanged():  # the last moment before the commit
+            raise InputChanged("the file changed while it was read", file=path.name)
 
 
 class _Decider:

@@ -24,3 +24,26 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 15, 60, 300, 3600), registry=r)
         self.last_pass = Gauge("kela_broker_last_release_pass_timestamp",
                                "Unix time of the last release pass", registry=r)
+        self.poison = Counter("kela_broker_poison_files",
+                              "Input files quarantined after repeated failed handlings",
+                              ["source"], registry=r)
+        self.delivery_failures = Counter(
+            "kela_broker_delivery_failures",
+            "Delivery writes that failed (the delivery stays pending and is retried)",
+            ["organisation"], registry=r)
+        self.org_failing = Gauge(
+            "kela_broker_organisation_failing",
+            "1 while an organisation's deliveries or pushes keep failing", ["organisation"],
+            registry=r)
+        self.push_attempts = Counter("kela_broker_push_attempts",
+                                     "Push runs to organisations' own SFTP servers",
+                                     ["organisation"], registry=r)
+        self.push_failures = Counter("kela_broker_push_failures", "Push runs that failed",
+                                     ["organisation"], registry=r)
+        self.push_backlog_age = Gauge(
+            "kela_broker_push_backlog_age_seconds",
+            "Age of the oldest released file not yet pushed", ["organisation"], registry=r)
+        self.thread_restarts = Counter("kela_broker_thread_restarts",
+                                       "Background threads found dead and restarted",
+                                       ["thread"], registry=r)
+        self.healthy = Gauge("kela_broker_healthy", "1 when /healthz says ok", registry=r)

@@ -15,15 +15,16 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Row, func, insert, select
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from broker import logs
 from broker.config import Config, Organisation
-from broker.errors import StoreError
+from broker.errors import DeliveryError, StoreError
 from broker.fsutil import atomic_writer, private_dir, temp_path
 from broker.model import Notification, PersonList
 from broker.render import (
@@ -38,9 +39,27 @@ from broker.render import (
 from broker.schedule import Candidate, plan_first_delivery
 from broker.store import Store, deliveries, stagger_plans, stored_time
 
+log = logs.get("broker.release")
+
+# A delivery whose files cannot be written is retried after 10 s, 20 s, 40 s ... 15 min.
+RETRY_FIRST = timedelta(seconds=10)
+RETRY_MAX = timedelta(minutes=15)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """How long a delivery that failed ``attempts`` times waits before the next try."""
+    return min(RETRY_FIRST * 2 ** max(0, min(attempts - 1, 16)), RETRY_MAX)
+
 
 class _Busy(Exception):
     """Another process is writing this delivery's file right now."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    delivery_id: str
+    organisation: str
+    error: str
 
 
 @dataclass
@@ -49,6 +68,7 @@ class ReleaseResult:
     notifications: int = 0
     lists: int = 0
     plans: list[tuple[str, str, int]] = field(default_factory=list)  # org, type, total
+    failures: list[Failure] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -66,9 +86,15 @@ class Releaser:
         self.store = store
 
     def run(self, now: datetime, *, only_org: str | None = None) -> ReleaseResult:
-        """One full pass as of ``now``; running it twice with the same ``now`` changes nothing."""
+        """One full pass as of ``now``; running it twice with the same ``now`` changes nothing.
+
+        One organisation never holds up another: a delivery whose files cannot be written
+        stays pending and is retried with backoff, and its organisation gets no new
+        deliveries meanwhile (its items wait, held, to go out together), while every other
+        organisation's releases go on.
+        """
         result = ReleaseResult()
-        self.recover(result)
+        self.recover(result, now)
         self.form_plans(now, result)
         try:
             claimed = self._claim(self.due_groups(now, only_org=only_org), now)
@@ -76,7 +102,7 @@ class Releaser:
             # Another process (an operator's release-due beside the daemon) claimed some
             # of the same rows between our read and our claim; ours rolled back whole.
             claimed = self._claim(self.due_groups(now, only_org=only_org), now)
-        self._write_and_finish(claimed, result)
+        self._write_and_finish(claimed, result, now)
         return result
 
     # -- stagger -------------------------------------------------------------
@@ -101,7 +127,7 @@ class Releaser:
 
     def form_plans(self, now: datetime, result: ReleaseResult) -> None:
         """A first delivery of a type over the threshold becomes a weekly plan (SPEC 4)."""
-        with self.store.engine.begin() as c:
+        with self.store.writer.begin() as c:
             by_pair: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
             dates: dict[str, date] = {}
             for aid, org, type_, day, seq in c.exec_driver_sql(self._FIRST_DELIVERY_SQL,
@@ -147,12 +173,18 @@ class Releaser:
     def _claim(self, groups: list[_Group], now: datetime) -> list[str]:
         """Commit 1: a pending delivery row per group, its assignments claimed."""
         claimed: list[str] = []
-        with self.store.engine.begin() as c:
+        with self.store.writer.begin() as c:
+            # Read under the write lock: no other pass can take the same numbers.
             seq = c.execute(select(func.max(deliveries.c.seq))).scalar() or 0
+            blocked = {r.organisation for r in c.execute(
+                select(deliveries.c.organisation).where(deliveries.c.state == "pending",
+                                                        deliveries.c.attempts > 0))}
             for group in groups:
                 org = self.config.by_id.get(group.organisation)
-                if org is None:
-                    continue  # organisation removed from config: keep holding; status shows it
+                if org is None or org.id in blocked:
+                    # Removed from the config (config check refuses that while it holds
+                    # items), or its earlier delivery still cannot be written: keep holding.
+                    continue
                 seq += 1
                 if group.kind == "list":
                     plist = self._lists(c, group.assignment_ids)[0]
@@ -172,38 +204,69 @@ class Releaser:
                 claimed.append(delivery_id)
         return claimed
 
-    def recover(self, result: ReleaseResult | None = None) -> int:
-        """Finish deliveries a crash left pending; returns how many."""
+    def recover(self, result: ReleaseResult | None = None, now: datetime | None = None) -> int:
+        """Finish deliveries a crash (or a failed write) left pending; returns how many were
+        tried. With ``now``, a delivery that failed before waits for its next attempt time;
+        without (at start), every pending delivery is tried at once."""
+        d = deliveries
+        q = select(d.c.id).where(d.c.state == "pending").order_by(d.c.seq)
+        if now is not None:
+            q = q.where((d.c.next_attempt_at.is_(None)) | (d.c.next_attempt_at <= now))
         with self.store.engine.connect() as c:
-            pending = [r.id for r in c.execute(
-                select(deliveries.c.id).where(deliveries.c.state == "pending")
-                .order_by(deliveries.c.seq))]
-        self._write_and_finish(pending, result or ReleaseResult())
+            pending = [r.id for r in c.execute(q)]
+        self._write_and_finish(pending, result or ReleaseResult(), now or datetime.now(UTC))
         return len(pending)
 
-    def _write_and_finish(self, delivery_ids: list[str], result: ReleaseResult) -> None:
+    def _write_and_finish(self, delivery_ids: list[str], result: ReleaseResult,
+                          now: datetime) -> None:
         """Step 2 (files) for every delivery, then commit 3 for all of them at once."""
         if not delivery_ids:
             return
         done = []
+        failed: list[Failure] = []
         for delivery_id in delivery_ids:
             try:
                 done.append(self._write_files(delivery_id, result))
             except _Busy:
                 continue  # stays pending; the pass writing it now confirms it
-        if not done:
+            except Exception as exc:  # whatever it is, it stays with its organisation
+                failed.append(self._failure(delivery_id, exc))
+        if not done and not failed:
             return
-        with self.store.engine.begin() as c:
-            c.exec_driver_sql(
-                "UPDATE deliveries SET state = 'written', sha256 = ?, size = ?, zip_name = ?"
-                " WHERE id = ?",
-                [(digest, size, zip_name, delivery_id)
-                 for delivery_id, digest, size, zip_name, _ in done])
-            c.exec_driver_sql(
-                "UPDATE assignments SET state = 'released', released_at = ?"
-                " WHERE delivery_id = ?",
-                [(stored_time(created), delivery_id) for delivery_id, _, _, _, created in done])
+        with self.store.writer.begin() as c:
+            if done:
+                c.exec_driver_sql(
+                    "UPDATE deliveries SET state = 'written', sha256 = ?, size = ?,"
+                    " zip_name = ?, next_attempt_at = NULL WHERE id = ?",
+                    [(digest, size, zip_name, delivery_id)
+                     for delivery_id, digest, size, zip_name, _ in done])
+                c.exec_driver_sql(
+                    "UPDATE assignments SET state = 'released', released_at = ?"
+                    " WHERE delivery_id = ?",
+                    [(stored_time(created), delivery_id)
+                     for delivery_id, _, _, _, created in done])
+            for f in failed:
+                tries = (c.execute(select(deliveries.c.attempts)
+                                   .where(deliveries.c.id == f.delivery_id)).scalar() or 0) + 1
+                c.execute(update(deliveries).where(deliveries.c.id == f.delivery_id).values(
+                    attempts=tries, next_attempt_at=now + retry_delay(tries),
+                    last_error=f.error[:2000]))
         result.deliveries.extend(d[0] for d in done)
+        result.failures.extend(failed)
+
+    def _failure(self, delivery_id: str, exc: Exception) -> Failure:
+        with self.store.engine.connect() as c:
+            org = c.execute(select(deliveries.c.organisation)
+                            .where(deliveries.c.id == delivery_id)).scalar() or "?"
+        if isinstance(exc, OSError):
+            # strerror, not str(exc): the message is shown on /healthz and in status.
+            error = f"{exc.strerror or type(exc).__name__} ({exc.filename or 'outbox'})"
+        elif isinstance(exc, DeliveryError):
+            error = str(exc)
+        else:
+            error = f"unexpected {type(exc).__name__}"
+            log.error("release failed unexpectedly", delivery=delivery_id, exc_info=exc)
+        return Failure(delivery_id, str(org), error)
 
     def _write_files(self, delivery_id: str, result: ReleaseResult
                      ) -> tuple[str, str, int, str | None, datetime]:
@@ -213,7 +276,10 @@ class Releaser:
                 "SELECT items.payload FROM items JOIN assignments"
                 " ON assignments.item_seq = items.seq WHERE assignments.delivery_id = ?"
                 " ORDER BY items.seq", (delivery_id,))]  # oldest first
-            org = self.config.by_id[d.organisation]
+            org = self.config.by_id.get(d.organisation)
+            if org is None:
+                raise DeliveryError("organisation is no longer configured",
+                                    key=d.organisation)
             folder = private_dir(self.config.outbox / org.id)
             zip_name = None
             if d.kind == "list":

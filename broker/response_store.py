@@ -1,16 +1,18 @@
 """Tables and queries for responses from organisations (SPEC 6 and 7).
 
-- ``response_files``: one row per accepted upload, beside its ``input_files`` row. It
-  keeps the rendered acknowledgement and the forward to Kela, so the files can be
-  (re)written from the database after a crash between the commit and the writes;
-  ``state`` is pending until both are on disk, ``settled_at`` set when the upload
-  left the inbox (an unsettled accepted upload seen again is a crash leftover, not
-  a DUPLICATE).
+- ``response_files``: one row per upload taken, whatever its verdict (accepted,
+  rejected, duplicate): the verdict is recorded once, with the rendered acknowledgement
+  (and, when accepted, the forward to Kela and the ``input_files`` row its changes hang
+  off), so the files can be (re)written from the database after a crash between the
+  commit and the writes, and a retry never decides, nor acknowledges, twice. ``state``
+  is pending until the files are on disk; ``settled_at`` is set when the upload left the
+  inbox (an unsettled upload seen again is a crash leftover or a retry, never a new
+  upload).
 - ``response_events``: every receipt and transfer, the history ``notification show``
   tells; the hops themselves are also in ``assignments.transferred_from``.
 - ``payment_demands``: accepted payment demands, unique per (organisation, id).
 
-Rejected uploads write nothing here: a rejected file changes nothing in the store.
+A rejected or duplicate upload changes nothing else in the store.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sqlalchemy import (
     Date,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -43,20 +46,25 @@ from broker.store import UTCDateTime, assignments, items
 response_files = Table(
     "response_files", metadata,
     Column("id", Integer, primary_key=True),
-    Column("input_file_id", Integer, ForeignKey("input_files.id"), nullable=False, unique=True),
+    # Set for an accepted upload: its changes hang off this input_files row.
+    Column("input_file_id", Integer, ForeignKey("input_files.id"), unique=True),
     Column("organisation", String(64), nullable=False),
     Column("name", Text, nullable=False),  # the upload's name
     Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False, default=0),
+    Column("status", String(16), nullable=False, default="accepted"),  # or rejected, duplicate
     Column("response_id", String(64), nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
     Column("ack_name", Text, nullable=False),
     Column("ack_xml", LargeBinary, nullable=False),
-    Column("forward_name", Text, nullable=False),
-    Column("forward_xml", LargeBinary, nullable=False),
+    Column("forward_name", Text),  # accepted only
+    Column("forward_xml", LargeBinary),
+    Column("report", Text),  # rejected only: the operator's report beside the quarantined file
     Column("state", String(16), nullable=False),  # pending | written
     Column("settled_at", UTCDateTime),
-    UniqueConstraint("organisation", "ack_name", name="uq_response_ack_name"),
 )  # fmt: skip
+Index("ix_response_upload", response_files.c.organisation, response_files.c.name,
+      response_files.c.sha256)
 
 response_events = Table(
     "response_events", metadata,
@@ -158,15 +166,16 @@ def demand_hashes(c: Connection, organisation: str, ids: Iterable[str]) -> dict[
 def accepted_response(c: Connection, organisation: str, sha256: str) -> Any | None:
     """The response_files row of an accepted upload with these bytes, if any."""
     return c.execute(select(response_files).where(
-        response_files.c.organisation == organisation,
-        response_files.c.sha256 == sha256)).first()
+        response_files.c.organisation == organisation, response_files.c.sha256 == sha256,
+        response_files.c.status == "accepted")).first()
 
 
-def reserved_ack_names(c: Connection, organisation: str, prefix: str) -> set[str]:
-    return {r.ack_name for r in c.execute(
-        select(response_files.c.ack_name).where(
-            response_files.c.organisation == organisation,
-            response_files.c.ack_name.startswith(prefix, autoescape=True)))}
+def unsettled_upload(c: Connection, organisation: str, name: str, sha256: str) -> Any | None:
+    """The verdict already recorded for this upload, still in the inbox (a retry)."""
+    rf = response_files
+    return c.execute(select(rf).where(
+        rf.c.organisation == organisation, rf.c.name == name, rf.c.sha256 == sha256,
+        rf.c.settled_at.is_(None)).order_by(rf.c.id.desc())).first()
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,25 @@ TEXTS: dict[str, dict[str, str]] = {
         "sv": "PayeeIban: kontrollsiffrorna stämmer inte.",
         "en": "PayeeIban: the check digits do not match.",
     },
+    "cut_off": {
+        "fi": "Siirto katkesi {size} tavun jälkeen ennen kuin tiedosto suljettiin; mitään ei "
+              "käsitelty. Jatka siirtoa tai lähetä tiedosto uudelleen samalla nimellä.",
+        "sv": "Överföringen avbröts efter {size} byte innan filen stängdes; inget behandlades. "
+              "Återuppta överföringen eller skicka filen på nytt med samma namn.",
+        "en": "The upload was cut off after {size} bytes, before the file was closed; nothing "
+              "was processed. Resume the upload or upload the file again under the same name.",
+    },
+    "internal": {
+        "fi": "Välityspalvelu ei pystynyt käsittelemään tiedostoa ({attempts} yritystä); "
+              "mitään ei hyväksytty. Tiedosto on siirretty ylläpidon tutkittavaksi; ota "
+              "yhteyttä Kelan palvelupisteeseen ja kerro tiedoston SHA-256.",
+        "sv": "Förmedlingstjänsten kunde inte behandla filen ({attempts} försök); inget "
+              "godtogs. Filen har ställts åt sidan för driften; kontakta Kelas servicedisk "
+              "och uppge filens SHA-256.",
+        "en": "The broker could not process this file ({attempts} attempts); nothing from it "
+              "was accepted. It was set aside for the operators; contact Kela's service desk "
+              "quoting the file's SHA-256.",
+    },
     "iban_form": {
         "fi": "PayeeIban: {value} ei ole kelvollinen IBAN-tilinumero (maatunnus, pituus tai "
               "muoto on väärä).",

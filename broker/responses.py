@@ -1,6 +1,7 @@
 """Responses from organisations back into Kela (SPEC 6), with acknowledgements (SPEC 7).
 
-The daemon, on its worker thread, for every complete upload in ``inbox/<org>/``:
+The daemon, on its worker thread (broker.inputs), for every complete upload in
+``inbox/<org>/``:
 
     outcome = process_upload(path, org, config=..., store=..., now=...)
     settle_upload(path, outcome, config=..., store=..., now=...)   # archive / quarantine
@@ -8,19 +9,23 @@ The daemon, on its worker thread, for every complete upload in ``inbox/<org>/``:
 
 and once at start, before the inbox is scanned: ``finish_pending(config, store)``.
 
-An accepted upload is one transaction: the ``input_files`` row, the receipts and
-transfers on ``assignments``, the payment demands, and the rendered acknowledgement
-and forward (``response_files``). The two files are written from that row after the
-commit; a crash in between is finished by ``finish_pending``, and the upload still
-in the inbox is recognised as the same accepted upload (never answered DUPLICATE).
-A rejected or duplicate upload changes nothing in the store: its only effect is the
-acknowledgement file, written again if a crash lost it (the upload stays in the
-inbox until settled).
+Every upload taken gets exactly one verdict and one acknowledgement, whenever the
+process dies. The verdict (accepted, rejected or duplicate) is recorded in one
+transaction (``response_files``) with the rendered acknowledgement, and for an accepted
+upload with its receipts, transfers, payment demands and the forward to Kela. The files
+are written from that row after the commit, then the upload leaves the inbox. A retry
+(after a crash, or a failure in between) finds the recorded verdict and only finishes
+what is missing; it never decides or acknowledges again.
+
+Taking a new upload of a name first moves the acknowledgement of the previous upload of
+that name to ``acks/history/`` (broker.ack), so ``acks/<name>.ack.xml`` is always about
+the latest upload.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +38,7 @@ from sqlalchemy.engine import Connection
 from broker import ack
 from broker.config import Config, Organisation
 from broker.errors import Problem, StoreError
-from broker.fsutil import atomic_write, private_dir
+from broker.fsutil import atomic_write, private_dir, stored_name
 from broker.ingest import file_digest
 from broker.response_rules import Plan, RuleContext, check, parse
 from broker.response_store import (
@@ -43,17 +48,20 @@ from broker.response_store import (
     ensure_tables,
     note_states,
     payment_demands,
-    reserved_ack_names,
     response_events,
     response_files,
+    unsettled_upload,
 )
 from broker.response_store import unreceipted as _unreceipted
 from broker.response_texts import Finding
 from broker.store import Store, assignments, input_files, today_in
 from broker.validation import SMALL_FILE_LIMIT
 
-__all__ = ["ResponseOutcome", "Unreceipted", "finish_pending", "process_upload",
-           "settle_upload", "size_limit", "unreceipted"]
+__all__ = ["ResponseOutcome", "Unreceipted", "finish_pending", "mark_settled",
+           "process_upload", "reject_unprocessed", "settle_upload", "size_limit",
+           "unreceipted"]
+
+_STATUS = {"accepted": "ACCEPTED", "rejected": "REJECTED", "duplicate": "DUPLICATE"}
 
 
 @dataclass
@@ -71,12 +79,14 @@ class ResponseOutcome:
     receipts: int = 0
     transfers: list[tuple[str, str]] = field(default_factory=list)  # (notification, to org)
     payment_demands: int = 0
-    replayed: bool = False  # the same accepted upload seen again after a crash
+    replayed: bool = False  # the verdict was recorded by an earlier attempt
+    row_id: int | None = None
+    report: str | None = None
 
     @property
     def needs_release(self) -> bool:
         """A transfer was accepted: the next release pass delivers it to its new organisation."""
-        return bool(self.transfers)
+        return bool(self.transfers) or (self.replayed and self.status == "accepted")
 
     def problems_in(self, language: str) -> list[Problem]:
         return [f.problem(self.file, language) for f in self.findings]
@@ -94,12 +104,12 @@ def unreceipted(store: Store, now: datetime) -> list[Unreceipted]:
 
 def process_upload(path: Path, org: Organisation, *, config: Config, store: Store,
                    now: datetime) -> ResponseOutcome:
-    """Check, apply and acknowledge one complete upload of ``org``; never raises for bad input."""
+    """Decide, apply and acknowledge one complete upload of ``org``; never raises for bad
+    input (see the module doc)."""
     ensure_tables(store.engine)
     limit = size_limit(config)
-    size = path.stat().st_size
     data: bytes | None = None
-    if size <= limit:
+    if path.stat().st_size <= limit:
         with path.open("rb") as f:
             data = f.read(limit + 1)
         sha, size = hashlib.sha256(data).hexdigest(), len(data)
@@ -108,27 +118,22 @@ def process_upload(path: Path, org: Organisation, *, config: Config, store: Stor
     out = ResponseOutcome(file=path.name, organisation=org.id, sha256=sha, size=size,
                           status="accepted")
     with store.engine.connect() as c:
+        earlier = unsettled_upload(c, org.id, path.name, sha)
+    if earlier is not None:
+        return _replay(earlier, out, config, store)
+
+    move_previous_ack(config, org.id, path.name)
+    with store.engine.connect() as c:
         prior = accepted_response(c, org.id, sha)
     if prior is not None:
-        if prior.settled_at is None and prior.name == path.name:
-            # Accepted before a crash, upload never settled: finish, answer as before.
-            _finish(config, store, prior.id)
-            out.replayed, out.response_id = True, prior.response_id
-            out.ack_path = _ack_dir(config, org.id) / prior.ack_name
-            out.forward_path = config.outbox / "kela" / prior.forward_name
-            return out
         out.status = "duplicate"
-        _write_ack(out, org, config, store, now, "DUPLICATE")
-        return out
-
-    row_id: int | None = None
-    if data is None or len(data) > limit:
+    elif data is None or len(data) > limit:
         out.findings = [Finding("TOO_LARGE", None, "too_large", {"size": size, "limit": limit})]
     else:
         parsed, out.findings = parse(data, max_bytes=limit)
         if parsed is not None:
             out.response_id = parsed.response_id
-            with store.engine.begin() as c:
+            with store.writer.begin() as c:
                 notes = note_states(c, [r.notification_id for r in parsed.receipts]
                                     + [t.notification_id for t in parsed.transfers])
                 ctx = RuleContext(config=config, org=org, today=today_in(config.timezone, now),
@@ -137,31 +142,94 @@ def process_upload(path: Path, org: Organisation, *, config: Config, store: Stor
                                                               [d.id for d in parsed.demands]))
                 plan, out.findings = check(parsed, ctx)
                 if not out.findings:
-                    row_id = _apply(c, plan, parsed.root, out, org, config, now)
+                    out.row_id = _apply(c, plan, parsed.root, out, org, config, now)
     if out.findings:
         out.status = "rejected"
         out.problems = out.problems_in(org.language)
-        _write_ack(out, org, config, store, now, "REJECTED")
-        return out
-    assert row_id is not None  # no findings means the plan was applied
-    _finish(config, store, row_id)
+    if out.row_id is None:  # rejected or duplicate: the verdict alone is recorded
+        with store.writer.begin() as c:
+            out.row_id = _record(c, out, org, config, now)
+    _finish(config, store, out.row_id)
+    out.ack_path = _ack_dir(config, org.id) / ack.ack_name(out.file)
     return out
+
+
+def reject_unprocessed(path: Path, org: Organisation, finding: Finding, *, config: Config,
+                       store: Store, now: datetime, sha256: str | None = None,
+                       size: int | None = None, record: bool = True) -> ResponseOutcome:
+    """Answer an upload that was not processed at all with a REJECTED acknowledgement saying
+    why: one set aside after repeated failures (``record``: its verdict is recorded, so it
+    is settled like any other), or one cut off by a disconnect (not recorded: the fragment
+    waits in the inbox for the client to resume or upload it again)."""
+    if sha256 is None or size is None:
+        sha256, size = file_digest(path)
+    out = ResponseOutcome(file=path.name, organisation=org.id, sha256=sha256, size=size,
+                          status="rejected", findings=[finding])
+    out.problems = out.problems_in(org.language)
+    with store.engine.connect() as c:
+        earlier = unsettled_upload(c, org.id, path.name, sha256)
+    if earlier is not None:  # a verdict was already given: it stands, no second ack
+        return _replay(earlier, out, config, store)
+    move_previous_ack(config, org.id, path.name)
+    if record:
+        with store.writer.begin() as c:
+            out.row_id = _record(c, out, org, config, now)
+        _finish(config, store, out.row_id)
+    else:
+        folder = private_dir(_ack_dir(config, org.id))
+        atomic_write(folder / ack.ack_name(out.file), _render_ack(out, config, now))
+    out.ack_path = _ack_dir(config, org.id) / ack.ack_name(out.file)
+    return out
+
+
+def move_previous_ack(config: Config, org_id: str, upload_name: str) -> Path | None:
+    """A new upload of ``upload_name`` is taken: its previous ack goes to acks/history/."""
+    folder = _ack_dir(config, org_id)
+    current = folder / ack.ack_name(upload_name)
+    try:
+        data = current.read_bytes()
+    except FileNotFoundError:
+        return None
+    received = ack.received_of(data) or datetime.fromtimestamp(current.stat().st_mtime)
+    history = private_dir(folder / "history")
+    n = 1
+    while (history / ack.history_name(upload_name, received, n)).exists():
+        n += 1
+    target = history / ack.history_name(upload_name, received, n)
+    os.rename(current, target)
+    return target
+
+
+def _replay(row: Any, out: ResponseOutcome, config: Config, store: Store) -> ResponseOutcome:
+    """An earlier attempt recorded this upload's verdict: finish its files, answer as then."""
+    _finish(config, store, row.id)
+    out.replayed, out.row_id, out.status = True, row.id, row.status
+    out.response_id, out.report = row.response_id or None, row.report
+    out.ack_path = _ack_dir(config, row.organisation) / row.ack_name
+    if row.forward_name:
+        out.forward_path = config.outbox / "kela" / row.forward_name
+    return out
+
+
+def _render_ack(out: ResponseOutcome, config: Config, now: datetime) -> bytes:
+    return ack.render_ack(file=out.file, sha256=out.sha256, received=now, tz=config.timezone,
+                          status=_STATUS[out.status], problems=out.problems)
+
+
+def _record(c: Connection, out: ResponseOutcome, org: Organisation, config: Config,
+            now: datetime, **extra: Any) -> int:
+    """The verdict row of one upload (and its rendered ack), in the caller's transaction."""
+    if out.status == "rejected":
+        out.report = report_text(out)
+    return int(c.execute(insert(response_files).values(
+        organisation=org.id, name=out.file, sha256=out.sha256, size=out.size,
+        status=out.status, response_id=(out.response_id or "")[:64], received_at=now,
+        ack_name=ack.ack_name(out.file), ack_xml=_render_ack(out, config, now),
+        report=out.report, state="pending", **extra)).inserted_primary_key[0])  # type: ignore[index]
 
 
 def _ack_dir(config: Config, org_id: str) -> Path:
     return config.outbox / org_id / "acks"
-
-
-def _write_ack(out: ResponseOutcome, org: Organisation, config: Config, store: Store,
-               now: datetime, status: str) -> None:
-    folder = private_dir(_ack_dir(config, org.id))
-    with store.engine.connect() as c:
-        taken = reserved_ack_names(c, org.id, out.file[:100])
-    name = ack.ack_name(out.file, taken, folder)
-    atomic_write(folder / name, ack.render_ack(
-        file=out.file, sha256=out.sha256, received=now, tz=config.timezone, status=status,
-        problems=out.problems), exclusive=True)
-    out.ack_path = folder / name
 
 
 def _apply(c: Connection, plan: Plan, root: Any, out: ResponseOutcome, org: Organisation,
@@ -172,18 +240,11 @@ def _apply(c: Connection, plan: Plan, root: Any, out: ResponseOutcome, org: Orga
         source=org.id, kind="response", name=out.file, sha256=out.sha256, size=out.size,
         status="accepted", received_at=now, batch_id=(out.response_id or "")[:64],
         items=count)).inserted_primary_key[0]  # type: ignore[index]
-    acks = _ack_dir(config, org.id)
-    ack_name = ack.ack_name(out.file, reserved_ack_names(c, org.id, out.file[:100]), acks)
     fwd_name = ack.forward_name(org.id, now, out.sha256, config.timezone)
-    row_id = int(c.execute(insert(response_files).values(
-        input_file_id=file_id, organisation=org.id, name=out.file, sha256=out.sha256,
-        response_id=out.response_id or "", received_at=now, ack_name=ack_name,
-        ack_xml=ack.render_ack(file=out.file, sha256=out.sha256, received=now,
-                               tz=config.timezone, status="ACCEPTED"),
-        forward_name=fwd_name,
-        forward_xml=ack.render_forward(root, organisation=org.id, sha256=out.sha256,
-                                       received=now, tz=config.timezone, file=out.file),
-        state="pending")).inserted_primary_key[0])  # type: ignore[index]
+    row_id = _record(c, out, org, config, now, input_file_id=file_id, forward_name=fwd_name,
+                     forward_xml=ack.render_forward(root, organisation=org.id,
+                                                    sha256=out.sha256, received=now,
+                                                    tz=config.timezone, file=out.file))
     a = assignments
     for r in plan.receipts:
         changed = c.execute(update(a).where(
@@ -218,7 +279,6 @@ def _apply(c: Connection, plan: Plan, root: Any, out: ResponseOutcome, org: Orga
             period_end=d.period_end, amount=d.amount, payee_iban=d.payee_iban,
             content_hash=d.content_hash, received_at=now))
     out.receipts, out.payment_demands = len(plan.receipts), len(plan.new_demands)
-    out.ack_path = acks / ack_name
     out.forward_path = config.outbox / "kela" / fwd_name
     return row_id
 
@@ -235,13 +295,13 @@ def _finish(config: Config, store: Store, row_id: int) -> None:
         row = c.execute(select(response_files).where(response_files.c.id == row_id)).one()
     if row.state == "written":
         return
-    for folder, name, data in (
-            (config.outbox / "kela", row.forward_name, row.forward_xml),
-            (_ack_dir(config, row.organisation), row.ack_name, row.ack_xml)):
-        target = private_dir(folder) / name
-        if not target.exists():  # written before a crash: the name was reserved, keep it
-            atomic_write(target, bytes(data))
-    with store.engine.begin() as c:
+    files = [(_ack_dir(config, row.organisation), row.ack_name, row.ack_xml)]
+    if row.forward_name:
+        files.insert(0, (config.outbox / "kela", row.forward_name, row.forward_xml))
+    for folder, name, data in files:
+        # Idempotent: the same bytes again if a crash came between a write and the mark.
+        atomic_write(private_dir(folder) / name, bytes(data))
+    with store.writer.begin() as c:
         c.execute(update(response_files).where(response_files.c.id == row_id)
                   .values(state="written"))
 
@@ -249,7 +309,7 @@ def _finish(config: Config, store: Store, row_id: int) -> None:
 def finish_pending(config: Config, store: Store) -> int:
     """At start: write the files a crash left unwritten; settle uploads no longer in the inbox.
 
-    Returns how many accepted uploads had their files finished.
+    Returns how many uploads had their files finished.
     """
     ensure_tables(store.engine)
     with store.engine.connect() as c:
@@ -265,12 +325,12 @@ def finish_pending(config: Config, store: Store) -> int:
             finished += 1
         upload = config.inbox / r.organisation / r.name
         if not upload.is_file() or file_digest(upload)[0] != r.sha256:
-            _mark_settled(store, r.id, None)
+            mark_settled(store, r.id, None)
     return finished
 
 
-def _mark_settled(store: Store, row_id: int, now: datetime | None) -> None:
-    with store.engine.begin() as c:
+def mark_settled(store: Store, row_id: int, now: datetime | None) -> None:
+    with store.writer.begin() as c:
         c.execute(update(response_files).where(response_files.c.id == row_id)
                   .values(settled_at=now or c.execute(
                       select(response_files.c.received_at)
@@ -283,18 +343,15 @@ def settle_upload(path: Path, outcome: ResponseOutcome, *, config: Config, store
     duplicate, var/quarantine/<org>/ with a report when rejected. Returns the new path."""
     org = outcome.organisation
     if outcome.status == "rejected":
-        dest = private_dir(config.var / "quarantine" / org)
-        target = dest / f"{now.strftime('%Y%m%dT%H%M%S%f')}-{path.name}"
-        atomic_write(dest / f"{target.name}.report.txt", report_text(outcome).encode())
+        target = private_dir(config.var / "quarantine" / org) / stored_name(now, path.name)
+        atomic_write(target.with_name(f"{target.name}.report.txt"),
+                     (outcome.report or report_text(outcome)).encode())
     else:
         dest = private_dir(config.var / "archive" / org / now.strftime("%Y-%m-%d"))
-        target = dest / f"{now.strftime('%H%M%S%f')}-{path.name}"
+        target = dest / stored_name(now, path.name)
     shutil.move(str(path), target)
-    if outcome.status == "accepted":
-        with store.engine.connect() as c:
-            row = accepted_response(c, org, outcome.sha256)
-        if row is not None and row.settled_at is None:
-            _mark_settled(store, row.id, now)
+    if outcome.row_id is not None:
+        mark_settled(store, outcome.row_id, now)
     return target
 
 
@@ -303,7 +360,7 @@ def report_text(out: ResponseOutcome) -> str:
     lines = [f"File: {out.file}", f"Organisation: {out.organisation}",
              f"SHA-256: {out.sha256}", f"Size: {out.size} bytes",
              f"Verdict: REJECTED ({len(out.findings)} problem(s)); nothing from this file "
-             "was accepted.", f"Acknowledgement: {out.ack_path}", ""]
+             "was accepted.", ""]
     for p in out.problems_in("en"):
         where = f"line {p.line}" if p.line is not None else "file"
         lines.append(f"{where}: {p.code}: {p.message}")

@@ -35,6 +35,12 @@ database = "var/state.db"
 rescan_seconds = 2.0        # inbox rescan (no lost watch event strands a file), config check
 retention_days = 90         # how long files deleted by clients are kept under var/retained/
 max_file_mb = 4096          # larger input files are rejected as TOO_LARGE
+settle_seconds = 0.5        # a file in inbox/kela/ is taken once unchanged this long (and not
+                            # open for writing); raise it for producers on network mounts
+max_attempts = 3            # an input whose handling fails this often goes to var/quarantine/
+archive_days = 90           # accepted inputs are kept under var/archive/ this long
+quarantine_days = 90        # refused inputs and their reports under var/quarantine/
+stale_upload_hours = 24     # temporary (.part ...) or cut-off uploads left this long are removed
 
 [sftp]
 listen = "127.0.0.1:2222"
@@ -45,6 +51,11 @@ max_upload_mb = 512
 ban_after_failures = 5      # failed logins from one address within ban_window ...
 ban_window = 600
 ban_seconds = 900           # ... ban it for this long
+max_unauthenticated = 100   # connections not yet logged in, in total ...
+max_unauthenticated_per_address = 10  # ... and from one address (more are closed at once)
+max_sessions_total = 1000
+max_handles_per_session = 64
+upload_quota_mb = 2048      # files waiting in one organisation's /to-kela/, in all
 
 [metrics]
 listen = "127.0.0.1:9464"   # Prometheus /metrics and /healthz
@@ -67,12 +78,16 @@ portion = 300
 weekday = "monday"
 time = "06:00"
 
+# An organisation removed or renamed while items wait for it: say where they go, e.g.
+# [handover]
+# old-id = "new-id"
+
 # Organisations. id = SFTP user name; keys in config/keys/<id>/authorized_keys.
 # format: xml-v2 (current), xml-v1 (legacy, no Phone), csv (lists as CSV, notifications xml-v2).
 # Optional push to the organisation's own SFTP server:
 #   push = { host = "sftp.example.fi", port = 22, user = "kela",
 #            key_file = "config/push/id_ed25519", remote_dir = "/incoming",
-#            known_hosts = "config/push/known_hosts" }
+#            known_hosts = "config/push/known_hosts", timeout = 30 }
 """
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -31,19 +32,22 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    Row,
     String,
     Table,
     Text,
     UniqueConstraint,
+    delete,
     func,
     insert,
     select,
     update,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeDecorator
 
-from broker.db import metadata
+from broker.db import metadata, writer
 from broker.errors import StoreError
 from broker.model import StoredItem
 
@@ -142,9 +146,31 @@ deliveries = Table(
     Column("state", String(16), nullable=False),  # pending | written
     Column("sha256", String(64)),
     Column("size", Integer),
-    Column("seq", Integer, nullable=False),
+    # Allocated inside the claiming write transaction; unique, so two passes can never
+    # name two files alike (names are never reused, SPEC 5).
+    Column("seq", Integer, nullable=False, unique=True),
+    # A pending delivery whose files could not be written (an outbox folder that is not
+    # writable, a full disk): retried from next_attempt_at on, with backoff.
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime),
+    Column("last_error", Text),
+    UniqueConstraint("file_name", name="uq_delivery_file"),
 )
 Index("ix_deliveries_org_type", deliveries.c.organisation, deliveries.c.type)
+Index("ix_deliveries_state", deliveries.c.state)
+
+# Every input file handling that started: a file whose handling fails (or kills the
+# process) ``max_attempts`` times is quarantined instead of retried in a loop.
+input_attempts = Table(
+    "input_attempts", metadata,
+    Column("key", String(400), primary_key=True),  # source, name, size, mtime, inode
+    Column("source", String(64), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text),
+    Column("first_at", UTCDateTime, nullable=False),
+    Column("last_at", UTCDateTime, nullable=False),
+)
 
 stagger_plans = Table(
     "stagger_plans", metadata,
@@ -174,7 +200,58 @@ class Store:
     """Thin typed access to the tables; every method is one transaction."""
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self.engine = engine  # reads: never wait for a writer (WAL)
+        self.writer = writer(engine)  # writes: take the write lock at BEGIN
+
+    # -- attempts ----------------------------------------------------------
+    def begin_attempt(self, key: str, source: str, name: str, now: datetime) -> int:
+        """Count one more handling of an input, committed before the handling starts (so a
+        file that kills the process is counted too); returns the count including this one."""
+        with self.writer.begin() as c:
+            n = c.execute(select(input_attempts.c.attempts)
+                          .where(input_attempts.c.key == key)).scalar()
+            if n is None:
+                c.execute(insert(input_attempts).values(
+                    key=key, source=source, name=name, attempts=1, first_at=now, last_at=now))
+                return 1
+            c.execute(update(input_attempts).where(input_attempts.c.key == key)
+                      .values(attempts=n + 1, last_at=now))
+            return int(n) + 1
+
+    def attempt_failed(self, key: str, error: str) -> None:
+        with self.writer.begin() as c:
+            c.execute(update(input_attempts).where(input_attempts.c.key == key)
+                      .values(last_error=error[:2000]))
+
+    def last_error(self, key: str) -> str | None:
+        with self.engine.connect() as c:
+            value = c.execute(select(input_attempts.c.last_error)
+                              .where(input_attempts.c.key == key)).scalar()
+        return None if value is None else str(value)
+
+    def finish_attempt(self, key: str) -> None:
+        with self.writer.begin() as c:
+            c.execute(delete(input_attempts).where(input_attempts.c.key == key))
+
+    # -- organisations that cannot take their deliveries -----------------------
+    def failing_deliveries(self) -> list[Row[Any]]:
+        """Pending deliveries that failed at least once: (organisation, id, attempts,
+        next_attempt_at, last_error), oldest first."""
+        d = deliveries
+        with self.engine.connect() as c:
+            return list(c.execute(
+                select(d.c.organisation, d.c.id, d.c.attempts, d.c.next_attempt_at,
+                       d.c.last_error)
+                .where(d.c.state == "pending", d.c.attempts > 0).order_by(d.c.seq)))
+
+    def undelivered_by_org(self) -> dict[str, int]:
+        """Held or claimed (not yet written) items per organisation."""
+        a = assignments
+        with self.engine.connect() as c:
+            rows = c.execute(select(a.c.organisation, func.count())
+                             .where(a.c.state.in_(("held", "releasing")))
+                             .group_by(a.c.organisation))
+            return {r[0]: int(r[1]) for r in rows}
 
     # -- input files -------------------------------------------------------
     def accepted_file(self, source: str, sha256: str) -> int | None:
@@ -185,7 +262,7 @@ class Store:
 
     def record_rejected(self, *, source: str, kind: str, name: str, sha256: str, size: int,
                         now: datetime, report: str) -> int:
-        with self.engine.begin() as c:
+        with self.writer.begin() as c:
             found = c.execute(select(input_files.c.id).where(
                 input_files.c.source == source, input_files.c.sha256 == sha256,
                 input_files.c.status == "rejected")).scalar()
@@ -210,7 +287,7 @@ class Store:
     def ingesting(self, *, source: str, kind: str, name: str, sha256: str, size: int,
                   now: datetime) -> Iterator[IngestTx]:
         """One transaction for a whole accepted file; an exception rolls it all back."""
-        with self.engine.begin() as c:
+        with self.writer.begin() as c:
             file_id = int(c.execute(insert(input_files).values(
                 source=source, kind=kind, name=name, sha256=sha256, size=size,
                 status="accepted", received_at=now, items=0,
@@ -234,6 +311,15 @@ class Store:
 
             yield open_blob
 
+    def probe(self) -> str | None:
+        """None when the database answers a read, else why not (for /healthz)."""
+        try:
+            with self.engine.connect() as c:
+                c.execute(select(func.count()).select_from(deliveries)).scalar()
+        except DBAPIError as exc:
+            return str(exc.orig) if exc.orig is not None else type(exc).__name__
+        return None
+
     # -- counts for status ----------------------------------------------------
     def counts(self) -> list[tuple[str, str, str, int]]:
         """(organisation, type, state, count) rows for ``kela-broker status``."""
@@ -254,8 +340,16 @@ class Store:
     def next_release(self) -> datetime | None:
         """The earliest time a held assignment becomes due (the scheduler wakes then)."""
         due = func.coalesce(assignments.c.planned_at, assignments.c.release_at)
+        return self._min_time(select(func.min(due)).where(assignments.c.state == "held"))
+
+    def next_retry(self) -> datetime | None:
+        """When the earliest pending delivery that could not be written is tried again."""
+        return self._min_time(select(func.min(deliveries.c.next_attempt_at))
+                              .where(deliveries.c.state == "pending"))
+
+    def _min_time(self, query: Any) -> datetime | None:
         with self.engine.connect() as c:
-            value = c.execute(select(func.min(due)).where(assignments.c.state == "held")).scalar()
+            value = c.execute(query).scalar()
         if value is None:
             return None
         if isinstance(value, str):  # func.min loses the column type in SQLite
@@ -355,6 +449,7 @@ __all__ = [
     "assignments",
     "blobs",
     "deliveries",
+    "input_attempts",
     "input_files",
     "items",
     "stagger_plans",

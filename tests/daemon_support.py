@@ -119,3 +119,54 @@ def drop(home: Path, source: Path, name: str | None = None) -> Path:
     final = inbox / name
     tmp.rename(final)
     return final
+
+
+def set_keys(home: Path, section: str, **values: object) -> None:
+    """Put ``key = value`` lines at the top of ``[section]`` of the home's broker.toml."""
+    import re
+
+    cfg = home / "config" / "broker.toml"
+    lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+    text = cfg.read_text()
+    header = re.compile(rf"^\[{re.escape(section)}\]\n", re.MULTILINE)
+    if header.search(text):
+        text = header.sub(lambda m: m.group(0) + lines, text, count=1)
+    else:
+        at = text.index("\n[[organisation]]") + 1
+        text = text[:at] + f"[{section}]\n{lines}\n" + text[at:]
+    cfg.write_text(text)
+
+
+def health(port: int) -> tuple[int, str]:
+    """(HTTP status, body) of the daemon's /healthz."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """One sample of the daemon's /metrics (0.0 when absent)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    want = "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
+    for line in text.splitlines():
+        if line.startswith(name + want + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def delivered_ids(folder: Path) -> list[str]:
+    """Notification ids in the D-*.xml delivery files of one outbox folder."""
+    from lxml import etree
+
+    ids: list[str] = []
+    for path in sorted(folder.glob("D-*.xml")):
+        for _, el in etree.iterparse(str(path), tag="{*}Notification"):
+            ids.append(el.get("id"))
+    return ids

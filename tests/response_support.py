@@ -66,16 +66,32 @@ def make_env(tmp_path: Path) -> Env:
     return env
 
 
+# Where verdicts are recorded (one row per upload taken, whatever the verdict) and where
+# each handling is counted: the only tables a rejected or duplicate upload may touch.
+VERDICT_TABLES = ("response_files", "input_attempts")
+
+
 def dump(store: Store) -> dict[str, list[tuple[str, ...]]]:
-    """Every row of every table, to prove a rejection changed nothing."""
+    """Every row of every table but the verdict record, to prove a rejection changed nothing."""
     import broker.response_store  # noqa: F401  (its tables are on the metadata)
 
     out = {}
     with store.engine.connect() as c:
         for table in metadata.sorted_tables:
+            if table.name in VERDICT_TABLES:
+                continue
             rows = c.execute(select(table)).all()
             out[table.name] = sorted(tuple(str(v) for v in r) for r in rows)
     return out
+
+
+def verdicts(store: Store) -> list[tuple[str, str, str]]:
+    """(organisation, upload name, status) of every recorded verdict, in order."""
+    from broker.response_store import response_files as rf
+
+    with store.engine.connect() as c:
+        return [(r.organisation, r.name, r.status) for r in c.execute(
+            select(rf.c.organisation, rf.c.name, rf.c.status).order_by(rf.c.id))]
 
 
 def response(*children: str, rid: str = "R-1") -> bytes:

@@ -5,15 +5,21 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broker.fsutil import (
+    NAME_MAX,
     atomic_write,
     atomic_writer,
     is_hidden_or_partial,
+    open_for_writing,
     private_dir,
+    stored_name,
     temp_path,
 )
 
@@ -177,3 +183,38 @@ def test_private_dir_refuses_a_file(tmp_path: Path) -> None:
 )
 def test_is_hidden_or_partial(name: str, ignored: bool) -> None:
     assert is_hidden_or_partial(name) is ignored
+
+
+# -- the one archive/quarantine name ---------------------------------------------------
+
+_NAMES = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"),
+                 min_size=1, max_size=300).filter(lambda n: len(n.encode()) <= NAME_MAX)
+
+
+@given(a=_NAMES, b=_NAMES)
+def test_stored_names_fit_beside_a_report_and_stay_apart(a: str, b: str) -> None:
+    now = datetime(2026, 12, 2, 17, 0, 1, 234567, tzinfo=UTC)
+    for name in (a, b):
+        stored = stored_name(now, name)
+        assert len(f".{stored}.report.txt.part".encode()) <= NAME_MAX
+        if len(name.encode()) <= 200:
+            assert stored.endswith(name)  # short names are kept whole
+    if a != b:
+        assert stored_name(now, a) != stored_name(now, b)
+
+
+def test_partial_upload_names_include_rclone() -> None:
+    for name in ("x.part", "x.partial", "x.filepart", "X.TMP", ".x"):
+        assert is_hidden_or_partial(name), name
+    assert not is_hidden_or_partial("x.xml")
+
+
+def test_open_for_writing_is_told_by_a_lease(tmp_path: Path) -> None:
+    path = tmp_path / "f.xml"
+    path.write_bytes(b"x")
+    assert open_for_writing(path) is False
+    with path.open("ab"):
+        assert open_for_writing(path) is True
+    with path.open("rb"):
+        assert open_for_writing(path) is False
+    assert open_for_writing(tmp_path / "missing") is None

@@ -48,6 +48,10 @@ def test_thousand_for_a_new_organisation_go_out_300_a_week(tmp_path: Path) -> No
         daemon.stop()
 
 
+# These passes run as of a later Monday: an early release, on purpose and on the record.
+FUTURE = ("--force", "--reason", "test: the pass a later Monday will run")
+
+
 def _check_portions(home: Path, pirha: Path, today: date) -> None:
     plan = json.loads(cli(home, "schedule", "--org", "pirha", "--json").stdout)
     assert [(p["portion"], p["count"]) for p in plan] == [(1, 300), (2, 300), (3, 100)]
@@ -56,21 +60,22 @@ def _check_portions(home: Path, pirha: Path, today: date) -> None:
     assert datetime.fromisoformat(plan[1]["release_at"]) == monday + timedelta(days=7)
 
     just_before = (monday - timedelta(seconds=1)).isoformat()
-    cli(home, "release-due", "--now", just_before)
+    cli(home, "release-due", "--now", just_before, *FUTURE)
     assert len(delivered_ids(pirha)) == 300
 
-    cli(home, "release-due", "--now", monday.isoformat())
+    cli(home, "release-due", "--now", monday.isoformat(), *FUTURE)
     second = delivered_ids(pirha)
     assert len(second) == 600 and len(set(second)) == 600
     files = sorted(pirha.glob("D-*.xml"))
-    again = cli(home, "release-due", "--now", monday.isoformat()).stdout
+    again = cli(home, "release-due", "--now", monday.isoformat(), *FUTURE).stdout
     assert "released 0 file(s)" in again
     assert sorted(pirha.glob("D-*.xml")) == files
     # Oldest first: the synthetic ids count up in arrival order.
     assert second == sorted(second, key=lambda i: int(i.rsplit("-", 1)[-1]))
 
     # Two missed Mondays later: the last portion once, nothing twice.
-    cli(home, "release-due", "--now", (monday + timedelta(days=14, hours=3)).isoformat())
+    later = monday + timedelta(days=14, hours=3)
+    cli(home, "release-due", "--now", later.isoformat(), *FUTURE)
     final = delivered_ids(pirha)
     assert len(final) == 1000 and len(set(final)) == 1000
     assert len(list(pirha.glob("D-*.xml"))) == 4
@@ -108,7 +113,7 @@ def test_next_day_type_waits_for_0600_after_the_decision(tmp_path: Path) -> None
     urgent = len(delivered_ids(pirha))  # the generator marks a few urgent
     at_six = datetime.combine(today + timedelta(days=1), datetime.min.time(),
                               tzinfo=HKI).replace(hour=6)
-    cli(home, "release-due", "--now", (at_six - timedelta(minutes=1)).isoformat())
+    cli(home, "release-due", "--now", (at_six - timedelta(minutes=1)).isoformat(), *FUTURE)
     assert len(delivered_ids(pirha)) == urgent
-    cli(home, "release-due", "--now", at_six.isoformat())
+    cli(home, "release-due", "--now", at_six.isoformat(), *FUTURE)
     assert len(delivered_ids(pirha)) == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from response_support import (
     response,
     transfer,
     valid_against,
+    verdicts,
 )
 from sqlalchemy import select
 
@@ -119,19 +121,28 @@ def test_same_bytes_again_is_duplicate_and_changes_nothing(env: Env) -> None:
     before = dump(env.store)
     kela_files = sorted((env.config.outbox / "kela").iterdir())
 
+    first_ack = first.ack_path.read_bytes() if first.ack_path else b""
     again = env.process("pirha", "b.xml", EXAMPLE)
     assert again.status == "duplicate"
     assert ack_of(again).get("status") == "DUPLICATE" and again.ack_path is not None
     assert again.ack_path.name == "b.xml.ack.xml"
-    # Same name as before: the first ack is kept, the new one gets a suffix.
+    # Same name as before: a.xml.ack.xml is about the latest upload of a.xml (SPEC 7);
+    # the first one's ack moved to acks/history/ with its received time in the name.
     settle_upload(env.config.inbox / "pirha" / "b.xml", again, config=env.config,
                   store=env.store, now=T1)
     third = env.process("pirha", "a.xml", EXAMPLE)
     assert third.status == "duplicate" and third.ack_path is not None
-    assert third.ack_path.name == "a.xml.2.ack.xml"
-    assert ack_of(first).get("status") == "ACCEPTED"
+    assert third.ack_path.name == "a.xml.ack.xml"
+    assert ack_of(third).get("status") == "DUPLICATE"
+    history = env.config.outbox / "pirha" / "acks" / "history"
+    stamp = T1.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    assert [p.name for p in history.iterdir()] == [f"a.xml.{stamp}.ack.xml"]
+    assert (history / f"a.xml.{stamp}.ack.xml").read_bytes() == first_ack
 
     assert dump(env.store) == before
+    assert verdicts(env.store) == [("pirha", "a.xml", "accepted"),
+                                   ("pirha", "b.xml", "duplicate"),
+                                   ("pirha", "a.xml", "duplicate")]
     assert sorted((env.config.outbox / "kela").iterdir()) == kela_files
     assert not third.needs_release
 
@@ -278,6 +289,7 @@ def test_rejected_whole_with_lines_and_nothing_changes(env: Env, case: str) -> N
     assert out.status == "rejected"
     assert errors_of(out) == expected
     assert dump(env.store) == before
+    assert verdicts(env.store) == [(org, "upload.xml", "rejected")]  # recorded once
     assert not (env.config.outbox / "kela").exists() or not any(
         (env.config.outbox / "kela").iterdir())
     assert all(e.text for e in ack_of(out).iter(f"{{{ACK_NS}}}Error"))
@@ -303,7 +315,11 @@ def test_rejected_then_fixed_upload_is_accepted(env: Env) -> None:
     assert "line 11: SCHEMA" in Path(f"{moved}.report.txt").read_text()
     good = env.process("pirha", "v1.xml", response(receipt(N3)))
     assert good.status == "accepted" and good.ack_path is not None
-    assert good.ack_path.name == "v1.xml.2.ack.xml"
+    # The fixed file under the same name: v1.xml.ack.xml now says ACCEPTED, the
+    # REJECTED one is in acks/history/ (SPEC 7), never a stale REJECTED beside it.
+    assert good.ack_path.name == "v1.xml.ack.xml" and ack_of(good).get("status") == "ACCEPTED"
+    (old,) = (env.config.outbox / "pirha" / "acks" / "history").iterdir()
+    assert b'status="REJECTED"' in old.read_bytes()
     assert hops(env, N3)[0][2] == "handled"
 
 

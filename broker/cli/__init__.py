@@ -56,13 +56,17 @@ class LazyGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise  # click's own control flow (ctx.exit, usage errors)
         except Exception as exc:
-            from sqlalchemy.exc import OperationalError  # only now: keeps start-up light
+            from sqlalchemy.exc import DBAPIError  # only now: keeps start-up light
 
-            if not (isinstance(exc, OperationalError) and "locked" in str(exc)):
+            if not isinstance(exc, DBAPIError):
                 raise
-            # The daemon holds the write lock while it takes in a large file.
-            click.echo("kela-broker: the state database is busy (the daemon is taking in a "
-                       "large file); nothing was changed, try again shortly", err=True)
+            if "locked" in str(exc.orig):
+                # The daemon holds the write lock while it takes in a large file.
+                click.echo("kela-broker: the state database is busy (the daemon is taking in "
+                           "a large file); nothing was changed, try again shortly", err=True)
+            else:  # a damaged file: say so, never a traceback
+                click.echo(f"kela-broker: the state database cannot be read ({exc.orig}); "
+                           "nothing was changed. Restore it from the backup.", err=True)
             ctx.exit(1)
 
 

@@ -59,8 +59,14 @@ class Home:
     @cached_property
     def store(self) -> Store:
         from broker.db import make_engine
+        from broker.errors import StoreError
+        from broker.state_guard import check_state_store
         from broker.store import Store
 
+        try:  # never create an empty database in a home that has been used
+            check_state_store(self.config)
+        except StoreError as exc:
+            fail(str(exc))
         return Store(make_engine(self.config.database))
 
     @cached_property

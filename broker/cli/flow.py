@@ -19,6 +19,9 @@ from broker.model import ALL_TYPES, NotificationType
 from broker.release import Releaser
 from broker.responses import unreceipted
 
+# A --now this little ahead of the clock is the operator's typing, not an early release.
+FUTURE_TOLERANCE = timedelta(minutes=1)
+
 
 @click.command()
 @click.argument("files", nargs=-1, required=True,
@@ -160,14 +163,33 @@ def schedule(ctx: click.Context, org: str | None, as_json: bool) -> None:
 @click.command("release-due")
 @click.option("--now", "now_text", metavar="ISO-8601",
               help="Run the pass as if it were this moment (operators, tests).")
+@click.option("--force", is_flag=True,
+              help="Allow a --now later than the real time (that releases items early).")
+@click.option("--reason", help="Why, for the audit trail (required with --force).")
 @click.pass_context
-def release_due(ctx: click.Context, now_text: str | None) -> None:
+def release_due(ctx: click.Context, now_text: str | None, force: bool,
+                reason: str | None) -> None:
     """Run one release pass: everything due at --now (default: now) is written."""
     home = home_of(ctx)
     now = parse_now(now_text)
+    real = datetime.now(UTC)
+    early = now > real + FUTURE_TOLERANCE
+    if early and not force:
+        fail(f"--now {now.isoformat()} is later than the real time: that would release "
+             "held items early. Use `release --org ... --reason ...` for an early release, "
+             "or add --force --reason TEXT", 2)
+    if force and not (reason or "").strip():
+        fail("--force needs --reason TEXT (it is recorded in the audit trail)", 2)
     result = Releaser(home.config, home.store).run(now)
     for org, type_, total in result.plans:
         click.echo(f"stagger planned: {org} {type_}: {total} notifications")
+    for f in result.failures:
+        click.echo(f"not written (retried later): {f.delivery_id}: {f.error}", err=True)
+    detail = (f"pass as of {now.isoformat()}: {len(result.deliveries)} file(s), "
+              f"{result.notifications} notification(s), {result.lists} list(s)")
+    if early:
+        detail += f"; forced ahead of the real time; reason: {reason}"
+    home.audit.record(AuditEvent(action="release-due", org=None, detail=detail), real)
     click.echo(f"released {len(result.deliveries)} file(s): {result.notifications} "
                f"notifications, {result.lists} lists")
 

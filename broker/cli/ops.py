@@ -10,8 +10,8 @@ import click
 from rich.table import Table
 
 from broker.cli.common import console, fail, home_of
-from broker.config import load_config, parse_host_port
-from broker.errors import ConfigError
+from broker.config import Config, load_config, parse_host_port
+from broker.errors import ConfigError, ConfigErrors, StoreError
 from broker.model import ALL_TYPES
 from broker.municipalities import load_register, packaged_register_path
 from broker.routing import explain
@@ -28,8 +28,12 @@ def _host_port(text: str) -> tuple[str, int]:
 @click.command()
 @click.option("--sftp-listen", metavar="HOST:PORT", help="Override [sftp] listen (port 0: any).")
 @click.option("--metrics-listen", metavar="HOST:PORT", help="Override [metrics] listen.")
+@click.option("--initialise", is_flag=True,
+              help="Make a new, empty state database even though this home has been used "
+                   "(only when the old one is lost for good).")
 @click.pass_context
-def run(ctx: click.Context, sftp_listen: str | None, metrics_listen: str | None) -> None:
+def run(ctx: click.Context, sftp_listen: str | None, metrics_listen: str | None,
+        initialise: bool) -> None:
     """Run the broker daemon: watch inboxes, release on schedule, serve SFTP."""
     from broker import logs
     from broker.daemon import Daemon, Overrides
@@ -37,13 +41,15 @@ def run(ctx: click.Context, sftp_listen: str | None, metrics_listen: str | None)
     logs.configure()
     home = home_of(ctx)
     overrides = Overrides(sftp=_host_port(sftp_listen) if sftp_listen else None,
-                          metrics=_host_port(metrics_listen) if metrics_listen else None)
+                          metrics=_host_port(metrics_listen) if metrics_listen else None,
+                          initialise=initialise)
     try:
         daemon = Daemon(home.path, overrides)
+        asyncio.run(daemon.run())
     except ConfigError as exc:
         fail(f"configuration is not valid:\n{exc}")
-        return
-    asyncio.run(daemon.run())
+    except StoreError as exc:
+        fail(f"cannot start: {exc}")
 
 
 @click.command()
@@ -77,6 +83,7 @@ def config_check(ctx: click.Context, keys: bool) -> None:
     home = home_of(ctx)
     try:
         cfg = load_config(home.path, check_keys=keys)
+        _check_against_store(cfg)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         fail("configuration is not valid")
@@ -88,6 +95,22 @@ def config_check(ctx: click.Context, keys: bool) -> None:
     if missing:
         click.echo(f"note: {len(missing)} organisation(s) have no authorized_keys yet and "
                    f"cannot log in (e.g. {', '.join(missing[:3])}); --keys makes this an error.")
+
+
+def _check_against_store(cfg: Config) -> None:
+    """An organisation removed while it holds items needs a [handover] (broker.handover).
+    Read only: a home without a state database holds nothing yet."""
+    from broker.handover import removed_with_items
+    from broker.state_guard import database_state
+
+    if database_state(cfg.database) != "ok":
+        return
+    from broker.db import make_engine
+    from broker.store import Store
+
+    problems = removed_with_items(cfg, Store(make_engine(cfg.database)).undelivered_by_org())
+    if problems:
+        raise ConfigErrors(problems)
 
 
 @click.group("routes")

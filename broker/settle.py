@@ -1,0 +1,43 @@
+"""When a file dropped into an inbox may be taken: only once it has stopped changing.
+
+SPEC 1 asks writers to use a temporary name and rename, but a producer that writes in
+place must not lose data: a file is taken only when its size, mtime and inode have not
+changed for ``settle_seconds``, measured both by the file's own mtime and by how long
+this process has seen it unchanged (a network mount's clock may differ from ours). The
+daemon adds what only the operating system knows (is it open for writing?) and checks
+the file once more right before the ingest commits.
+
+Pure: the caller passes both clocks; nothing here touches the file system.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a stat of the file said: enough to tell that it changed."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+
+
+@dataclass
+class SettleGate:
+    settle_seconds: float
+    _seen: dict[Path, tuple[Observation, float]] = field(default_factory=dict)
+
+    def wait_time(self, path: Path, obs: Observation, *, monotonic: float,
+                  wall: float) -> float:
+        """0.0 when the file may be taken now, else how many seconds to wait first."""
+        first = self._seen.get(path)
+        if first is None or first[0] != obs:
+            self._seen[path] = first = (obs, monotonic)
+        stable = max(monotonic - first[1], wall - obs.mtime_ns / 1e9)
+        return 0.0 if stable >= self.settle_seconds else self.settle_seconds - stable
+
+    def forget(self, path: Path) -> None:
+        self._seen.pop(path, None)

@@ -1,0 +1,229 @@
+"""Nothing incomplete is taken, nothing poisons the daemon, the state store is never silently
+recreated, and operator commands are safe on a live home (issue 11)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from daemon_support import (
+    EXAMPLES,
+    DaemonProcess,
+    cli,
+    delivered_ids,
+    drop,
+    health,
+    make_home,
+    metric,
+    wait_for,
+)
+
+from broker.config import load_config
+from broker.db import make_engine
+from broker.errors import InputChanged
+from broker.ingest import ingest_batch
+from broker.store import Store, input_files, items
+from broker.synthetic import write_batch
+
+
+def status(home: Path) -> dict[str, int]:
+    import json
+
+    data = json.loads(cli(home, "status", "--json").stdout)
+    out: dict[str, int] = {}
+    for a in data["assignments"]:
+        out[a["state"]] = out.get(a["state"], 0) + a["count"]
+    return out
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):  # type: ignore[no-untyped-def]
+    d = DaemonProcess(make_home(tmp_path / "home")).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def test_a_file_written_in_place_is_taken_only_when_complete(
+        daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A producer that ignores the rename rule and pauses mid-file (longer than the settle
+    time and the rescan interval) while holding the file open loses nothing."""
+    home = daemon.home
+    src = tmp_path / "whole.xml"
+    write_batch(src, count=400, municipalities=["091"], types=["IMMIGRANT"],
+                decision_date=datetime.now(UTC).date(), batch_id="GROW", seed=7)
+    data = src.read_bytes()
+    half = data.index(b"<Notification", len(data) // 2)  # 200 whole notifications first
+    target = home / "inbox" / "kela" / "growing.xml"
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        data = open({str(src)!r}, "rb").read()
+        with open({str(target)!r}, "wb") as f:
+            f.write(data[:{half}]); f.flush()
+            time.sleep(3.0)
+            f.write(data[{half}:]); f.flush()
+    """)])
+    try:
+        assert writer.wait(30) == 0
+    finally:
+        writer.kill()
+    wait_for(lambda: not target.exists(), what="the file taken")
+    wait_for(lambda: len(delivered_ids(home / "outbox" / "helsinki")) == 400,
+             what="all 400 released")
+    assert not list((home / "var" / "quarantine").glob("*.report.txt"))
+    assert len(list((home / "var" / "archive").rglob("*growing.xml"))) == 1
+
+
+def test_a_change_during_reading_stores_nothing_and_rejects_nothing(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    cfg = load_config(home)
+    store = Store(make_engine(cfg.database))
+    for valid in (True, False):
+        src = tmp_path / f"b-{valid}.xml"
+        shutil.copyfile(EXAMPLES / "decision-batch.xml", src)
+        if not valid:  # a truncated file seen mid-write would otherwise be rejected
+            src.write_bytes(src.read_bytes()[:1500])
+        with pytest.raises(InputChanged):
+            ingest_batch(src, config=cfg, store=store, now=datetime.now(UTC),
+                         unchanged=lambda: False)
+    with store.engine.connect() as c:
+        assert c.execute(input_files.select()).all() == []
+        assert c.execute(items.select()).all() == []
+
+
+def test_a_file_that_keeps_failing_is_set_aside_once(tmp_path: Path) -> None:
+    """An unlucky operator replaced the archive folder by a file: taking the batch out of the
+    inbox fails every time. After max_attempts it is quarantined with a report naming the
+    error, counted, and never retried in a loop; its notifications go out once."""
+    home = make_home(tmp_path / "home")
+    d = DaemonProcess(home).start()
+    try:
+        (home / "var" / "archive" / "kela").write_text("an operator's note")
+        drop(home, EXAMPLES / "decision-batch.xml", "poison.xml")
+        quarantine = home / "var" / "quarantine"
+        report = wait_for(lambda: list(quarantine.glob("*poison.xml.report.txt")), timeout=60,
+                          what="set aside")[0]  # type: ignore[index]
+        text = report.read_text()
+        assert "Set aside after 3 failed attempt(s)" in text
+        assert "Not a directory" in text and "its items are stored" in text
+        assert metric(d.metrics_port, "kela_broker_poison_files_total", source="kela") == 1
+        assert not (home / "inbox" / "kela" / "poison.xml").exists()
+        time.sleep(3)  # no further attempt: the attempts row is gone, nothing re-queued
+        with sqlite3.connect(home / "var" / "state.db") as c:
+            assert c.execute("select count(*) from input_attempts").fetchone()[0] == 0
+        assert len(delivered_ids(home / "outbox" / "helsinki")) == len(
+            set(delivered_ids(home / "outbox" / "helsinki")))
+    finally:
+        d.stop()
+
+
+def test_an_input_name_too_long_for_the_quarantine_is_still_answered_once(
+        daemon: DaemonProcess, tmp_path: Path) -> None:
+    home = daemon.home
+    bad = tmp_path / "bad.xml"
+    bad.write_text((EXAMPLES / "decision-batch.xml").read_text()
+                   .replace("021054X912P", "021054X912A"))  # a wrong check character
+    long_bad = "b" * 247 + ".xml"  # 251 bytes: with a time stamp it would not fit
+    long_good = "g" * 247 + ".xml"
+    for src, name in ((bad, long_bad), (EXAMPLES / "decision-batch.xml", long_good)):
+        tmp = home / "inbox" / "kela" / ".long.part"  # ".<name>.part" would not fit either
+        shutil.copyfile(src, tmp)
+        tmp.rename(home / "inbox" / "kela" / name)
+    quarantine = home / "var" / "quarantine"
+    reports = wait_for(lambda: list(quarantine.glob("*.report.txt")), what="rejected")
+    assert len(reports) == 1  # type: ignore[arg-type]
+    assert "INVALID_VALUE" in reports[0].read_text()  # type: ignore[index]
+    wait_for(lambda: list((home / "var" / "archive").rglob("*ggg*.xml")), what="archived")
+    assert not any((home / "inbox" / "kela").iterdir())
+    time.sleep(2.5)  # a rescan later: still one verdict each
+    assert len(list(quarantine.glob("*.report.txt"))) == 1
+    assert metric(daemon.metrics_port, "kela_broker_input_files_total", source="kela",
+                  status="rejected") == 1
+
+
+def used_home(tmp_path: Path) -> Path:
+    home = make_home(tmp_path / "home")
+    cli(home, "ingest", str(EXAMPLES / "decision-batch.xml"))
+    assert delivered_ids(home / "outbox" / "helsinki")
+    return home
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty"])
+def test_a_lost_state_database_is_refused_not_recreated(tmp_path: Path, damage: str) -> None:
+    home = used_home(tmp_path)
+    db = home / "var" / "state.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    if damage == "empty":
+        db.write_bytes(b"")
+    d = DaemonProcess(home).start(wait=False)
+    assert d.proc is not None and d.proc.wait(30) == 1
+    assert f"the state database is {damage}" in d.log() and "--initialise" in d.log()
+    assert "delivery file(s) in the outboxes" in d.log()
+    refused = cli(home, "status", check=False)
+    assert refused.returncode == 1 and "refusing to start" in refused.stderr
+    assert not db.exists() or db.stat().st_size == 0, "a new database was made anyway"
+
+    started = DaemonProcess(home)
+    started.proc = subprocess.Popen(
+        [*started_cmd(home), "--initialise"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (home / "var" / "run.json").exists(), what="started with --initialise")
+        assert cli(home, "status").returncode == 0
+    finally:
+        started.stop()
+
+
+def started_cmd(home: Path) -> list[str]:
+    from daemon_support import KELA_BROKER
+
+    return [KELA_BROKER, "--home", str(home), "run", "--sftp-listen", "127.0.0.1:0",
+            "--metrics-listen", "127.0.0.1:0"]
+
+
+def test_a_corrupt_database_fails_health_not_status(tmp_path: Path) -> None:
+    home = used_home(tmp_path)
+    d = DaemonProcess(home).start()
+    try:
+        assert health(d.metrics_port) == (200, "ok\n")
+        db = home / "var" / "state.db"
+        with db.open("r+b") as f:  # the same file, its pages overwritten
+            f.write(b"this is no longer a database" * 2000)
+        _, body = wait_for(lambda: (h := health(d.metrics_port))[0] == 503 and h,
+                              what="unhealthy")  # type: ignore[misc]
+        assert "state database unreadable" in body
+        out = cli(home, "status", check=False)
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert "state database" in out.stderr and "backup" in out.stderr
+    finally:
+        d.stop()
+
+
+def test_release_due_in_the_future_needs_force_and_is_audited(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    src = tmp_path / "nextday.xml"
+    write_batch(src, count=4, municipalities=["837"], types=["REDUCED_BASIC_AMOUNT"],
+                decision_date=datetime.now(UTC).date(), batch_id="ND", seed=2)
+    src.write_text(src.read_text().replace(' urgent="true"', ""))
+    cli(home, "ingest", str(src))
+    tomorrow = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    refused = cli(home, "release-due", "--now", tomorrow, check=False)
+    assert refused.returncode == 2 and "release held items early" in refused.stderr
+    assert status(home).get("held") == 4
+    no_reason = cli(home, "release-due", "--now", tomorrow, "--force", check=False)
+    assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+    cli(home, "release-due", "--now", tomorrow, "--force", "--reason", "county go-live test")
+    assert status(home).get("released") == 4
+    trail = cli(home, "audit", "show", "--json").stdout
+    assert "forced ahead of the real time; reason: county go-live test" in trail
+    cli(home, "release-due")  # the real time: allowed, and on the record too
+    assert cli(home, "audit", "show").stdout.count("release-due") == 2
