@@ -152,6 +152,7 @@ class _Reader:
         self.file = str(path)
         self.lines = text.splitlines()
         self.errors: list[ConfigError] = []
+        self.known: dict[str, set[str]] = {}  # section -> keys the loader reads
         self.org_lines = [i + 1 for i, ln in enumerate(self.lines)
                           if ln.strip().startswith("[[organisation]]")]
 
@@ -180,6 +181,7 @@ class _Reader:
 
     def get(self, table: Mapping[str, Any], section: str, key: str, kind: type | tuple[type, ...],
             default: Any = None, index: int | None = None) -> Any:
+        self.known.setdefault(section, set()).add(key)
         if key not in table:
             if default is None:
                 self.error("required key is missing", section, key, index)
@@ -257,6 +259,7 @@ def load_config(home: Path, path: Path | None = None, *, check_keys: bool = Fals
     )
     from broker.routing import check_routes
 
+    _unknown_keys(r, data)
     r.errors.extend(check_routes(config, r.file, r.line_of))
     if check_keys:
         for o in orgs:
@@ -267,6 +270,39 @@ def load_config(home: Path, path: Path | None = None, *, check_keys: bool = Fals
     if r.errors:
         raise ConfigErrors(r.errors)
     return config
+
+
+# Tables whose keys are free (type names, organisation ids) or read elsewhere.
+_FREE_TABLES = ("timing", "handover")
+_PUSH_KEYS = frozenset({"host", "port", "user", "key_file", "remote_dir", "known_hosts",
+                        "timeout"})
+
+
+def _unknown_keys(r: _Reader, data: Mapping[str, Any]) -> None:
+    """A misspelt key would silently keep its default: every unknown one is an error."""
+    for section, table in data.items():
+        if section in _FREE_TABLES:
+            continue
+        if section == "organisation" and isinstance(table, list):
+            own = (r.known.get("organisation", set()) - _PUSH_KEYS) | {"push", "authorized_keys"}
+            for i, org in enumerate(table):
+                for key in org if isinstance(org, dict) else ():
+                    if key not in own:
+                        r.error(f"unknown key {key!r}", "organisation", key, i)
+                push = org.get("push") if isinstance(org, dict) else None
+                for key in push if isinstance(push, dict) else ():
+                    if key not in _PUSH_KEYS:
+                        r.error(f"unknown key {key!r} in push; known: "
+                                f"{', '.join(sorted(_PUSH_KEYS))}", "organisation", "push", i)
+            continue
+        if section not in r.known or not isinstance(table, dict):
+            r.error(f"unknown section [{section}]; known: "
+                    f"{', '.join(sorted([*r.known, *_FREE_TABLES]))}", section)
+            continue
+        for key in table:
+            if key not in r.known[section]:
+                r.error(f"unknown key {key!r}; known: {', '.join(sorted(r.known[section]))}",
+                        section, key)
 
 
 def _positive(r: _Reader, table: Mapping[str, Any], key: str, default: int) -> int:

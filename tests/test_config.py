@@ -114,6 +114,36 @@ def test_missing_route_unknown_municipality_and_bad_values(home: Path) -> None:
     assert "has no route for" in text  # the emptied municipality lost its lists
 
 
+def test_misspelt_keys_and_sections_are_errors_with_their_lines(home: Path) -> None:
+    edit(home, "max_attempts = 3", "max_attempt = 3")
+    edit(home, "[metrics]", "[metrix]")
+    edit(home, 'language = "fi"', 'language = "fi"\nlangauge = "sv"')
+    edit(home, "[stagger]", "[handover]\nold-org = \"pirha\"\n\n[stagger]")
+    with pytest.raises(ConfigErrors) as exc:
+        load_config(home)
+    lines = (home / "config" / "broker.toml").read_text().splitlines()
+    text = str(exc.value)
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("max_attempt = 3")) + 1
+    assert f"broker.toml:{at}: broker.max_attempt: unknown key 'max_attempt'" in text
+    assert "unknown section [metrix]" in text
+    misspelt = lines.index('langauge = "sv"') + 1
+    assert f"broker.toml:{misspelt}" in text
+    assert "unknown key 'langauge'" in text
+    assert "old-org" not in text  # [handover] takes any old id
+    edit(home, "max_attempt = 3", "max_attempts = 3")
+    edit(home, "[metrix]", "[metrics]")
+    edit(home, 'langauge = "sv"', "")
+    assert load_config(home).handover == {"old-org": "pirha"}
+
+
+def test_handover_must_name_a_configured_successor_of_a_removed_id(home: Path) -> None:
+    edit(home, "[stagger]", '[handover]\npirha = "varha"\ngone = "nobody"\n\n[stagger]')
+    with pytest.raises(ConfigErrors) as exc:
+        load_config(home)
+    assert "'pirha' is still configured" in str(exc.value)
+    assert "hands over to 'nobody', which is not a configured organisation" in str(exc.value)
+
+
 def test_invalid_toml_names_the_line(home: Path) -> None:
     path = home / "config" / "broker.toml"
     path.write_text(path.read_text() + "\n[broken\n")

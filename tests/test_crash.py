@@ -103,3 +103,73 @@ def test_kill_minus_nine_during_ingest_and_release(tmp_path: Path) -> None:
     assert not list(inbox.glob("*.xml")), "input not archived"
     archived = list((home / "var" / "archive").rglob("*.xml"))
     assert len(archived) == BATCHES
+
+
+def test_kill_minus_nine_during_response_processing(tmp_path: Path) -> None:
+    """Organisations' responses (transfers and receipts) taken while the daemon is killed:
+    every upload gets exactly one verdict, one acknowledgement and, accepted, one forward;
+    every transferred notification reaches its new organisation in exactly one file."""
+    from response_support import receipt, response, transfer
+
+    home = make_home(tmp_path / "home")
+    toml = home / "config" / "broker.toml"
+    toml.write_text(re.sub(r"(?m)^max_attempts = \d+", "max_attempts = 100", toml.read_text()))
+    src = tmp_path / "county.xml"
+    count = 360  # under the stagger threshold: released at once
+    write_batch(src, count=count, municipalities=["837"], types=["UNEMPLOYED_UNDER_25"],
+                decision_date=date(2026, 11, 2), batch_id="RESP", seed=9)
+    cli_ingest(home, src)
+    released = ids_in_outbox(home)
+    assert len(released) == count
+    ids = sorted(released)
+    uploads = home / "inbox" / "pirha"
+    uploads.mkdir(parents=True, exist_ok=True)
+    responses = 60
+    transferred: set[str] = set()
+    for k in range(responses):
+        chunk = ids[k * 6:(k + 1) * 6]
+        body = [transfer(i, "853") for i in chunk[:4]] + [receipt(i) for i in chunk[4:]]
+        transferred |= set(chunk[:4])
+        tmp = uploads / f".r{k:03d}.xml.part"
+        tmp.write_bytes(response(*body, rid=f"R-{k}"))
+        tmp.rename(uploads / f"r{k:03d}.xml")
+    rng = random.Random(7)
+    kills = 0
+    d = DaemonProcess(home).start()
+    try:
+        while any(uploads.glob("r*.xml")) and kills < 8:
+            time.sleep(rng.uniform(0.05, 0.6))
+            d.kill9()
+            kills += 1
+            d = DaemonProcess(home).start()
+        wait_for(lambda: not any(uploads.glob("r*.xml")), timeout=120, what="all taken")
+        varha = home / "outbox" / "varha"
+        wait_for(lambda: len(ids_in_outbox_of(varha)) == len(transferred), timeout=120,
+                 what="every transfer delivered")
+    finally:
+        d.stop()
+    assert kills >= 2
+    in_varha = ids_in_outbox_of(varha)
+    assert set(in_varha) == transferred and all(n == 1 for n in in_varha.values())
+    acks = home / "outbox" / "pirha" / "acks"
+    names = sorted(p.name for p in acks.glob("*.ack.xml"))
+    assert names == [f"r{k:03d}.xml.ack.xml" for k in range(responses)]
+    assert all(b'status="ACCEPTED"' in (acks / n).read_bytes() for n in names)
+    assert not (acks / "history").exists() or not any((acks / "history").iterdir())
+    assert len(list((home / "outbox" / "kela").glob("response-pirha-*.xml"))) == responses
+    assert not list((home / "outbox").rglob(".*.part")), "a partial file was left visible"
+
+
+def cli_ingest(home: Path, src: Path) -> None:
+    from daemon_support import cli
+
+    cli(home, "ingest", str(src))
+
+
+def ids_in_outbox_of(folder: Path) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for path in folder.glob("D-*.xml"):
+        for _, el in etree.iterparse(str(path), tag="{*}Notification"):
+            seen[el.get("id")] += 1
+            el.clear()
+    return seen

@@ -177,3 +177,36 @@ def test_paramiko_client_downloads_with_its_defaults(exchange) -> None:  # type:
             sftp.open("/from-kela/new.xml", "w")
     finally:
         transport.close()
+
+
+def test_a_fixed_file_under_the_same_long_name_gets_the_current_ack(exchange) -> None:  # type: ignore[no-untyped-def]
+    """SPEC 7: acks/<name>.ack.xml is about the latest upload of that name, the earlier one
+    moves to acks/history/; a name too long for the quarantine's time stamp is answered once."""
+    daemon, clients = exchange
+    home: Path = daemon.home
+    pirha = clients["pirha"]
+    name = "v" * 240 + ".xml"  # with a time stamp in front it would not fit in one name
+    bad = (EXAMPLES / "municipality-response.xml").read_text().replace(
+        "FI1086094555154084", "FI1086094555154085")  # the IBAN check digits fail
+    (pirha.work / "fix.xml").write_text(bad)
+    up = pirha.batch(f"put fix.xml /to-kela/{name}")
+    assert up.returncode == 0, up.stderr
+    acks = home / "outbox" / "pirha" / "acks"
+    current = wait_for(lambda: list(acks.glob("v*.ack.xml")), what="first ack")
+    (first,) = current  # type: ignore[misc]
+    assert b'status="REJECTED"' in first.read_bytes()
+    wait_for(lambda: not (home / "inbox" / "pirha" / name).exists(), what="first settled")
+    assert len(list((home / "var" / "quarantine" / "pirha").glob("*.report.txt"))) == 1
+
+    shutil.copyfile(EXAMPLES / "municipality-response.xml", pirha.work / "fix.xml")
+    drop(home, EXAMPLES / "decision-batch.xml")  # so the response's notifications exist
+    wait_for(lambda: len(list((home / "outbox" / "pirha").glob("D-*.xml"))) == 2,
+             what="pirha deliveries")
+    up = pirha.batch(f"put fix.xml /to-kela/{name}")
+    assert up.returncode == 0, up.stderr
+    wait_for(lambda: first.exists() and b'status="ACCEPTED"' in first.read_bytes(),
+             what="the new current ack")
+    (old,) = (acks / "history").iterdir()
+    assert b'status="REJECTED"' in old.read_bytes() and old.name.endswith(".ack.xml")
+    listing = pirha.batch("ls -1 /from-kela/acks", "ls -1 /from-kela/acks/history")
+    assert listing.returncode == 0 and old.name in listing.stdout

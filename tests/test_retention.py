@@ -31,3 +31,41 @@ def test_purge_removes_only_files_retained_longer_than_the_period(tmp_path: Path
 
 def test_purge_of_a_missing_folder_is_a_no_op(tmp_path: Path) -> None:
     assert purge(tmp_path / "nothing", timedelta(days=1), datetime.now(UTC)) == []
+
+
+def test_every_retention_rule_of_a_home(tmp_path: Path) -> None:
+    """Archive, quarantine and retained copies by their own periods; stale temporary uploads
+    by stale_upload_hours, complete uploads waiting in /to-kela/ never."""
+    import shutil
+
+    from broker.config import load_config
+    from broker.retention import purge_all
+
+    home = tmp_path / "home"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "config", home / "config",
+                    ignore=shutil.ignore_patterns("keys"))
+    cfg = load_config(home)
+    files = {
+        "archive": home / "var" / "archive" / "kela" / "2026-01-01" / "a.xml",
+        "quarantine": home / "var" / "quarantine" / "q.xml",
+        "retained": home / "var" / "retained" / "pirha" / "D-x.xml",
+        "part": home / "inbox" / "pirha" / "upload.xml.part",
+        "partial": home / "inbox" / "pirha" / "upload.xml.partial",
+        "complete": home / "inbox" / "pirha" / "waiting.xml",
+    }
+    for path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    made = max(os.lstat(p).st_ctime for p in files.values())
+    # One hour past stale_upload_hours: only the temporary uploads go.
+    at = datetime.fromtimestamp(made, UTC) + timedelta(hours=cfg.stale_upload_hours + 1)
+    for path in (files["part"], files["partial"], files["complete"]):
+        os.utime(path, (made - 3600, made - 3600))
+    assert purge_all(cfg, at) == 2
+    assert not files["part"].exists() and not files["partial"].exists()
+    assert all(files[k].exists() for k in ("archive", "quarantine", "retained", "complete"))
+    # Past every period: the broker's own copies go, the waiting upload stays.
+    later = datetime.fromtimestamp(made, UTC) + timedelta(
+        days=max(cfg.archive_days, cfg.quarantine_days, cfg.retention_days) + 1)
+    assert purge_all(cfg, later) == 3
+    assert files["complete"].exists() and (home / "var" / "archive").is_dir()
