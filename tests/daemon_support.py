@@ -170,3 +170,18 @@ def delivered_ids(folder: Path) -> list[str]:
         for _, el in etree.iterparse(str(path), tag="{*}Notification"):
             ids.append(el.get("id"))
     return ids
+
+
+def wait_released(daemon: DaemonProcess, archived: int) -> None:
+    """Wait until ``archived`` batches are archived and a release pass that began after
+    the last of them has finished: every delivery due from them is then on disk."""
+    archive = daemon.home / "var" / "archive"
+
+    def done() -> bool:
+        files = list(archive.rglob("*.xml"))
+        if len(files) < archived:
+            return False
+        newest = max(f.stat().st_mtime for f in files)
+        return metric(daemon.metrics_port, "kela_broker_last_release_pass_timestamp") >= newest
+
+    wait_for(done, what=f"{archived} archived batch(es) released")
