@@ -19,11 +19,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check broker adapters schemas tests bench
 	$(BIN)/mypy
 
-# lftp is one of the SFTP clients integrators use; its end-to-end test needs it.
+# lftp and rclone are clients many municipal integrations script; their end-to-end
+# tests need them (Debian's packages, installed when run as root).
+CLIENT_PACKAGES := lftp rclone
 clients:
-	@command -v lftp >/dev/null || { [ "$$(id -u)" = 0 ] && \
-		(apt-get update -qq && apt-get install -y -qq lftp) >/dev/null 2>&1; } || \
-		echo "note: could not install lftp; its test is skipped"
+	@missing=""; for p in $(CLIENT_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		{ [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null 2>&1; } || \
+		echo "note: could not install$$missing; their tests are skipped"; fi
 
 test: lint clients
 	$(BIN)/pytest -q -n 2 tests

@@ -109,10 +109,10 @@ def test_asyncssh_put_preserve(broker: Broker, tmp_path: Path) -> None:
     os.utime(local, (1_700_000_000, 1_700_000_000))
 
     async def run() -> None:
-        async with asyncssh.connect("127.0.0.1", broker.port, username=ORG,
-                                    client_keys=[str(broker.key)], known_hosts=None) as conn:
-            async with conn.start_sftp_client() as sftp:
-                await sftp.put(str(local), f"/to-kela/{name}", preserve=True)
+        async with (asyncssh.connect("127.0.0.1", broker.port, username=ORG,
+                                     client_keys=[str(broker.key)], known_hosts=None) as conn,
+                    conn.start_sftp_client() as sftp):
+            await sftp.put(str(local), f"/to-kela/{name}", preserve=True)
 
     asyncio.run(run())
     assert_one_accepted_ack(broker, name)
