@@ -50,6 +50,13 @@ class DaemonProcess:
     proc: subprocess.Popen[bytes] | None = None
     info: dict[str, object] = field(default_factory=dict)
     log_path: Path | None = None
+    nofile: int | None = None  # RLIMIT_NOFILE (soft and hard) for the daemon, if set
+
+    def _limits(self) -> None:
+        import resource
+
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def start(self, wait: bool = True) -> DaemonProcess:
         run_file = self.home / "var" / "run.json"
@@ -59,7 +66,8 @@ class DaemonProcess:
         self.proc = subprocess.Popen(
             [KELA_BROKER, "--home", str(self.home), "run", "--sftp-listen", "127.0.0.1:0",
              "--metrics-listen", "127.0.0.1:0"],
-            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=self._limits if self.nofile is not None else None)
         log.close()
         if wait:
             wait_for(lambda: run_file.exists() or self.proc.poll() is not None,  # type: ignore[union-attr]
@@ -122,13 +130,21 @@ def drop(home: Path, source: Path, name: str | None = None) -> Path:
 
 
 def set_keys(home: Path, section: str, **values: object) -> None:
-    """Put ``key = value`` lines at the top of ``[section]`` of the home's broker.toml."""
+    """Set ``key = value`` in ``[section]`` of the home's broker.toml (replacing the key
+    where the section already has it)."""
     import re
 
     cfg = home / "config" / "broker.toml"
-    lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
     text = cfg.read_text()
     header = re.compile(rf"^\[{re.escape(section)}\]\n", re.MULTILINE)
+    m = header.search(text)
+    if m:
+        end = text.find("\n[", m.end())
+        body = text[m.end():end if end >= 0 else len(text)]
+        for k in values:
+            body = re.sub(rf"^{re.escape(k)}\s*=.*\n", "", body, flags=re.MULTILINE)
+        text = text[:m.end()] + body + (text[end:] if end >= 0 else "")
+    lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
     if header.search(text):
         text = header.sub(lambda m: m.group(0) + lines, text, count=1)
     else:
