@@ -38,7 +38,7 @@ def drop_ignore_packets(conn: asyncssh.SSHServerConnection) -> Callable[[], int]
 
     Returns a function giving how many were dropped (for the test that proves the patch
     still applies)."""
-    send: Callable[..., None] = conn.send_packet  # type: ignore[attr-defined]
+    send: Callable[..., None] = conn.send_packet
     dropped = 0
 
     def send_packet(pkttype: int, *args: bytes, handler: Any = None) -> None:
@@ -50,7 +50,7 @@ def drop_ignore_packets(conn: asyncssh.SSHServerConnection) -> Callable[[], int]
 
     # asyncssh calls self.send_packet(MSG_IGNORE, ...) from inside send_packet: an
     # instance attribute is found first, so the recursive call comes back here.
-    conn.send_packet = send_packet  # type: ignore[attr-defined]
+    conn.send_packet = send_packet  # type: ignore[method-assign]
     return lambda: dropped
 
 
