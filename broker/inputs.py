@@ -100,8 +100,12 @@ class Inputs:
         self.metrics.files.labels(source="kela", status=outcome.status).inc()
         if outcome.status == "rejected":
             self._quarantine(path, "kela", now, report_text(outcome))
+            # Codes and lines only: messages may quote the batch's values (names, phones);
+            # the whole findings are in the private quarantine report.
+            first = outcome.problems[0] if outcome.problems else None
             log.warning("batch rejected", file=outcome.file, problems=len(outcome.problems),
-                        first=str(outcome.problems[0]) if outcome.problems else None)
+                        first_code=first.code if first else None,
+                        first_line=first.line if first else None)
             return
         self._archive(path, "kela", now)
         log.info("batch accepted", file=outcome.file, status=outcome.status, new=outcome.new,

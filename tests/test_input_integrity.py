@@ -199,7 +199,7 @@ def test_a_corrupt_database_fails_health_not_status(tmp_path: Path) -> None:
         with db.open("r+b") as f:  # the same file, its pages overwritten
             f.write(b"this is no longer a database" * 2000)
         _, body = wait_for(lambda: (h := health(d.metrics_port))[0] == 503 and h,
-                              what="unhealthy")  # type: ignore[misc]
+                              timeout=60, what="unhealthy")  # type: ignore[misc]
         assert "state database unreadable" in body
         out = cli(home, "status", check=False)
         assert out.returncode == 1 and "Traceback" not in out.stderr

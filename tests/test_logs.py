@@ -30,3 +30,22 @@ def test_standard_library_loggers_are_masked_and_rendered_too(capsys) -> None:  
     event = json.loads(line)
     assert event["event"] == "upload by 170953-**** done"
     assert event["logger"] == "adapters.sftp_server" and event["level"] == "info"
+
+
+def test_phone_numbers_are_masked_but_names_and_numbers_of_files_are_not() -> None:
+    assert logs.redact("call +358 40 1234567 or 040-7654321 now") == "call <phone> or <phone> now"
+    for kept in ("D-pirha-IMMIGRANT-20261203T073100Z-000012.xml", "read 1048576 of 1048576",
+                 "2026-12-03T07:31:00Z", "attempt 3 of 3"):
+        assert logs.redact(kept) == kept
+
+
+def test_a_traceback_in_a_log_line_is_masked(capsys) -> None:  # type: ignore[no-untyped-def]
+    logs.configure(json=True)
+    log = structlog.get_logger("t")
+    try:
+        raise ValueError("bad person 170953-927T, phone +358401234567")
+    except ValueError:
+        log.exception("handling failed")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "927T" not in line and "401234567" not in line
+    assert "170953-****" in json.loads(line)["exception"]
