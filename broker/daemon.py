@@ -337,6 +337,7 @@ class Daemon:
         return [cfg.inbox / "kela", *(cfg.inbox / o.id for o in cfg.organisations)]
 
     def _audit_event(self, event: AuditEvent) -> None:
+        self.metrics.observe_sftp(event)
         self.audit.record(event, utcnow())
 
     def _pushed(self, org: str, rel: str, size: int, remote: str) -> None:

@@ -5,7 +5,17 @@ Serving them over HTTP is an adapter's job (adapters/metrics_http.py).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class SftpEvent(Protocol):
+    """What the SFTP metrics read of an audit event (broker.audit.AuditEvent)."""
+
+    action: str
+    org: str | None
+    size: int | None
 
 
 class Metrics:
@@ -47,3 +57,29 @@ class Metrics:
                                        "Background threads found dead and restarted",
                                        ["thread"], registry=r)
         self.healthy = Gauge("kela_broker_healthy", "1 when /healthz says ok", registry=r)
+        self.sftp_sessions = Gauge("kela_broker_sftp_sessions",
+                                   "SFTP sessions logged in now", ["organisation"], registry=r)
+        self.sftp_logins = Counter("kela_broker_sftp_logins", "SFTP login attempts by result",
+                                   ["organisation", "result"], registry=r)
+        self.sftp_bans = Counter("kela_broker_sftp_bans", "Clients banned after failed logins",
+                                 registry=r)
+        self.sftp_bytes = Counter("kela_broker_sftp_bytes",
+                                  "File bytes downloaded (out) and uploaded (in)",
+                                  ["organisation", "direction"], registry=r)
+
+    def observe_sftp(self, event: SftpEvent) -> None:
+        """Count what the SFTP server reports (its audit events) into the metrics."""
+        org = event.org or "unknown"  # an unknown user name is not a label of its own
+        if event.action == "login":
+            self.sftp_sessions.labels(organisation=org).inc()
+            self.sftp_logins.labels(organisation=org, result="ok").inc()
+        elif event.action == "logout":
+            self.sftp_sessions.labels(organisation=org).dec()
+        elif event.action in ("login_failed", "session_refused"):
+            result = "failed" if event.action == "login_failed" else "refused"
+            self.sftp_logins.labels(organisation=org, result=result).inc()
+        elif event.action == "ban":
+            self.sftp_bans.inc()
+        elif event.action in ("download", "upload") and event.size:
+            direction = "out" if event.action == "download" else "in"
+            self.sftp_bytes.labels(organisation=org, direction=direction).inc(event.size)

@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncssh
 import paramiko
 import pytest
-from daemon_support import EXAMPLES, DaemonProcess, drop, keygen, make_home, wait_for
+from daemon_support import EXAMPLES, DaemonProcess, drop, keygen, make_home, metric, wait_for
 from latency_proxy import LatencyProxy
 from lxml import etree
 
@@ -36,6 +36,7 @@ class Broker:
     home: Path
     key: Path
     port: int  # the proxy's port: every client goes through the latency
+    metrics_port: int
 
     @property
     def outbox(self) -> Path:
@@ -56,7 +57,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         wait_for(lambda: len(list((home / "outbox" / ORG).glob("D-*.xml"))) == 2,
                  what="deliveries")
         with LatencyProxy(("127.0.0.1", d.sftp_port), rtt=RTT) as proxy:
-            yield Broker(home, key, proxy.port)
+            yield Broker(home, key, proxy.port, d.metrics_port)
     finally:
         d.stop()
 
@@ -97,11 +98,21 @@ def test_paramiko_put_with_confirm(broker: Broker, tmp_path: Path) -> None:
         assert attrs.st_size == local.stat().st_size
         names = sorted(n for n in sftp.listdir("/from-kela") if n.startswith("D-"))
         got = tmp_path / "got.xml"
+        out_before = metric(broker.metrics_port, "kela_broker_sftp_bytes_total",
+                            organisation=ORG, direction="out")
         sftp.get(f"/from-kela/{names[0]}", str(got))
         assert got.read_bytes() == (broker.outbox / names[0]).read_bytes()
     finally:
         sftp.close()
     assert_one_accepted_ack(broker, name)
+    # The SFTP metrics saw the login, the upload and the download.
+    assert metric(broker.metrics_port, "kela_broker_sftp_logins_total",
+                  organisation=ORG, result="ok") >= 1
+    assert metric(broker.metrics_port, "kela_broker_sftp_bytes_total", organisation=ORG,
+                  direction="in") >= local.stat().st_size
+    wait_for(lambda: metric(broker.metrics_port, "kela_broker_sftp_bytes_total",
+                            organisation=ORG, direction="out") - out_before == got.stat().st_size,
+             what="download counted")
 
 
 def test_asyncssh_put_preserve(broker: Broker, tmp_path: Path) -> None:
