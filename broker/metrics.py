@@ -13,9 +13,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 class SftpEvent(Protocol):
     """What the SFTP metrics read of an audit event (broker.audit.AuditEvent)."""
 
-    action: str
-    org: str | None
-    size: int | None
+    @property
+    def action(self) -> str: ...
+    @property
+    def org(self) -> str | None: ...
+    @property
+    def size(self) -> int | None: ...
 
 
 class Metrics:
