@@ -36,6 +36,7 @@ _CIPHERS_WANTED = (
 )
 _MACS_WANTED = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
 HOST_KEY_ALGS = ("ssh-ed25519",)
+HOST_KEY_FILE = "ssh_host_ed25519_key"  # under the home's var/, made by `kela-broker init`
 # Client key signature algorithms: no SHA-1 ("ssh-rsa"), no DSA.
 SIGNATURE_ALGS = (
     "ssh-ed25519",
@@ -160,3 +161,28 @@ class AuthorizedKeys:
         with self._lock:
             self._cache[org] = _KeysEntry(stamp, keys)
         return keys
+
+
+@dataclass(frozen=True)
+class HostKeyLines:
+    """What an integrator pins before the first connection."""
+
+    fingerprint: str  # SHA256:... (OpenSSH's first-use prompt, WinSCP's dialog)
+    known_hosts: str  # a line for ~/.ssh/known_hosts
+    putty: str  # PuTTY/psftp/WinSCP -hostkey value, e.g. "ssh-ed25519 255 SHA256:..."
+
+
+def host_key_lines(key: asyncssh.SSHKey, host: str, port: int) -> HostKeyLines:
+    public = key.convert_to_public()
+    public.set_comment(None)
+    blob = public.export_public_key("openssh").decode("ascii").strip()
+    # OpenSSH writes a non-default port as "[host]:port" (sshd(8), SSH_KNOWN_HOSTS FORMAT).
+    name = host if port == 22 else f"[{host}]:{port}"
+    fp = fingerprint(key)
+    # The host key is always ed25519 (load_or_create_host_key), which PuTTY calls 255 bits.
+    return HostKeyLines(fp, f"{name} {blob}", f"{key.get_algorithm()} 255 {fp}")
+
+
+def read_host_key(path: Path) -> asyncssh.SSHKey:
+    """The existing host key (OSError when there is none yet)."""
+    return asyncssh.read_private_key(path)
