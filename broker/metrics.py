@@ -5,7 +5,16 @@ Serving them over HTTP is an adapter's job (adapters/metrics_http.py).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from broker.audit import AuditEvent
+
+# SFTP audit actions counted as metrics: action -> (counter attribute, label when no org)
+_SFTP_COUNTED = {"login": "sftp_logins", "login_failed": "sftp_login_failures",
+                 "preauth_error": "sftp_login_failures", "ban": "sftp_bans"}
 
 
 class Metrics:
@@ -47,3 +56,20 @@ class Metrics:
                                        "Background threads found dead and restarted",
                                        ["thread"], registry=r)
         self.healthy = Gauge("kela_broker_healthy", "1 when /healthz says ok", registry=r)
+        # Labelled by organisation; "-" for unknown users and pre-login errors (an
+        # attacker's user names must not become label values).
+        self.sftp_logins = Counter("kela_broker_sftp_logins", "Successful SFTP logins",
+                                   ["organisation"], registry=r)
+        self.sftp_login_failures = Counter(
+            "kela_broker_sftp_login_failures",
+            "Failed SFTP logins and protocol errors before login", ["organisation"], registry=r)
+        self.sftp_bans = Counter("kela_broker_sftp_bans",
+                                 "Bans started after repeated failures", ["organisation"],
+                                 registry=r)
+
+    def observe_sftp(self, event: AuditEvent) -> None:
+        """Count an SFTP server audit event (call from the server's on_event)."""
+        name = _SFTP_COUNTED.get(event.action)
+        if name is not None:
+            counter: Counter = getattr(self, name)
+            counter.labels(organisation=event.org or "-").inc()
