@@ -165,6 +165,8 @@ class _Connection(asyncssh.SSHServer):
         return True
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if self._close_reason == "banned":
+            return False  # the disconnect is on its way; even the right key gets nothing
         ok = False
         if username in self._service.organisations:
             keys = self._service.keys.get(username)

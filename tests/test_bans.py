@@ -163,8 +163,12 @@ def test_it_provider_keeps_its_other_organisations_and_is_told_until_when(
     refused = _openssh(running, "alpha", running.keys["alpha"])
     assert refused.returncode != 0
     assert "banned until 20" in refused.stderr and "127.0.0.1 as alpha" in refused.stderr
-    # ...and the refusal is not another failure that would extend the ban.
+    # paramiko sends its signed key in the first request: still refused.
+    with pytest.raises((paramiko.SSHException, EOFError, OSError)):
+        running.transport("alpha").close()
+    # ...never counts as a login, and is not another failure that would extend the ban.
     assert len(running.actions("login_failed")) == 3
+    assert running.actions("login") == []
     # beta, served by the same provider from the same address, works as before.
     ok = _openssh(running, "beta", running.keys["beta"])
     assert ok.returncode == 0, ok.stderr
