@@ -30,6 +30,7 @@ from pathlib import Path
 
 from broker.fsutil import atomic_write
 
+BANS_FILE = "bans.json"  # under the home's var/: SftpOptions.bans_path, `kela-broker bans`
 _MAX_COUNTERS = 10_000  # bounded memory under a scan from many addresses
 
 

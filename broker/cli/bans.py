@@ -12,10 +12,8 @@ import click
 from rich.table import Table
 
 from broker.audit import AuditEvent
-from broker.bans import BanStore
+from broker.bans import BANS_FILE, BanStore
 from broker.cli.common import Home, console, fail, home_of
-
-BANS_FILE = "bans.json"  # under var/; the daemon's SftpOptions.bans_path
 
 
 def _store(home: Home) -> BanStore:
