@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,21 +26,25 @@ import asyncssh
 from adapters.sftp_fs import JailedSftp, SessionContext
 from adapters.sftp_paths import Jail
 from adapters.ssh_policy import (
-    ENCRYPTION_ALGS,
-    KEX_ALGS,
-    MAC_ALGS,
     SIGNATURE_ALGS,
     AuthorizedKeys,
-    BanList,
+    algorithm_profile,
     fingerprint,
     load_or_create_host_key,
 )
 from broker.audit import AuditEvent
+from broker.bans import Ban, BanList
 
 log = logging.getLogger(__name__)
 
+# Seconds a banned address may take to reach its first auth request (where it is told).
+BANNED_GRACE = 10.0
 # Failed key offers tolerated per connection before it is dropped (OpenSSH: 6).
 MAX_AUTH_TRIES = 6
+# Connection errors before login that count towards a ban of the address: protocol
+# violations, not a client that merely could not agree on algorithms or hung up.
+_GARBAGE = (asyncssh.ProtocolError, asyncssh.ProtocolNotSupported, asyncssh.MACError,
+            asyncssh.IllegalUserName)
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ class SftpOptions:
     ban_after_failures: int = 5
     ban_window: float = 600
     ban_seconds: float = 900
+    algorithms: str = "modern"  # [sftp] algorithms: "modern" | "compatible"
+    bans_path: Path | None = None  # var/bans.json, shared with `kela-broker bans`
 
 
 class _WritingSet:
@@ -96,6 +103,7 @@ class _Connection(asyncssh.SSHServer):
         self._last_activity = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._close_reason: str | None = None
+        self._banned_at_connect: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -103,24 +111,43 @@ class _Connection(asyncssh.SSHServer):
         self._conn = conn
         peer = conn.get_extra_info("peername")
         self.address = str(peer[0]) if peer else "?"
-        loop = asyncio.get_running_loop()
-        if self._service.bans.is_banned(self.address, loop.time()):
-            log.warning("sftp: refused connection from banned address %s", self.address)
-            self._close_reason = "banned"
-            conn.close()
-            return
         self._service.connections.add(self)
+        ban = self._service.bans.banned(self.address, None, time.time())
+        if ban is not None:
+            # Told at its first auth request (begin_auth), after the key exchange, when
+            # the client is waiting to read: a disconnect right after our version line
+            # races the client's own KEXINIT, and it reports a broken pipe instead of
+            # the reason. One that never gets that far is closed after a short grace.
+            self._banned_at_connect = asyncio.get_running_loop().call_later(
+                BANNED_GRACE, self._refuse_banned, ban)
+
+    def _refuse_banned(self, ban: Ban) -> None:
+        if self._close_reason == "banned":
+            return
+        log.warning("sftp: refused %s: banned until %s", self.address, ban.until_text())
+        self._close_reason = "banned"
+        conn = self._conn
+        assert conn is not None
+        asyncio.get_running_loop().call_soon(
+            conn.disconnect, asyncssh.DISC_HOST_NOT_ALLOWED_TO_CONNECT, ban.message())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._service.connections.discard(self)
+        if self._banned_at_connect is not None:
+            self._banned_at_connect.cancel()
+            self._close_reason = self._close_reason or "banned"  # not a new failure
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         if self.org is not None:
             self._service.session_ended(self.org)
             detail = self._close_reason or (str(exc) if exc else None)
             self._service.emit(AuditEvent("logout", self.org, self.address, detail=detail))
-        elif self.username is not None and self._close_reason != "too many sessions":
+        elif self._close_reason in ("too many sessions", "banned"):
+            pass
+        elif self.username is not None:
             self._service.login_failed(self.username, self.address)
+        elif isinstance(exc, _GARBAGE):
+            self._service.preauth_garbage(self.address, exc)
 
     def close(self, reason: str) -> None:
         self._close_reason = reason
@@ -131,6 +158,10 @@ class _Connection(asyncssh.SSHServer):
 
     def begin_auth(self, username: str) -> bool:
         self.username = username
+        org = username if username in self._service.organisations else None
+        ban = self._service.bans.banned(self.address, org, time.time())
+        if ban is not None:
+            self._refuse_banned(ban)
         return True  # authentication is always required
 
     def password_auth_supported(self) -> bool:
@@ -146,6 +177,8 @@ class _Connection(asyncssh.SSHServer):
         return True
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if self._close_reason == "banned":
+            return False  # the disconnect is on its way; even the right key gets nothing
         ok = False
         if username in self._service.organisations:
             keys = self._service.keys.get(username)
@@ -176,6 +209,7 @@ class _Connection(asyncssh.SSHServer):
             )
             return
         self.org = org
+        self._service.bans.record_success(self.address, org)
         self._service.emit(AuditEvent("login", org, self.address))
         self.touch()
         self._arm_idle_timer(self._service.options.idle_timeout)
@@ -214,7 +248,9 @@ class SftpService:
         self._on_upload_closed = on_upload_closed
         self.organisations = options.organisations
         self.keys = AuthorizedKeys(options.keys_dir)
-        self.bans = BanList(options.ban_after_failures, options.ban_window, options.ban_seconds)
+        self.bans = BanList(options.ban_after_failures, options.ban_window, options.ban_seconds,
+                            options.bans_path)
+        self.algorithms = algorithm_profile(options.algorithms)
         self.connections: set[_Connection] = set()
         self._sessions: Counter[str] = Counter()
         self._writing = _WritingSet()
@@ -236,9 +272,9 @@ class SftpService:
             server_factory=lambda: _Connection(self),
             server_host_keys=[self._host_key],
             server_version="KelaBroker",
-            kex_algs=list(KEX_ALGS),
-            encryption_algs=list(ENCRYPTION_ALGS),
-            mac_algs=list(MAC_ALGS),
+            kex_algs=list(self.algorithms.kex),
+            encryption_algs=list(self.algorithms.encryption),
+            mac_algs=list(self.algorithms.mac),
             compression_algs=["none"],
             signature_algs=list(SIGNATURE_ALGS),
             sftp_factory=self._make_sftp,
@@ -286,20 +322,24 @@ class SftpService:
             log.exception("sftp: recording audit event %s failed", event.action)
 
     def login_failed(self, username: str, address: str) -> None:
+        # Per (address, organisation): one organisation's wrong key at an IT provider
+        # serving several does not lock out the others. Unknown users: per address.
         org = username if username in self.organisations else None
         self.emit(AuditEvent("login_failed", org, address, detail=f"user {username[:100]!r}"))
-        now = asyncio.get_running_loop().time()
-        if self.bans.record_failure(address, now):
-            log.warning("sftp: banning %s for %ss", address, self.options.ban_seconds)
-            self.emit(
-                AuditEvent(
-                    "ban",
-                    None,
-                    address,
-                    detail=f"{self.options.ban_after_failures} failed logins within "
-                    f"{self.options.ban_window:g}s; banned for {self.options.ban_seconds:g}s",
-                )
-            )
+        self._count_failure(address, org)
+
+    def preauth_garbage(self, address: str, exc: Exception) -> None:
+        """A client broke the protocol before logging in (scanners, fuzzers)."""
+        self.emit(AuditEvent("preauth_error", None, address, detail=type(exc).__name__))
+        self._count_failure(address, None)
+
+    def _count_failure(self, address: str, org: str | None) -> None:
+        ban = self.bans.record_failure(address, org, time.time())
+        if ban is not None:
+            log.warning("sftp: banning %s%s until %s", address, f" as {org}" if org else "",
+                        ban.until_text())
+            self.emit(AuditEvent("ban", org, address,
+                                 detail=f"{ban.reason}; banned until {ban.until_text()}"))
 
     def session_started(self, org: str) -> bool:
         if self._sessions[org] >= self.options.max_sessions_per_org:

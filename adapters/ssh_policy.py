@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ _CIPHERS_WANTED = (
 )
 _MACS_WANTED = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
 HOST_KEY_ALGS = ("ssh-ed25519",)
+HOST_KEY_FILE = "ssh_host_ed25519_key"  # under the home's var/, made by `kela-broker init`
 # Client key signature algorithms: no SHA-1 ("ssh-rsa"), no DSA.
 SIGNATURE_ALGS = (
     "ssh-ed25519",
@@ -50,6 +50,18 @@ SIGNATURE_ALGS = (
 )
 
 
+# What "compatible" adds, for clients without AEAD ciphers or etm MACs: libssh2
+# 1.10 (Debian 12's curl), SSH.NET before 2024.0, JSch forks before 0.2.x.
+# Measured with ssh-audit 3.x (tests/test_ssh_policy.py): left out are
+# ecdh-sha2-nistp256 (ssh-audit FAIL: NIST curve) and diffie-hellman-group14-sha256
+# (warn: 2048-bit modulus); curve25519 and group16 serve those clients instead.
+# The non-etm MACs carry ssh-audit's one "encrypt-and-MAC" warning: libssh2 1.10
+# has no other MAC, and strict key exchange (Terrapin) is still enforced.
+_COMPAT_KEX = ("diffie-hellman-group16-sha512",)
+_COMPAT_CIPHERS = ("aes128-ctr", "aes256-ctr")
+_COMPAT_MACS = ("hmac-sha2-256", "hmac-sha2-512")
+
+
 def _available(wanted: tuple[str, ...], offered: list[bytes]) -> tuple[str, ...]:
     have = {a.decode("ascii") for a in offered}
     return tuple(a for a in wanted if a in have)
@@ -58,6 +70,33 @@ def _available(wanted: tuple[str, ...], offered: list[bytes]) -> tuple[str, ...]
 KEX_ALGS = _available(_KEX_WANTED, get_kex_algs())
 ENCRYPTION_ALGS = _available(_CIPHERS_WANTED, get_encryption_algs())
 MAC_ALGS = _available(_MACS_WANTED, get_mac_algs())
+
+
+@dataclass(frozen=True)
+class AlgorithmProfile:
+    """The algorithm lists handed to ``asyncssh.listen`` (server preference order)."""
+
+    name: str
+    kex: tuple[str, ...]
+    encryption: tuple[str, ...]
+    mac: tuple[str, ...]
+
+
+PROFILES = {
+    "modern": AlgorithmProfile("modern", KEX_ALGS, ENCRYPTION_ALGS, MAC_ALGS),
+    # The additions go last: a client that speaks both still gets the modern choice.
+    "compatible": AlgorithmProfile(
+        "compatible",
+        KEX_ALGS + _available(_COMPAT_KEX, get_kex_algs()),
+        ENCRYPTION_ALGS + _available(_COMPAT_CIPHERS, get_encryption_algs()),
+        MAC_ALGS + _available(_COMPAT_MACS, get_mac_algs()),
+    ),
+}
+
+
+def algorithm_profile(name: str) -> AlgorithmProfile:
+    """``[sftp] algorithms``; the config loader has already refused other names."""
+    return PROFILES[name]
 
 
 def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
@@ -124,42 +163,26 @@ class AuthorizedKeys:
         return keys
 
 
-class BanList:
-    """Addresses with too many failed logins in a window are refused for a while."""
+@dataclass(frozen=True)
+class HostKeyLines:
+    """What an integrator pins before the first connection."""
 
-    def __init__(self, failures: int, window: float, ban_seconds: float) -> None:
-        self._failures = failures
-        self._window = window
-        self._ban_seconds = ban_seconds
-        self._recent: dict[str, deque[float]] = {}
-        self._banned_until: dict[str, float] = {}
+    fingerprint: str  # SHA256:... (OpenSSH's first-use prompt, WinSCP's dialog)
+    known_hosts: str  # a line for ~/.ssh/known_hosts
+    putty: str  # PuTTY/psftp/WinSCP -hostkey value, e.g. "ssh-ed25519 255 SHA256:..."
 
-    def is_banned(self, address: str, now: float) -> bool:
-        until = self._banned_until.get(address)
-        if until is None:
-            return False
-        if now >= until:
-            del self._banned_until[address]
-            return False
-        return True
 
-    def record_failure(self, address: str, now: float) -> bool:
-        """Count one failed login; True when this failure starts a ban."""
-        if self._failures <= 0:
-            return False
-        recent = self._recent.setdefault(address, deque())
-        recent.append(now)
-        while recent and recent[0] <= now - self._window:
-            recent.popleft()
-        if len(recent) >= self._failures:
-            del self._recent[address]
-            self._banned_until[address] = now + self._ban_seconds
-            return True
-        self._prune(now)
-        return False
+def host_key_lines(key: asyncssh.SSHKey, host: str, port: int) -> HostKeyLines:
+    public = key.convert_to_public()
+    public.set_comment(None)
+    blob = public.export_public_key("openssh").decode("ascii").strip()
+    # OpenSSH writes a non-default port as "[host]:port" (sshd(8), SSH_KNOWN_HOSTS FORMAT).
+    name = host if port == 22 else f"[{host}]:{port}"
+    fp = fingerprint(key)
+    # The host key is always ed25519 (load_or_create_host_key), which PuTTY calls 255 bits.
+    return HostKeyLines(fp, f"{name} {blob}", f"{key.get_algorithm()} 255 {fp}")
 
-    def _prune(self, now: float) -> None:
-        # Bounded memory under a scan from many addresses.
-        if len(self._recent) > 10_000:
-            for addr in [a for a, d in self._recent.items() if d[-1] <= now - self._window]:
-                del self._recent[addr]
+
+def read_host_key(path: Path) -> asyncssh.SSHKey:
+    """The existing host key (OSError when there is none yet)."""
+    return asyncssh.read_private_key(path)

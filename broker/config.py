@@ -78,6 +78,9 @@ class SftpSettings:
     max_sessions_total: int = 1000
     max_handles_per_session: int = 64
     upload_quota_bytes: int = 2048 * 1024**2  # waiting in one organisation's /to-kela/
+    # "modern" (AEAD ciphers, etm MACs only) or "compatible" (adds aes-ctr and
+    # hmac-sha2 for libssh2 1.10/curl, older SSH.NET and JSch; see README).
+    algorithms: str = "modern"
 
 
 @dataclass(frozen=True)
@@ -401,7 +404,20 @@ def _sftp(r: _Reader, table: Mapping[str, Any]) -> SftpSettings:
                                       d.max_handles_per_session),
         upload_quota_bytes=r.get(table, "sftp", "upload_quota_mb", int,
                                  d.upload_quota_bytes // 1024**2) * 1024**2,
+        algorithms=_algorithms(r, table, d.algorithms),
     )
+
+
+ALGORITHM_PROFILES = ("modern", "compatible")
+
+
+def _algorithms(r: _Reader, table: Mapping[str, Any], default: str) -> str:
+    value = r.get(table, "sftp", "algorithms", str, default)
+    if value not in ALGORITHM_PROFILES:
+        r.error(f"algorithms must be one of {', '.join(ALGORITHM_PROFILES)}, found {value!r}",
+                "sftp", "algorithms")
+        return default
+    return str(value)
 
 
 def _organisation(r: _Reader, raw: Mapping[str, Any], i: int, home: Path,

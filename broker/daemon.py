@@ -29,6 +29,7 @@ from adapters.sftp_server import SftpOptions, SftpService
 from adapters.watcher import FolderWatcher
 from broker import logs, pushes
 from broker.audit import AuditEvent, AuditLog
+from broker.bans import BANS_FILE
 from broker.config import Config, load_config
 from broker.db import make_engine
 from broker.errors import ConfigError, ConfigErrors
@@ -359,7 +360,8 @@ class Daemon:
             idle_timeout=s.idle_timeout, login_grace=s.login_grace,
             max_sessions_per_org=s.max_sessions_per_org, max_upload_bytes=s.max_upload_bytes,
             ban_after_failures=s.ban_after_failures, ban_window=s.ban_window,
-            ban_seconds=s.ban_seconds)
+            ban_seconds=s.ban_seconds, algorithms=s.algorithms,
+            bans_path=cfg.var / BANS_FILE)
 
     def _write_run_file(self, sftp_port: int) -> None:
         """Where the running daemon listens, for operators' tools and tests."""

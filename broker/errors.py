@@ -62,6 +62,11 @@ class ConfigError(BrokerError):
     """The operator configuration (broker.toml, register, keys) is wrong."""
 
 
+class KeyRefused(ConfigError):
+    """A public key offered for an organisation was refused (private, DSA, short RSA,
+    a duplicate, not a key at all)."""
+
+
 class ConfigErrors(ConfigError):
     """Several configuration problems found in one check; all are listed."""
 

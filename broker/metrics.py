@@ -5,20 +5,16 @@ Serving them over HTTP is an adapter's job (adapters/metrics_http.py).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+if TYPE_CHECKING:
+    from broker.audit import AuditEvent
 
-class SftpEvent(Protocol):
-    """What the SFTP metrics read of an audit event (broker.audit.AuditEvent)."""
-
-    @property
-    def action(self) -> str: ...
-    @property
-    def org(self) -> str | None: ...
-    @property
-    def size(self) -> int | None: ...
+# SFTP audit actions counted as metrics: action -> (counter attribute, label when no org)
+_SFTP_COUNTED = {"login": "sftp_logins", "login_failed": "sftp_login_failures",
+                 "preauth_error": "sftp_login_failures", "ban": "sftp_bans"}
 
 
 class Metrics:
@@ -60,29 +56,31 @@ class Metrics:
                                        "Background threads found dead and restarted",
                                        ["thread"], registry=r)
         self.healthy = Gauge("kela_broker_healthy", "1 when /healthz says ok", registry=r)
+        # Labelled by organisation; "-" for unknown users and pre-login errors (an
+        # attacker's user names must not become label values).
+        self.sftp_logins = Counter("kela_broker_sftp_logins", "Successful SFTP logins",
+                                   ["organisation"], registry=r)
+        self.sftp_login_failures = Counter(
+            "kela_broker_sftp_login_failures",
+            "Failed SFTP logins and protocol errors before login", ["organisation"], registry=r)
+        self.sftp_bans = Counter("kela_broker_sftp_bans",
+                                 "Bans started after repeated failures", ["organisation"],
+                                 registry=r)
         self.sftp_sessions = Gauge("kela_broker_sftp_sessions",
                                    "SFTP sessions logged in now", ["organisation"], registry=r)
-        self.sftp_logins = Counter("kela_broker_sftp_logins", "SFTP login attempts by result",
-                                   ["organisation", "result"], registry=r)
-        self.sftp_bans = Counter("kela_broker_sftp_bans", "Clients banned after failed logins",
-                                 registry=r)
         self.sftp_bytes = Counter("kela_broker_sftp_bytes",
                                   "File bytes downloaded (out) and uploaded (in)",
                                   ["organisation", "direction"], registry=r)
 
-    def observe_sftp(self, event: SftpEvent) -> None:
-        """Count what the SFTP server reports (its audit events) into the metrics."""
-        org = event.org or "unknown"  # an unknown user name is not a label of its own
-        if event.action == "login":
-            self.sftp_sessions.labels(organisation=org).inc()
-            self.sftp_logins.labels(organisation=org, result="ok").inc()
-        elif event.action == "logout":
-            self.sftp_sessions.labels(organisation=org).dec()
-        elif event.action in ("login_failed", "session_refused"):
-            result = "failed" if event.action == "login_failed" else "refused"
-            self.sftp_logins.labels(organisation=org, result=result).inc()
-        elif event.action == "ban":
-            self.sftp_bans.inc()
-        elif event.action in ("download", "upload") and event.size:
+    def observe_sftp(self, event: AuditEvent) -> None:
+        """Count an SFTP server audit event (call from the server's on_event)."""
+        name = _SFTP_COUNTED.get(event.action)
+        if name is not None:
+            counter: Counter = getattr(self, name)
+            counter.labels(organisation=event.org or "-").inc()
+        if event.action in ("login", "logout") and event.org:
+            self.sftp_sessions.labels(organisation=event.org).inc(
+                1 if event.action == "login" else -1)
+        elif event.action in ("download", "upload") and event.org and event.size:
             direction = "out" if event.action == "download" else "in"
-            self.sftp_bytes.labels(organisation=org, direction=direction).inc(event.size)
+            self.sftp_bytes.labels(organisation=event.org, direction=direction).inc(event.size)

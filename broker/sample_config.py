@@ -56,6 +56,7 @@ max_unauthenticated_per_address = 10  # ... and from one address (more are close
 max_sessions_total = 1000
 max_handles_per_session = 64
 upload_quota_mb = 2048      # files waiting in one organisation's /to-kela/, in all
+algorithms = "modern"       # or "compatible": curl/libssh2 1.10, older SSH.NET, JSch (README)
 
 [metrics]
 listen = "127.0.0.1:9464"   # Prometheus /metrics and /healthz

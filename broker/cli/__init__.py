@@ -29,6 +29,9 @@ COMMANDS: dict[str, str] = {
     "release": "broker.cli.flow:release",
     "audit": "broker.cli.audit:audit_group",
     "notification": "broker.cli.notifications:notification_group",
+    "keys": "broker.cli.keys:keys_group",
+    "hostkey": "broker.cli.keys:hostkey",
+    "bans": "broker.cli.bans:bans_group",
 }
 
 

@@ -64,9 +64,13 @@ def init(directory: Path) -> None:
     shutil.copyfile(packaged_register_path(), cfg / "municipalities.csv")
     register = load_register(cfg / "municipalities.csv")
     (cfg / "broker.toml").write_text(render_sample(register), encoding="utf-8")
+    # Made now, so the fingerprint can go to integrators before the first start.
+    from adapters.ssh_policy import HOST_KEY_FILE, fingerprint, load_or_create_host_key
+
+    host_key = load_or_create_host_key(directory / "var" / HOST_KEY_FILE)
     click.echo(f"Created a broker home in {directory} with {len(register.by_code)} "
-               "municipalities. Next: kela-broker --home "
-               f"{directory} config check, then kela-broker --home {directory} run")
+               f"municipalities; SFTP host key {fingerprint(host_key)}. Next: kela-broker "
+               f"--home {directory} config check, then kela-broker --home {directory} run")
 
 
 @click.group("config")
