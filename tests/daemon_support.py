@@ -197,7 +197,7 @@ def wait_released(daemon: DaemonProcess, archived: int) -> None:
         files = list(archive.rglob("*.xml"))
         if len(files) < archived:
             return False
-        newest = max(f.stat().st_mtime for f in files)
+        newest = max(f.stat().st_ctime for f in files)  # moved in: ctime, not mtime
         return metric(daemon.metrics_port, "kela_broker_last_release_pass_timestamp") >= newest
 
     wait_for(done, what=f"{archived} archived batch(es) released")
