@@ -37,7 +37,10 @@ class SettleGate:
         if first is None or first[0] != obs:
             self._seen[path] = first = (obs, monotonic)
         stable = max(monotonic - first[1], wall - obs.mtime_ns / 1e9)
-        return 0.0 if stable >= self.settle_seconds else self.settle_seconds - stable
+        # A nanosecond of tolerance: the clocks are floats, and a file stable for exactly
+        # the settle time must not wait for a rounding error.
+        short = self.settle_seconds - stable
+        return 0.0 if short <= 1e-9 else short
 
     def forget(self, path: Path) -> None:
         self._seen.pop(path, None)
