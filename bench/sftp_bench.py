@@ -35,7 +35,7 @@ ORG = "alpha"
 SESSIONS = 1000
 RSS_LIMIT_MB = 150
 SSHD = Path("/usr/sbin/sshd")
-CIPHERS = ("chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
 # -- helpers --------------------------------------------------------------
