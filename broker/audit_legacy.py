@@ -13,6 +13,7 @@ problems found: the evidence is kept, and the new chain stays verifiable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -59,8 +60,14 @@ class _Row(NamedTuple):
     row_hash: str
 
 
-def _legacy_rows(path: Path) -> list[_Row]:
-    conn = sqlite3.connect(path)
+def _legacy_rows(path: Path) -> list[_Row] | None:
+    """The old rows; None when the file is gone (another process moved it just now)."""
+    try:  # mode=rw: never create an empty file where the old one was
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+    except sqlite3.OperationalError:
+        if path.exists():
+            raise
+        return None
     try:
         have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "audit_log" not in have:
@@ -77,6 +84,8 @@ def migrate_legacy(engine: Engine, legacy_path: Path, anchor: Path | None,
     if not legacy_path.exists():
         return 0
     rows = _legacy_rows(legacy_path)
+    if rows is None:
+        return 0
     problems = chain_problems(rows, {})
     legacy_head = rows[-1].row_hash if rows else GENESIS
     copied = 0
@@ -99,14 +108,25 @@ def migrate_legacy(engine: Engine, legacy_path: Path, anchor: Path | None,
                                          detail=json.dumps(detail)), timestamp(now))])
     if anchor is not None:
         anchor_head(engine, anchor)
-    for suffix in ("", "-wal", "-shm"):
-        src = legacy_path.with_name(legacy_path.name + suffix)
-        if src.exists():
-            os.replace(src, legacy_path.with_name(legacy_path.name + ".migrated" + suffix))
-    fsync_dir(legacy_path.parent)
+    _set_aside(legacy_path)
     if problems:
         log.warning("old audit trail was broken; its rows were kept, with the problems",
                     rows=len(rows), problems=len(problems))
     elif copied:
         log.info("old audit trail moved into the state database", rows=copied)
     return copied
+
+
+def _set_aside(path: Path) -> None:
+    """Rename the old file (and any sidecars) to a name no earlier migration used."""
+    target = path.with_name(path.name + ".migrated")
+    n = 0
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.migrated.{n}")
+    for suffix in ("", "-wal", "-shm"):
+        # Another process moving the same file at the same moment is fine: it is aside.
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path.with_name(path.name + suffix),
+                       target.with_name(target.name + suffix))
+    fsync_dir(path.parent)

@@ -301,6 +301,8 @@ def test_a_crash_before_the_rename_does_not_copy_twice(tmp_path: Path) -> None:
     shutil.copy(kept, legacy)  # as if the rename never happened
     assert migrate_legacy(engine, legacy, var / HEAD_FILE, T1) == 0
     assert len(rows(engine)) == 6 and not legacy.exists()
+    # The first file set aside is kept; the second gets a name of its own.
+    assert (var / "audit.db.migrated").exists() and (var / "audit.db.migrated.1").exists()
 
 
 def test_legacy_rows_after_new_ones_and_a_broken_legacy_chain(tmp_path: Path) -> None:
