@@ -197,7 +197,7 @@ def append_at(conn: Connection, stamped: Iterable[tuple[AuditEvent, str]]) -> li
     head read here is still the head at commit."""
     row_id, prev = head(conn)
     ids: list[int] = []
-    refs: list[dict[str, Any]] = []
+    refs: list[tuple[int, str | None, str | None]] = []
     for event, at in stamped:
         row_id += 1
         digest = row_hash(row_id, at, event, prev)
@@ -205,12 +205,12 @@ def append_at(conn: Connection, stamped: Iterable[tuple[AuditEvent, str]]) -> li
             id=row_id, at=at, action=event.action, org=event.org, address=event.address,
             path=event.path, size=event.size, sha256=event.sha256, detail=event.detail,
             prev_hash=prev, row_hash=digest))
-        refs.extend({"event_id": row_id, "item": r.item, "person": r.person}
-                    for r in event.refs)
+        refs.extend((row_id, r.item, r.person) for r in event.refs)
         prev = digest
         ids.append(row_id)
-    if refs:
-        conn.execute(insert(audit_refs), refs)
+    if refs:  # a release of a big batch: driver-level executemany, not per-row Core
+        conn.exec_driver_sql(
+            "INSERT INTO audit_refs (event_id, item, person) VALUES (?, ?, ?)", refs)
     return ids
 
 

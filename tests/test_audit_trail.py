@@ -366,3 +366,43 @@ def test_audit_show_filters_by_action(env: Env) -> None:
     assert len(shown) == 4 and {r["action"] for r in shown} == {"release"}
     with env.store.engine.connect() as c:
         assert c.execute(select(func.count()).select_from(deliveries)).scalar() == 4
+
+
+# -- operator commands -----------------------------------------------------------------
+
+def test_early_release_and_its_audit_row_are_one_transaction(tmp_path: Path) -> None:
+    from response_support import EXAMPLES, REPO
+
+    from broker.cli import main
+    from broker.config import load_config
+    from broker.ingest import ingest_batch
+    from broker.store import Store, assignments
+
+    home = tmp_path / "home"
+    shutil.copytree(REPO / "config", home / "config")
+    config = load_config(home)
+    store = Store(make_engine(config.database))
+    assert ingest_batch(EXAMPLES / "decision-batch.xml", config=config, store=store,
+                        now=T0).status == "accepted"
+    args = ["--home", str(home), "release", "--org", "pirha", "--all", "--reason",
+            "county asked"]
+    with store.engine.begin() as c:
+        c.exec_driver_sql("CREATE TRIGGER no_audit BEFORE INSERT ON audit_log"
+                          " BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    failed = CliRunner().invoke(main, args)
+    assert failed.exit_code != 0
+    with store.engine.connect() as c:  # the act rolled back with its record
+        assert c.execute(select(func.count()).where(
+            assignments.c.organisation == "pirha",
+            assignments.c.planned_at.is_not(None))).scalar() == 0
+    with store.engine.begin() as c:
+        c.exec_driver_sql("DROP TRIGGER no_audit")
+    ok = CliRunner().invoke(main, args)
+    assert ok.exit_code == 0, ok.output
+    trail = rows(store.engine)
+    assert trail[0].action == "release-early" and "county asked" in trail[0].detail
+    assert [(r.action, r.org) for r in trail[1:]] == [("release", "pirha")] * 2
+    assert verify(store.engine, config.var / HEAD_FILE) == []
+    with store.engine.connect() as c:  # the other organisations' items were not touched
+        assert c.execute(select(func.count()).where(
+            assignments.c.organisation != "pirha", assignments.c.state == "held")).scalar() == 2
