@@ -112,3 +112,16 @@ class AuditWriter:
                 log.error("audit: anchoring the head failed", exc_info=exc)
         for (_, _, future), row_id in zip(pending, ids, strict=True):
             future.set_result(row_id)
+
+
+def start_trail(engine: Engine, var: Path, now: datetime) -> AuditWriter:
+    """At daemon start: move an old ``var/audit.db`` in, then a running writer anchored
+    at ``var/audit.head``. Call before the first release pass (the recovery), so that
+    the old rows keep their ids and hashes."""
+    from broker.audit import HEAD_FILE, LEGACY_FILE
+    from broker.audit_legacy import migrate_legacy
+
+    migrate_legacy(engine, var / LEGACY_FILE, var / HEAD_FILE, now)
+    trail = AuditWriter(engine, var / HEAD_FILE)
+    trail.start()
+    return trail

@@ -7,12 +7,15 @@ import hashlib
 import json
 import shutil
 import sqlite3
+import tempfile
 import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from response_support import T0, T1, Env, make_env, response, transfer
 from sqlalchemy import Engine, func, select, text
 
@@ -20,6 +23,7 @@ from broker.audit import (
     HEAD_FILE,
     AuditEvent,
     AuditLog,
+    AuditRef,
     audit_key,
     audit_refs,
     audit_table,
@@ -406,3 +410,69 @@ def test_early_release_and_its_audit_row_are_one_transaction(tmp_path: Path) -> 
     with store.engine.connect() as c:  # the other organisations' items were not touched
         assert c.execute(select(func.count()).where(
             assignments.c.organisation != "pirha", assignments.c.state == "held")).scalar() == 2
+
+
+# -- properties over what comes from outside ---------------------------------------------
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_events = st.lists(st.builds(
+    AuditEvent, action=st.sampled_from(["download", "upload", "login", "push"]),
+    org=st.none() | _text, address=st.none() | _text, path=st.none() | _text,
+    size=st.none() | st.integers(0, 2**40), sha256=st.none() | st.text("0123456789abcdef",
+                                                                        min_size=64,
+                                                                        max_size=64),
+    detail=st.none() | _text), min_size=1, max_size=8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(events=_events, data=st.data())
+def test_any_single_change_to_any_row_is_detected(events: list[AuditEvent],
+                                                  data: st.DataObject) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = make_engine(Path(tmp) / "state.db")
+        log = AuditLog(engine, Path(tmp) / HEAD_FILE)
+        for i, e in enumerate(events):
+            log.record(e, T0 + timedelta(seconds=i))
+        assert log.verify() == []
+        victim = data.draw(st.integers(1, len(events)))
+        column = data.draw(st.sampled_from(["at", "action", "org", "address", "path",
+                                            "size", "sha256", "detail"]))
+        with engine.connect() as c:
+            old = c.execute(select(audit_table.c[column]).where(
+                audit_table.c.id == victim)).scalar()
+        new = data.draw((st.integers(0, 2**40) if column == "size" else _text).filter(
+            lambda v: v != old))
+        with engine.begin() as c:
+            c.execute(audit_table.update().where(audit_table.c.id == victim)
+                      .values({column: new}))
+        assert log.verify()
+        engine.dispose()
+
+
+def test_rows_without_references_hash_as_the_old_audit_db_did() -> None:
+    """The old separate log's formula, written out: migrated rows keep their hashes."""
+    from broker.audit import row_hash
+
+    e = AuditEvent("download", "pirha", "10.0.0.1", "/from-kela/ä.xml", 5, "ab" * 32, "x")
+    at = "2026-11-23T10:00:00.000000+00:00"
+    old = hashlib.sha256(json.dumps(
+        [3, at, e.action, e.org, e.address, e.path, e.size, e.sha256, e.detail, "1" * 64],
+        ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+    assert row_hash(3, at, e, "1" * 64) == old
+    # A reference changes the hash: whose data it carried is part of what is chained.
+    with_ref = AuditEvent(**{**e.__dict__, "refs": (AuditRef("N-1", "ff"),)})
+    assert row_hash(3, at, with_ref, "1" * 64) != old
+
+
+def test_start_trail_moves_the_old_log_in_and_runs(tmp_path: Path) -> None:
+    from broker.audit_writer import start_trail
+
+    var = tmp_path / "var"
+    _legacy(var, 3)
+    engine = make_engine(tmp_path / "state.db")
+    trail = start_trail(engine, var, T1)
+    try:
+        assert trail.submit(AuditEvent("login", "pirha")).result(timeout=10) == 5
+    finally:
+        trail.stop()
+    assert verify(engine, var / HEAD_FILE) == []
