@@ -337,6 +337,18 @@ class AuditLog:
     def verify(self) -> list[str]:
         return verify(self._engine, self._anchor)
 
+    def items(self, ids: Sequence[int]) -> dict[int, list[str]]:
+        """The notification/list ids each of the rows ``ids`` carried (releases)."""
+        out: dict[int, list[str]] = defaultdict(list)
+        with self._engine.connect() as conn:
+            # One JSON parameter: any number of rows, past SQLite's cap on parameters.
+            for event_id, item in conn.exec_driver_sql(
+                    "SELECT event_id, item FROM audit_refs WHERE event_id IN"
+                    " (SELECT value FROM json_each(?)) ORDER BY id",
+                    (json.dumps([int(i) for i in ids]),)):
+                out[event_id].append(item)
+        return out
+
     def query(self, *, org: str | None = None, since: datetime | None = None,
               limit: int | None = None, action: str | None = None) -> list[AuditRecord]:
         """Matching records, oldest first; with ``limit``, the most recent ``limit``."""

@@ -368,6 +368,8 @@ def test_audit_show_filters_by_action(env: Env) -> None:
     assert out.exit_code == 0, out.output
     shown = json.loads(out.output)
     assert len(shown) == 4 and {r["action"] for r in shown} == {"release"}
+    assert sorted(i for r in shown for i in r["items"]) == [
+        f"N-2026-00000000{n}" for n in range(1, 5)]  # the notification ids on record
     with env.store.engine.connect() as c:
         assert c.execute(select(func.count()).select_from(deliveries)).scalar() == 4
 

@@ -31,10 +31,12 @@ def audit_show(ctx: click.Context, org: str | None, action: str | None, since: s
     since_at: datetime | None = parse_now(since) if since else None
     records = home.audit.query(org=org, since=since_at, limit=limit, action=action)
     if as_json:
+        carried = home.audit.items([r.id for r in records])
         click.echo(json.dumps([{
             "id": r.id, "at": r.at.isoformat(), "action": r.action, "org": r.org,
             "address": r.address, "path": r.path, "size": r.size, "sha256": r.sha256,
-            "detail": r.detail} for r in records], indent=2))
+            "detail": r.detail, **({"items": carried[r.id]} if r.id in carried else {})}
+            for r in records], indent=2))
         return
     tz = ZoneInfo(home.config.timezone)
     table = Table(title=f"Audit trail ({len(records)} records)")
