@@ -23,7 +23,6 @@ from typing import NamedTuple
 
 from sqlalchemy import Engine, insert, select
 
-from broker import logs
 from broker.audit import (
     GENESIS,
     AuditEvent,
@@ -37,8 +36,6 @@ from broker.audit import (
 from broker.audit_anchor import anchor_head
 from broker.db import writer
 from broker.fsutil import fsync_dir
-
-log = logs.get("broker.audit")
 
 _SELECT = ("SELECT id, at, action, org, address, path, size, sha256, detail, prev_hash,"
            " row_hash FROM audit_log ORDER BY id")
@@ -80,7 +77,11 @@ def _legacy_rows(path: Path) -> list[_Row] | None:
 def migrate_legacy(engine: Engine, legacy_path: Path, anchor: Path | None,
                    now: datetime) -> int:
     """Copy ``legacy_path`` into the trail once, then rename it aside; returns the number
-    of rows copied (0 when there is nothing to do or it was done before a crash)."""
+    of rows copied (0 when there is nothing to do or it was done before a crash).
+
+    Nothing is logged here (a command's --json output must stay clean): the migration
+    and any break found in the old chain are on the trail itself, in its
+    ``audit-migrated`` row; the daemon logs the count."""
     if not legacy_path.exists():
         return 0
     rows = _legacy_rows(legacy_path)
@@ -109,11 +110,6 @@ def migrate_legacy(engine: Engine, legacy_path: Path, anchor: Path | None,
     if anchor is not None:
         anchor_head(engine, anchor)
     _set_aside(legacy_path)
-    if problems:
-        log.warning("old audit trail was broken; its rows were kept, with the problems",
-                    rows=len(rows), problems=len(problems))
-    elif copied:
-        log.info("old audit trail moved into the state database", rows=copied)
     return copied
 
 
