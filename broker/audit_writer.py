@@ -56,7 +56,7 @@ class AuditWriter:
         future: Future[int] = Future()
         at = timestamp(now or datetime.now(UTC))
         with self._lock:
-            if self._thread is None or self._stopping:
+            if self._thread is None or self._stopping or not self._thread.is_alive():
                 raise RuntimeError("audit writer is not running")
             self._queue.put((event, at, future))
         return future
@@ -88,7 +88,13 @@ class AuditWriter:
                     done = True
                     break
                 group.append(job)
-            self._commit(group)
+            try:
+                self._commit(group)
+            except Exception as exc:  # never die with waiters left hanging
+                log.error("audit: writer failed", exc_info=exc)
+                for _, _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
 
     def _commit(self, group: list[_Job]) -> None:
         pending = [j for j in group if j[2].set_running_or_notify_cancel()]

@@ -270,6 +270,25 @@ def test_writer_stop_drains_and_refuses_later_events(env: Env) -> None:
     assert verify(env.store.engine, anchor_of(env)) == []
 
 
+def test_a_failed_group_commit_fails_its_waiters_and_the_writer_goes_on(env: Env) -> None:
+    """The SFTP reply that awaits the row learns it is not on record (and says so)."""
+    w = AuditWriter(env.store.engine, anchor_of(env))
+    w.start()
+    try:
+        with env.store.engine.begin() as c:
+            c.exec_driver_sql("CREATE TRIGGER no_audit BEFORE INSERT ON audit_log"
+                              " BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+        failed = w.submit(AuditEvent("download", "pirha"))
+        with pytest.raises(Exception, match="disk says no"):
+            failed.result(timeout=10)
+        with env.store.engine.begin() as c:
+            c.exec_driver_sql("DROP TRIGGER no_audit")
+        assert w.submit(AuditEvent("download", "pirha")).result(timeout=10) == 5
+    finally:
+        w.stop()
+    assert verify(env.store.engine, anchor_of(env)) == []
+
+
 # -- the old separate audit.db -----------------------------------------------------------
 
 def _legacy(var: Path, n: int = 5) -> Path:
