@@ -240,7 +240,7 @@ class SftpService:
     def __init__(
         self,
         options: SftpOptions,
-        on_event: Callable[[AuditEvent], None],
+        on_event: Callable[[AuditEvent], object],
         on_upload_closed: Callable[[str, Path], None] | None = None,
     ) -> None:
         self.options = options

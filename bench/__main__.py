@@ -22,6 +22,7 @@ BENCHMARKS: list[str] = [
     "bench.validate_bench",
     "bench.daemon_bench",
     "bench.sftp_bench",
+    "bench.audit_writer_bench",
 ]
 
 

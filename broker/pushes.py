@@ -12,7 +12,9 @@ from pathlib import Path
 
 from sqlalchemy import Column, Engine, Integer, String, Table, Text, insert, select
 
-from broker.db import metadata
+from broker.audit import AuditEvent, append
+from broker.audit_anchor import anchor_head
+from broker.db import metadata, writer
 from broker.fsutil import is_hidden_or_partial
 from broker.store import UTCDateTime
 
@@ -45,7 +47,15 @@ def pending(engine: Engine, org: str, folder: Path) -> list[str]:
     return [f for f in outbox_files(folder) if f not in done]
 
 
-def record(engine: Engine, org: str, file: str, size: int, remote: str, now: datetime) -> None:
-    with engine.begin() as c:
-        c.execute(insert(pushes).prefix_with("OR IGNORE").values(
-            organisation=org, file=file, size=size, remote=remote, pushed_at=now))
+def record(engine: Engine, org: str, file: str, size: int, remote: str, now: datetime,
+           sha256: str | None = None, anchor: Path | None = None) -> None:
+    """A file is on the organisation's server: recorded, and on the audit trail in the
+    same transaction (a push is a disclosure), the trail's head anchored after."""
+    with writer(engine).begin() as c:
+        done = c.execute(insert(pushes).prefix_with("OR IGNORE").values(
+            organisation=org, file=file, size=size, remote=remote, pushed_at=now)).rowcount
+        if done:
+            append(c, [AuditEvent("push", org, path=file, size=size, sha256=sha256,
+                                  detail=remote)], now)
+    if anchor is not None:
+        anchor_head(engine, anchor)

@@ -6,6 +6,9 @@ Each delivery goes through two commits around one atomic file write:
 3. the delivery is marked ``written`` and its assignments ``released``.
 A crash after 1 leaves a pending delivery, which ``recover`` finishes by writing
 the same (deterministic) files, so every notification lands in exactly one file.
+Commit 3 also appends the delivery's ``release`` row to the audit trail (file, sha256,
+size, count and every notification id with its person's digest): the record and the
+act are one transaction, so neither exists without the other.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import IO, Any
 from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from broker import logs
+from broker import audit, logs
+from broker.audit_anchor import anchor_head
 from broker.config import Config, Organisation
 from broker.errors import DeliveryError, StoreError
 from broker.fsutil import atomic_writer, private_dir, temp_path
@@ -78,6 +82,18 @@ class _Group:
     kind: str
     portion: int | None
     assignment_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A delivery whose files are on disk, waiting for commit 3."""
+
+    delivery_id: str
+    sha256: str
+    size: int
+    zip_name: str | None
+    created: datetime
+    event: audit.AuditEvent
 
 
 class Releaser:
@@ -238,21 +254,28 @@ class Releaser:
                 c.exec_driver_sql(
                     "UPDATE deliveries SET state = 'written', sha256 = ?, size = ?,"
                     " zip_name = ?, next_attempt_at = NULL WHERE id = ?",
-                    [(digest, size, zip_name, delivery_id)
-                     for delivery_id, digest, size, zip_name, _ in done])
+                    [(w.sha256, w.size, w.zip_name, w.delivery_id) for w in done])
                 c.exec_driver_sql(
                     "UPDATE assignments SET state = 'released', released_at = ?"
                     " WHERE delivery_id = ?",
-                    [(stored_time(created), delivery_id)
-                     for delivery_id, _, _, _, created in done])
+                    [(stored_time(w.created), w.delivery_id) for w in done])
+                audit.append(c, [w.event for w in done], now)
             for f in failed:
                 tries = (c.execute(select(deliveries.c.attempts)
                                    .where(deliveries.c.id == f.delivery_id)).scalar() or 0) + 1
                 c.execute(update(deliveries).where(deliveries.c.id == f.delivery_id).values(
                     attempts=tries, next_attempt_at=now + retry_delay(tries),
                     last_error=f.error[:2000]))
-        result.deliveries.extend(d[0] for d in done)
+        if done:
+            self._anchor()
+        result.deliveries.extend(w.delivery_id for w in done)
         result.failures.extend(failed)
+
+    def _anchor(self) -> None:
+        try:
+            anchor_head(self.store.engine, self.config.var / audit.HEAD_FILE)
+        except OSError as exc:  # committed; the anchor catches up at the next commit
+            log.error("audit: anchoring the head failed", exc_info=exc)
 
     def _failure(self, delivery_id: str, exc: Exception) -> Failure:
         with self.store.engine.connect() as c:
@@ -268,8 +291,7 @@ class Releaser:
             log.error("release failed unexpectedly", delivery=delivery_id, exc_info=exc)
         return Failure(delivery_id, str(org), error)
 
-    def _write_files(self, delivery_id: str, result: ReleaseResult
-                     ) -> tuple[str, str, int, str | None, datetime]:
+    def _write_files(self, delivery_id: str, result: ReleaseResult) -> _Written:
         with self.store.engine.connect() as c:
             d = c.execute(select(deliveries).where(deliveries.c.id == delivery_id)).one()
             payloads = [p for (p,) in c.exec_driver_sql(
@@ -282,11 +304,15 @@ class Releaser:
                                     key=d.organisation)
             folder = private_dir(self.config.outbox / org.id)
             zip_name = None
+            extra: dict[str, object] = {}
+            key = audit.audit_key(self.config.var)
             if d.kind == "list":
                 plist = PersonList.from_json(payloads[0])
                 digest, size = self._write(folder / d.file_name, lambda f: render_person_list(
                     f, delivery_id=d.id, organisation=org.id, created=d.created_at,
                     plist=plist, fmt=org.format))
+                refs = tuple(audit.AuditRef(plist.id, audit.person_digest(key, e.pic))
+                             for e in plist.entries)
                 result.lists += 1
             else:
                 notes = [Notification.from_json(p) for p in payloads]
@@ -294,12 +320,20 @@ class Releaser:
                     zip_name = attachments_zip_name(d.id)
                     # The zip goes first: once the XML is visible, everything it names is there.
                     with self.store.blobs() as open_blob:
-                        self._write(folder / zip_name, lambda f: write_attachments_zip(
-                            f, notes, open_blob, created=d.created_at))
+                        zip_sha, zip_size = self._write(
+                            folder / zip_name, lambda f: write_attachments_zip(
+                                f, notes, open_blob, created=d.created_at))
+                    extra = {"zip": zip_name, "zip_sha256": zip_sha, "zip_size": zip_size}
                 digest, size = self._write(folder / d.file_name,
                                            lambda f: self._render_notes(f, d, org, notes))
+                refs = tuple(audit.AuditRef(n.id, audit.person_digest(key, n.person.pic))
+                             for n in notes)
                 result.notifications += len(notes)
-        return delivery_id, digest, size, zip_name, d.created_at
+        detail = json.dumps({"delivery": d.id, "type": d.type, "kind": d.kind,
+                             "count": len(payloads), **extra}, sort_keys=True)
+        event = audit.AuditEvent("release", org.id, path=d.file_name, size=size,
+                                 sha256=digest, detail=detail, refs=refs)
+        return _Written(delivery_id, digest, size, zip_name, d.created_at, event)
 
     @staticmethod
     def _render_notes(f: IO[bytes], d: Row[Any], org: Organisation,

@@ -71,10 +71,14 @@ class Home:
 
     @cached_property
     def audit(self) -> AuditLog:
-        from broker.audit import AuditLog
-        from broker.db import make_engine
+        """The trail in the state database; an old separate var/audit.db is moved in first."""
+        from broker.audit import HEAD_FILE, LEGACY_FILE, AuditLog
+        from broker.audit_legacy import migrate_legacy
 
-        return AuditLog(make_engine(self.config.var / "audit.db"))
+        var = self.config.var
+        engine = self.store.engine
+        migrate_legacy(engine, var / LEGACY_FILE, var / HEAD_FILE, datetime.now(UTC))
+        return AuditLog(engine, var / HEAD_FILE)
 
 
 def home_of(ctx: click.Context) -> Home:

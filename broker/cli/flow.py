@@ -12,8 +12,11 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from broker import audit
 from broker.audit import AuditEvent
+from broker.audit_anchor import anchor_head
 from broker.cli.common import console, fail, home_of, parse_now
+from broker.db import writer
 from broker.ingest import ingest_batch
 from broker.model import ALL_TYPES, NotificationType
 from broker.release import Releaser
@@ -180,6 +183,7 @@ def release_due(ctx: click.Context, now_text: str | None, force: bool,
              "or add --force --reason TEXT", 2)
     if force and not (reason or "").strip():
         fail("--force needs --reason TEXT (it is recorded in the audit trail)", 2)
+    trail = home.audit  # an old audit.db moves into state.db before anything is added
     result = Releaser(home.config, home.store).run(now)
     for org, type_, total in result.plans:
         click.echo(f"stagger planned: {org} {type_}: {total} notifications")
@@ -189,7 +193,7 @@ def release_due(ctx: click.Context, now_text: str | None, force: bool,
               f"{result.notifications} notification(s), {result.lists} list(s)")
     if early:
         detail += f"; forced ahead of the real time; reason: {reason}"
-    home.audit.record(AuditEvent(action="release-due", org=None, detail=detail), real)
+    trail.record(AuditEvent(action="release-due", org=None, detail=detail), real)
     click.echo(f"released {len(result.deliveries)} file(s): {result.notifications} "
                f"notifications, {result.lists} lists")
 
@@ -211,13 +215,16 @@ def release(ctx: click.Context, org: str, type_: str | None, everything: bool,
     home = home_of(ctx)
     if org not in home.config.by_id:
         fail(f"unknown organisation {org!r}", 2)
+    home.audit  # noqa: B018 -- an old audit.db moves into state.db before anything is added
     now = datetime.now(UTC)
     a = assignments
     due_at = func.coalesce(a.c.planned_at, a.c.release_at)
     where = [a.c.state == "held", a.c.organisation == org]
     if type_:
         where.append(a.c.type == type_)
-    with home.store.engine.begin() as c:
+    # The operator's act and its audit row are one transaction (under the write lock, so
+    # the chain head read for the row is the head at commit).
+    with writer(home.store.engine).begin() as c:
         if not everything:
             # Only the earliest held slot of each type: the next staggered portion, or
             # everything of a type whose held items share one release time.
@@ -226,9 +233,10 @@ def release(ctx: click.Context, org: str, type_: str | None, everything: bool,
             where.append(a.c.id.in_([r.id for r in rows if r.due == first[r.type]]))
         moved = c.execute(update(a).where(*where).values(
             planned_at=now - timedelta(microseconds=1))).rowcount
-    home.audit.record(AuditEvent(action="release-early", org=org, detail=(
-        f"{moved} held {type_ or 'notifications'}{' (all)' if everything else ''}; "
-        f"reason: {reason}")), now)
+        audit.append(c, [AuditEvent(action="release-early", org=org, detail=(
+            f"{moved} held {type_ or 'notifications'}{' (all)' if everything else ''}; "
+            f"reason: {reason}"))], now)
+    anchor_head(home.store.engine, home.config.var / audit.HEAD_FILE)
     result = Releaser(home.config, home.store).run(now, only_org=org)
     click.echo(f"released early: {moved} held item(s) in {len(result.deliveries)} file(s) "
                f"for {org}")
