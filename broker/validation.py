@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import re
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from broker.batch_rules import NOTIFICATION, NS, PERSON_LIST, ROOT, RuleContext,
 from broker.errors import InvalidFile, Problem
 from broker.model import BatchHeader, Item
 from broker.pic import mask_text
+from broker.schema_messages import schema_problems
 
 # libxml2 refuses single text nodes above 10 MB unless told otherwise; base64
 # attachments above this decoded size need that limit lifted (see xmlsafe.iterparse).
@@ -65,60 +65,6 @@ def load_schema(namespace: str) -> etree.XMLSchema:
     # From bytes, not a filename: the safe parser's resolver refuses every URL.
     doc = etree.fromstring(xsd.read_bytes(), xmlsafe.parser(), base_url=xsd.as_uri())
     return etree.XMLSchema(doc)
-
-
-# ------------------------------------------------------------------ messages
-
-_NS_RE = re.compile(r"\{(?:urn|https?):[^}]*\}")
-_XS_TYPES = {
-    "xs:date": "date (YYYY-MM-DD)",
-    "xs:dateTime": "date and time with offset (YYYY-MM-DDThh:mm:ss+hh:mm)",
-    "xs:decimal": "decimal number",
-    "xs:boolean": "boolean (true or false)",
-    "xs:base64Binary": "base64 content",
-    "xs:nonNegativeInteger": "whole number",
-    "xs:positiveInteger": "whole number above zero",
-}
-_REWRITES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"^Element '([^']+)'(?:, attribute '([^']+)')?: "), r"\1 \2: "),
-    (re.compile(r"\[facet 'pattern'\] The value '([^']*)' is not accepted by the pattern "
-                r"'([^']*)'"),
-     r"the value '\1' does not match the pattern \2"),
-    (re.compile(r"\[facet 'enumeration'\] The value '([^']*)' is not an element of the set "
-                r"\{(.*)\}"),
-     r"the value '\1' is not one of \2"),
-    (re.compile(r"\[facet '(\w+)'\] "), r"(\1) "),
-    (re.compile(r"This element is not expected\. Expected is (?:one of )?\( ?(.*?) ?\)"),
-     r"this element is not expected here; expected \1"),
-    (re.compile(r"This element is not expected\."), "this element is not expected here"),
-    (re.compile(r"Missing child element\(s\)\. Expected is (?:one of )?\( ?(.*?) ?\)"),
-     r"missing child element; expected \1"),
-    (re.compile(r"No matching global declaration available for the validation root\."),
-     "this element is not expected here"),
-]
-
-
-def plain_message(message: str) -> str:
-    """lxml's schema message in plainer words, without namespaces or full identity codes."""
-    msg = _NS_RE.sub("", message).strip()
-    for pattern, repl in _REWRITES:
-        msg = pattern.sub(repl, msg)
-    msg = msg.replace(" : ", ": ")
-    for xs, words in _XS_TYPES.items():
-        msg = msg.replace(f"atomic type '{xs}'", words)
-    if msg.startswith("PersonalIdentityCode"):
-        msg = re.sub(r"'([^']{7})[^']*'", r"'\1****'", msg)  # never echo a code in full
-    return mask_text(msg)
-
-
-def _schema_problems(
-    file: str, log: Any, prefix: str, default_line: int | None
-) -> list[Problem]:
-    return [
-        Problem(file, e.line if e.line > 0 else default_line, "SCHEMA",
-                prefix + plain_message(e.message))
-        for e in log
-    ]
 
 
 # ------------------------------------------------------------------ reader
@@ -184,14 +130,18 @@ class BatchReader:
         except xmlsafe.UnsafeXml as exc:
             raise InvalidFile(file, [exc.problem(file)]) from None
         with contextlib.closing(f):
+            src = xmlsafe.BoundedReader(f, self.ctx.max_file_bytes)
             it = xmlsafe.iterparse(
-                xmlsafe.BoundedReader(f, self.ctx.max_file_bytes),
+                src,
                 events=("start", "end"),
                 tag=(ROOT, NOTIFICATION, PERSON_LIST),
                 schema=load_schema(NS),
                 huge_text=self.ctx.huge_text,
             )
             root: Any = None
+            # Proof of well-formedness is the parser's own, plus this: the root's end
+            # was seen. Items are only delivered while nothing is in doubt.
+            root_closed = False
             try:
                 for event, el in it:
                     if event == "start":
@@ -205,6 +155,13 @@ class BatchReader:
                             )
                         continue
                     if el is root:
+                        root_closed = True
+                        src.root_ended()
+                        continue
+                    if el.getparent() is not root:
+                        # An item inside an item: the XSD refuses it, the precise pass
+                        # says where. Not cleared: its ancestors are still being built.
+                        needs_precise = True
                         continue
                     try:
                         # Only a PersonList has periodStart; cheaper than reading el.tag.
@@ -224,19 +181,27 @@ class BatchReader:
                         break
                     if item is not None and self.build and not needs_precise:
                         yield item
-            except etree.XMLSyntaxError:
+            except etree.LxmlError:
                 # Schema errors arrive here without lines, and with the schema attached
                 # libxml2 words some syntax errors badly ("no element found", line 0):
                 # the precise pass, which parses without the schema, says it right.
                 needs_precise = True
             except xmlsafe.UnsafeXml as exc:
                 problems.append(exc.problem(file))
+                root_closed = True  # the verdict is already "invalid"
+            if not root_closed and len(problems) < self.ctx.max_problems:
+                needs_precise = True  # never accept what was not seen to its end
+        withheld = needs_precise  # items may have been held back: a verdict is owed
         if not needs_precise and rules.maybe_duplicates():
             needs_precise = True  # the exact pass names the duplicates and their lines
         if needs_precise or (problems and self.source is not None):
             if self.source is not None:
                 raise InvalidFile(file, [])
             problems = precise_problems(self.path, self.ctx)
+            if not problems and withheld:
+                # The two passes disagree; refuse rather than deliver part of the file.
+                problems = [Problem(file, _last_line(self.path), "NOT_WELL_FORMED",
+                                    "the file could not be read consistently")]
         if problems:
             problems.sort(key=lambda p: p.line or 0)
             raise InvalidFile(file, problems[: self.ctx.max_problems])
@@ -255,13 +220,13 @@ def precise_problems(path: Path, ctx: BatchContext) -> list[Problem]:
     except xmlsafe.UnsafeXml as exc:
         return [exc.problem(file)]
     with f:
-        it = xmlsafe.iterparse(
-            xmlsafe.BoundedReader(f, ctx.max_file_bytes),
-            events=("start", "end"),
-            huge_text=ctx.huge_text,
-        )
+        src = xmlsafe.BoundedReader(f, ctx.max_file_bytes)
+        it = xmlsafe.iterparse(src, events=("start", "end"), huge_text=ctx.huge_text)
         depth = 0
-        root = None
+        root: Any = None
+        root_closed = False
+        children = False  # has the root had an element child yet
+        wrong: Problem | None = None
         try:
             for event, el in it:
                 if event == "start":
@@ -270,33 +235,89 @@ def precise_problems(path: Path, ctx: BatchContext) -> list[Problem]:
                         root = el
                         wrong = _wrong_root(file, el)
                         if wrong is not None:
-                            return [wrong]
+                            # Read on all the same: a start tag cut short also looks
+                            # like a wrong root, and then not-well-formed is the verdict.
+                            problems.append(wrong)
+                            continue
                         # The root's attributes alone: a childless batch is valid.
                         shell = etree.Element(ROOT, attrib=dict(el.attrib), nsmap={None: NS})
                         if not schema.validate(shell):
-                            problems += _schema_problems(file, schema.error_log, "", el.sourceline)
+                            problems += schema_problems(file, schema.error_log, "", el.sourceline)
+                    elif wrong is not None:
+                        continue
+                    elif depth == 2:
+                        _root_text(file, root, el, not children, problems)
+                        children = True
                     continue
                 depth -= 1
+                if depth == 0:
+                    root_closed = True
+                    src.root_ended()
+                    if wrong is None:
+                        _root_text(file, root, None, not children, problems)
+                    continue
                 if depth != 1 or root is None:
                     continue
-                _check_child(el, schema, rules, problems, file)
-                el.clear()
+                if wrong is None:
+                    _check_child(el, schema, rules, problems, file)
+                el.clear(keep_tail=True)  # the tail is text in the root: _root_text
                 while el.getprevious() is not None:
                     del root[0]
-                if len(problems) >= ctx.max_problems:
-                    break
+                if len(problems) >= ctx.max_problems and wrong is None:
+                    return problems
         except etree.XMLSyntaxError as exc:
-            problems.append(xmlsafe.syntax_problem(file, exc))
+            # Not XML: findings about its content would be noise (a cut start tag, say,
+            # shows up as a missing attribute).
+            return [xmlsafe.syntax_problem(file, exc)]
+        except etree.LxmlError as exc:
+            return [Problem(file, _last_line(path), "NOT_WELL_FORMED",
+                            f"not well-formed XML: {type(exc).__name__}")]
         except xmlsafe.UnsafeXml as exc:
             problems.append(exc.problem(file))
+            return problems
+    if not root_closed:
+        problems.append(Problem(file, _last_line(path), "NOT_WELL_FORMED",
+                                "the file ends before its root element is closed"))
     return problems
+
+
+def _root_text(file: str, root: Any, upto: Any, first: bool, problems: list[Problem]) -> None:
+    """Text directly inside DecisionBatch, before ``upto`` (or to the root's end), is a
+    schema error. ``first``: root.text (before any child) is still unchecked. The nodes
+    whose tails are checked here are deleted by the caller next, so each piece of text
+    is reported once."""
+    if root is None:
+        return
+    texts = [root.text] if first else []
+    for node in root:
+        if node is upto:
+            break
+        texts.append(node.tail)
+    bad = next((t for t in texts if t and t.strip()), None)
+    if bad is not None:
+        line = upto.sourceline if upto is not None else None
+        shown = mask_text(bad.strip()[:30])
+        problems.append(Problem(file, line or root.sourceline, "SCHEMA",
+                                f"text directly inside DecisionBatch is not allowed ('{shown}'); "
+                                "only Notification and PersonList elements belong there"))
+
+
+def _last_line(path: Path) -> int:
+    """The file's last line: where a file that stops short stops."""
+    lines = 1
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            lines += chunk.count(b"\n")
+    return lines
 
 
 def _check_child(el: Any, schema: Any, rules: Rules, problems: list[Problem], file: str) -> None:
     wrapper = etree.Element(
         ROOT, batchId="x", created="2000-01-01T00:00:00Z", nsmap={None: NS}
     )
-    wrapper.append(copy.deepcopy(el))  # deepcopy keeps source lines
+    child = copy.deepcopy(el)  # deepcopy keeps source lines
+    child.tail = None  # text after it is the root's, reported by _root_text
+    wrapper.append(child)
     if schema.validate(wrapper):
         try:
             if el.tag == NOTIFICATION:
@@ -308,7 +329,7 @@ def _check_child(el: Any, schema: Any, rules: Rules, problems: list[Problem], fi
         return
     name = etree.QName(el).localname if isinstance(el.tag, str) else "node"
     prefix = f"{name} {el.get('id')}: " if el.get("id") else ""
-    problems += _schema_problems(file, schema.error_log, prefix, el.sourceline)
+    problems += schema_problems(file, schema.error_log, prefix, el.sourceline)
 
 
 # ------------------------------------------------------------------ entry points
@@ -368,4 +389,4 @@ def validate_any(path: Path, ctx: BatchContext) -> list[Problem]:
     schema = load_schema(namespace)
     if schema.validate(tree):
         return []
-    return _schema_problems(file, schema.error_log, "", None)[: ctx.max_problems]
+    return schema_problems(file, schema.error_log, "", None)[: ctx.max_problems]
