@@ -218,7 +218,8 @@ def _workers() -> int:
 class ParallelBatchReader:
     """Like BatchReader (items in file order, as StoredItem rows; ``header``), but raises
     SplitFailed instead of describing problems: see the module doc. ``workers``
-    processes are started per file.
+    processes are started per file; ``workers=0`` reads the pieces one after another in
+    this process, through the same assembly (tests use it to cut files very finely).
     """
 
     def __init__(self, path: Path, ctx: BatchContext,
@@ -227,13 +228,37 @@ class ParallelBatchReader:
                  workers: int | None = None) -> None:
         self.path, self.ctx, self.on_attachment, self.build = path, ctx, on_attachment, build
         self.chunk_bytes = chunk_bytes or CHUNK_BYTES
-        self.workers = workers or _workers()
+        self.workers = _workers() if workers is None else workers
         self.header: BatchHeader | None = None
 
     def __iter__(self) -> Iterator[StoredItem]:
         chunks = plan_chunks(self.path, self.ctx, self.chunk_bytes)
         hashes = array("q")
         lines = 0  # of the file, before the piece being handed out
+        for result in self._results(chunks):
+            if not result.ok:
+                raise SplitFailed("a piece has a problem")
+            self.header = self.header or result.header
+            hashes.frombytes(result.id_hashes)
+            if self.on_attachment is not None:
+                for sha, data in result.blobs:
+                    self.on_attachment(sha, data)
+            # A piece's prefix is its line 1, where its own first line begins.
+            if lines:
+                for row in result.items:
+                    yield row._replace(line=None if row.line is None else row.line + lines)
+            else:
+                yield from result.items
+            lines += result.newlines
+        if maybe_duplicates(hashes):
+            raise SplitFailed("an id may repeat across pieces")
+
+    def _results(self, chunks: list[Chunk]) -> Iterator[ChunkResult]:
+        """Each piece's result, in file order."""
+        if self.workers == 0:
+            for chunk in chunks:
+                yield read_chunk(self.path, chunk, self.ctx, self.build)
+            return
         # spawn, not fork: the daemon has threads, and a forked child would inherit their locks.
         with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init, initargs=(os.getpid(),)) as pool:
@@ -249,23 +274,7 @@ class ParallelBatchReader:
                         result = pending.popleft().result()
                     except (BrokenProcessPool, OSError) as exc:  # no workers: read it here
                         raise SplitFailed(f"worker processes failed: {exc}") from exc
-                    if not result.ok:
-                        raise SplitFailed("a piece has a problem")
-                    self.header = self.header or result.header
-                    hashes.frombytes(result.id_hashes)
-                    if self.on_attachment is not None:
-                        for sha, data in result.blobs:
-                            self.on_attachment(sha, data)
-                    # A piece's prefix is its line 1, where its own first line begins.
-                    if lines:
-                        for row in result.items:
-                            yield row._replace(line=None if row.line is None
-                                               else row.line + lines)
-                    else:
-                        yield from result.items
-                    lines += result.newlines
+                    yield result
             finally:
                 for f in pending:
                     f.cancel()
-        if maybe_duplicates(hashes):
-            raise SplitFailed("an id may repeat across pieces")

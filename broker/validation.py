@@ -365,6 +365,21 @@ def root_namespace(path: Path, ctx: BatchContext) -> tuple[str | None, int | Non
     return None, None
 
 
+def _syntax_problems(path: Path, ctx: BatchContext) -> list[Problem]:
+    """Well-formedness alone, streaming: [] or the one problem."""
+    file = str(path)
+    try:
+        with _open_checked(path, ctx) as f:
+            for _event, el in xmlsafe.iterparse(xmlsafe.BoundedReader(f, ctx.max_file_bytes),
+                                                huge_text=ctx.huge_text):
+                el.clear()  # nothing is kept; only the parser's verdict matters
+    except xmlsafe.UnsafeXml as exc:
+        return [exc.problem(file)]
+    except etree.XMLSyntaxError as exc:
+        return [xmlsafe.syntax_problem(file, exc)]
+    return []
+
+
 def validate_any(path: Path, ctx: BatchContext) -> list[Problem]:
     """Validate any contract file by the namespace of its root element."""
     file = str(path)
@@ -377,6 +392,10 @@ def validate_any(path: Path, ctx: BatchContext) -> list[Problem]:
     if namespace == NS:
         return validate_file(path, ctx)
     if namespace not in schemas.NAMESPACES:
+        # A start tag cut short shows the root without its namespace: not XML, first.
+        broken = _syntax_problems(path, ctx)
+        if broken:
+            return broken
         known = ", ".join(sorted(schemas.NAMESPACES))
         return [Problem(file, line, "SCHEMA",
                         f"root element namespace '{namespace or ''}' is not one of: {known}")]
