@@ -32,10 +32,18 @@ from lxml import etree
 
 import schemas
 from broker import xmlsafe
-from broker.batch_rules import NOTIFICATION, NS, PERSON_LIST, ROOT, RuleContext, Rules, ShapeError
+from broker.batch_rules import (
+    NOTIFICATION,
+    NS,
+    PERSON_LIST,
+    ROOT,
+    RuleContext,
+    Rules,
+    ShapeError,
+    root_text_problem,
+)
 from broker.errors import InvalidFile, Problem
 from broker.model import BatchHeader, Item
-from broker.pic import mask_text
 from broker.schema_messages import schema_problems
 
 # libxml2 refuses single text nodes above 10 MB unless told otherwise; base64
@@ -200,7 +208,7 @@ class BatchReader:
             problems = precise_problems(self.path, self.ctx)
             if not problems and withheld:
                 # The two passes disagree; refuse rather than deliver part of the file.
-                problems = [Problem(file, _last_line(self.path), "NOT_WELL_FORMED",
+                problems = [Problem(file, xmlsafe.last_line(self.path), "NOT_WELL_FORMED",
                                     "the file could not be read consistently")]
         if problems:
             problems.sort(key=lambda p: p.line or 0)
@@ -246,7 +254,7 @@ def precise_problems(path: Path, ctx: BatchContext) -> list[Problem]:
                     elif wrong is not None:
                         continue
                     elif depth == 2:
-                        _root_text(file, root, el, not children, problems)
+                        root_text_problem(file, root, el, not children, problems)
                         children = True
                     continue
                 depth -= 1
@@ -254,7 +262,7 @@ def precise_problems(path: Path, ctx: BatchContext) -> list[Problem]:
                     root_closed = True
                     src.root_ended()
                     if wrong is None:
-                        _root_text(file, root, None, not children, problems)
+                        root_text_problem(file, root, None, not children, problems)
                     continue
                 if depth != 1 or root is None:
                     continue
@@ -270,45 +278,15 @@ def precise_problems(path: Path, ctx: BatchContext) -> list[Problem]:
             # shows up as a missing attribute).
             return [xmlsafe.syntax_problem(file, exc)]
         except etree.LxmlError as exc:
-            return [Problem(file, _last_line(path), "NOT_WELL_FORMED",
+            return [Problem(file, xmlsafe.last_line(path), "NOT_WELL_FORMED",
                             f"not well-formed XML: {type(exc).__name__}")]
         except xmlsafe.UnsafeXml as exc:
             problems.append(exc.problem(file))
             return problems
     if not root_closed:
-        problems.append(Problem(file, _last_line(path), "NOT_WELL_FORMED",
+        problems.append(Problem(file, xmlsafe.last_line(path), "NOT_WELL_FORMED",
                                 "the file ends before its root element is closed"))
     return problems
-
-
-def _root_text(file: str, root: Any, upto: Any, first: bool, problems: list[Problem]) -> None:
-    """Text directly inside DecisionBatch, before ``upto`` (or to the root's end), is a
-    schema error. ``first``: root.text (before any child) is still unchecked. The nodes
-    whose tails are checked here are deleted by the caller next, so each piece of text
-    is reported once."""
-    if root is None:
-        return
-    texts = [root.text] if first else []
-    for node in root:
-        if node is upto:
-            break
-        texts.append(node.tail)
-    bad = next((t for t in texts if t and t.strip()), None)
-    if bad is not None:
-        line = upto.sourceline if upto is not None else None
-        shown = mask_text(bad.strip()[:30])
-        problems.append(Problem(file, line or root.sourceline, "SCHEMA",
-                                f"text directly inside DecisionBatch is not allowed ('{shown}'); "
-                                "only Notification and PersonList elements belong there"))
-
-
-def _last_line(path: Path) -> int:
-    """The file's last line: where a file that stops short stops."""
-    lines = 1
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            lines += chunk.count(b"\n")
-    return lines
 
 
 def _check_child(el: Any, schema: Any, rules: Rules, problems: list[Problem], file: str) -> None:
@@ -365,21 +343,6 @@ def root_namespace(path: Path, ctx: BatchContext) -> tuple[str | None, int | Non
     return None, None
 
 
-def _syntax_problems(path: Path, ctx: BatchContext) -> list[Problem]:
-    """Well-formedness alone, streaming: [] or the one problem."""
-    file = str(path)
-    try:
-        with _open_checked(path, ctx) as f:
-            for _event, el in xmlsafe.iterparse(xmlsafe.BoundedReader(f, ctx.max_file_bytes),
-                                                huge_text=ctx.huge_text):
-                el.clear()  # nothing is kept; only the parser's verdict matters
-    except xmlsafe.UnsafeXml as exc:
-        return [exc.problem(file)]
-    except etree.XMLSyntaxError as exc:
-        return [xmlsafe.syntax_problem(file, exc)]
-    return []
-
-
 def validate_any(path: Path, ctx: BatchContext) -> list[Problem]:
     """Validate any contract file by the namespace of its root element."""
     file = str(path)
@@ -393,7 +356,8 @@ def validate_any(path: Path, ctx: BatchContext) -> list[Problem]:
         return validate_file(path, ctx)
     if namespace not in schemas.NAMESPACES:
         # A start tag cut short shows the root without its namespace: not XML, first.
-        broken = _syntax_problems(path, ctx)
+        broken = xmlsafe.well_formed_problems(path, max_bytes=ctx.max_file_bytes,
+                                              huge_text=ctx.huge_text)
         if broken:
             return broken
         known = ", ".join(sorted(schemas.NAMESPACES))

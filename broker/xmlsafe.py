@@ -267,6 +267,30 @@ def syntax_problem(file: str, exc: etree.XMLSyntaxError) -> Problem:
     return Problem(file, line, "NOT_WELL_FORMED", f"not well-formed XML: {msg}")
 
 
+def last_line(path: Path) -> int:
+    """The file's last line: where a file that stops short stops."""
+    lines = 1
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            lines += chunk.count(b"\n")
+    return lines
+
+
+def well_formed_problems(path: Path, *, max_bytes: int, huge_text: bool = False) -> list[Problem]:
+    """Well-formedness alone, streaming and keeping nothing: [] or the one problem."""
+    file = str(path)
+    try:
+        with path.open("rb") as f:
+            check_stream(f, max_bytes=max_bytes)
+            for _event, el in iterparse(BoundedReader(f, max_bytes), huge_text=huge_text):
+                el.clear()  # only the parser's verdict matters
+    except UnsafeXml as exc:
+        return [exc.problem(file)]
+    except etree.XMLSyntaxError as exc:
+        return [syntax_problem(file, exc)]
+    return []
+
+
 def parse(
     source: Path | bytes,
     *,
