@@ -242,8 +242,11 @@ def iterparse(
     parsing, so no entity can be declared and nothing can be amplified; the file
     size bound still applies.
     """
+    # Comments and PIs are dropped from the tree (the parser still checks them): the
+    # rules read an item's children by position, and a comment between them is legal.
+    options = {**_SAFE_OPTIONS, "remove_comments": True, "remove_pis": True}
     it = etree.iterparse(
-        source, events=tuple(events), tag=tag, schema=schema, huge_tree=huge_text, **_SAFE_OPTIONS
+        source, events=tuple(events), tag=tag, schema=schema, huge_tree=huge_text, **options
     )
     it.resolvers.add(_RefuseAll())
     return it
