@@ -8,10 +8,16 @@ piece after the first gets the file's prolog and root start tag in front, every
 piece before the last gets ``</DecisionBatch>`` behind, and each is parsed and
 checked on its own exactly as a whole file would be (broker.validation.BatchReader).
 
-Why a valid split changes nothing: a piece parses only if its bytes between the
-root's tags are balanced content of the root, so the pieces together are the file's
-own sequence of top-level elements, and the root's content model is any sequence of
-them. A cut in a bad place (inside a comment, say) makes a piece fail to parse.
+Why a valid split changes nothing: a piece is accepted only if the parser proved it
+well-formed to its end (libxml2's verdict at end of input, and the root's end seen:
+broker.validation), so its bytes between the root's tags are balanced content of
+the root, and the piece after it starts where a conforming parser of the whole file
+is between two top-level elements. So the pieces together are the file's own sequence
+of top-level elements, and the root's content model is any sequence of them. A cut in
+a bad place (inside a comment, a PI or CDATA, where ``<Notification`` may be mere
+text) leaves the piece before it unclosed, and that piece fails: nothing a conforming
+parser does not see as an element is ever read as one
+(tests/test_parallel_equivalence.py).
 
 This is a fast path for valid files only. Any problem in any piece, an id that may
 repeat across pieces, or a file that cannot be cut raises ``SplitFailed``, and the
