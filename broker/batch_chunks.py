@@ -8,10 +8,16 @@ piece after the first gets the file's prolog and root start tag in front, every
 piece before the last gets ``</DecisionBatch>`` behind, and each is parsed and
 checked on its own exactly as a whole file would be (broker.validation.BatchReader).
 
-Why a valid split changes nothing: a piece parses only if its bytes between the
-root's tags are balanced content of the root, so the pieces together are the file's
-own sequence of top-level elements, and the root's content model is any sequence of
-them. A cut in a bad place (inside a comment, say) makes a piece fail to parse.
+Why a valid split changes nothing: a piece is accepted only if the parser proved it
+well-formed to its end (libxml2's verdict at end of input, and the root's end seen:
+broker.validation), so its bytes between the root's tags are balanced content of
+the root, and the piece after it starts where a conforming parser of the whole file
+is between two top-level elements. So the pieces together are the file's own sequence
+of top-level elements, and the root's content model is any sequence of them. A cut in
+a bad place (inside a comment, a PI or CDATA, where ``<Notification`` may be mere
+text) leaves the piece before it unclosed, and that piece fails: nothing a conforming
+parser does not see as an element is ever read as one
+(tests/test_parallel_equivalence.py).
 
 This is a fast path for valid files only. Any problem in any piece, an id that may
 repeat across pieces, or a file that cannot be cut raises ``SplitFailed``, and the
@@ -218,7 +224,8 @@ def _workers() -> int:
 class ParallelBatchReader:
     """Like BatchReader (items in file order, as StoredItem rows; ``header``), but raises
     SplitFailed instead of describing problems: see the module doc. ``workers``
-    processes are started per file.
+    processes are started per file; ``workers=0`` reads the pieces one after another in
+    this process, through the same assembly (tests use it to cut files very finely).
     """
 
     def __init__(self, path: Path, ctx: BatchContext,
@@ -227,13 +234,37 @@ class ParallelBatchReader:
                  workers: int | None = None) -> None:
         self.path, self.ctx, self.on_attachment, self.build = path, ctx, on_attachment, build
         self.chunk_bytes = chunk_bytes or CHUNK_BYTES
-        self.workers = workers or _workers()
+        self.workers = _workers() if workers is None else workers
         self.header: BatchHeader | None = None
 
     def __iter__(self) -> Iterator[StoredItem]:
         chunks = plan_chunks(self.path, self.ctx, self.chunk_bytes)
         hashes = array("q")
         lines = 0  # of the file, before the piece being handed out
+        for result in self._results(chunks):
+            if not result.ok:
+                raise SplitFailed("a piece has a problem")
+            self.header = self.header or result.header
+            hashes.frombytes(result.id_hashes)
+            if self.on_attachment is not None:
+                for sha, data in result.blobs:
+                    self.on_attachment(sha, data)
+            # A piece's prefix is its line 1, where its own first line begins.
+            if lines:
+                for row in result.items:
+                    yield row._replace(line=None if row.line is None else row.line + lines)
+            else:
+                yield from result.items
+            lines += result.newlines
+        if maybe_duplicates(hashes):
+            raise SplitFailed("an id may repeat across pieces")
+
+    def _results(self, chunks: list[Chunk]) -> Iterator[ChunkResult]:
+        """Each piece's result, in file order."""
+        if self.workers == 0:
+            for chunk in chunks:
+                yield read_chunk(self.path, chunk, self.ctx, self.build)
+            return
         # spawn, not fork: the daemon has threads, and a forked child would inherit their locks.
         with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init, initargs=(os.getpid(),)) as pool:
@@ -249,23 +280,7 @@ class ParallelBatchReader:
                         result = pending.popleft().result()
                     except (BrokenProcessPool, OSError) as exc:  # no workers: read it here
                         raise SplitFailed(f"worker processes failed: {exc}") from exc
-                    if not result.ok:
-                        raise SplitFailed("a piece has a problem")
-                    self.header = self.header or result.header
-                    hashes.frombytes(result.id_hashes)
-                    if self.on_attachment is not None:
-                        for sha, data in result.blobs:
-                            self.on_attachment(sha, data)
-                    # A piece's prefix is its line 1, where its own first line begins.
-                    if lines:
-                        for row in result.items:
-                            yield row._replace(line=None if row.line is None
-                                               else row.line + lines)
-                    else:
-                        yield from result.items
-                    lines += result.newlines
+                    yield result
             finally:
                 for f in pending:
                     f.cancel()
-        if maybe_duplicates(hashes):
-            raise SplitFailed("an id may repeat across pieces")

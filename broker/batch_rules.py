@@ -338,3 +338,26 @@ class Rules:
             reason=reason,
             amount=fields["Amount"].text.strip() if "Amount" in fields else None,
         )
+
+
+def root_text_problem(
+    file: str, root: Element, upto: Element, first: bool, problems: list[Problem]
+) -> None:
+    """Text directly inside DecisionBatch, before ``upto`` (or to the root's end), is a
+    schema error. ``first``: root.text (before any child) is still unchecked. The nodes
+    whose tails are checked here are deleted by the caller next, so each piece of text
+    is reported once."""
+    if root is None:
+        return
+    texts = [root.text] if first else []
+    for node in root:
+        if node is upto:
+            break
+        texts.append(node.tail)
+    bad = next((t for t in texts if t and t.strip()), None)
+    if bad is not None:
+        line = upto.sourceline if upto is not None else None
+        shown = pic.mask_text(bad.strip()[:30])
+        problems.append(Problem(file, line or root.sourceline, "SCHEMA",
+                                f"text directly inside DecisionBatch is not allowed ('{shown}'); "
+                                "only Notification and PersonList elements belong there"))

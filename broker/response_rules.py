@@ -26,7 +26,8 @@ from broker.model import Mandate
 from broker.response_store import NoteState
 from broker.response_texts import Finding, localized
 from broker.routing import route
-from broker.validation import load_schema, plain_message
+from broker.schema_messages import plain_message
+from broker.validation import load_schema
 
 NS = "urn:fi:kela:etotu:municipality-response:1"
 ROOT = f"{{{NS}}}MunicipalityResponse"

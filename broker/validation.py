@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import re
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,10 +32,19 @@ from lxml import etree
 
 import schemas
 from broker import xmlsafe
-from broker.batch_rules import NOTIFICATION, NS, PERSON_LIST, ROOT, RuleContext, Rules, ShapeError
+from broker.batch_rules import (
+    NOTIFICATION,
+    NS,
+    PERSON_LIST,
+    ROOT,
+    RuleContext,
+    Rules,
+    ShapeError,
+    root_text_problem,
+)
 from broker.errors import InvalidFile, Problem
 from broker.model import BatchHeader, Item
-from broker.pic import mask_text
+from broker.schema_messages import schema_problems
 
 # libxml2 refuses single text nodes above 10 MB unless told otherwise; base64
 # attachments above this decoded size need that limit lifted (see xmlsafe.iterparse).
@@ -65,60 +73,6 @@ def load_schema(namespace: str) -> etree.XMLSchema:
     # From bytes, not a filename: the safe parser's resolver refuses every URL.
     doc = etree.fromstring(xsd.read_bytes(), xmlsafe.parser(), base_url=xsd.as_uri())
     return etree.XMLSchema(doc)
-
-
-# ------------------------------------------------------------------ messages
-
-_NS_RE = re.compile(r"\{(?:urn|https?):[^}]*\}")
-_XS_TYPES = {
-    "xs:date": "date (YYYY-MM-DD)",
-    "xs:dateTime": "date and time with offset (YYYY-MM-DDThh:mm:ss+hh:mm)",
-    "xs:decimal": "decimal number",
-    "xs:boolean": "boolean (true or false)",
-    "xs:base64Binary": "base64 content",
-    "xs:nonNegativeInteger": "whole number",
-    "xs:positiveInteger": "whole number above zero",
-}
-_REWRITES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"^Element '([^']+)'(?:, attribute '([^']+)')?: "), r"\1 \2: "),
-    (re.compile(r"\[facet 'pattern'\] The value '([^']*)' is not accepted by the pattern "
-                r"'([^']*)'"),
-     r"the value '\1' does not match the pattern \2"),
-    (re.compile(r"\[facet 'enumeration'\] The value '([^']*)' is not an element of the set "
-                r"\{(.*)\}"),
-     r"the value '\1' is not one of \2"),
-    (re.compile(r"\[facet '(\w+)'\] "), r"(\1) "),
-    (re.compile(r"This element is not expected\. Expected is (?:one of )?\( ?(.*?) ?\)"),
-     r"this element is not expected here; expected \1"),
-    (re.compile(r"This element is not expected\."), "this element is not expected here"),
-    (re.compile(r"Missing child element\(s\)\. Expected is (?:one of )?\( ?(.*?) ?\)"),
-     r"missing child element; expected \1"),
-    (re.compile(r"No matching global declaration available for the validation root\."),
-     "this element is not expected here"),
-]
-
-
-def plain_message(message: str) -> str:
-    """lxml's schema message in plainer words, without namespaces or full identity codes."""
-    msg = _NS_RE.sub("", message).strip()
-    for pattern, repl in _REWRITES:
-        msg = pattern.sub(repl, msg)
-    msg = msg.replace(" : ", ": ")
-    for xs, words in _XS_TYPES.items():
-        msg = msg.replace(f"atomic type '{xs}'", words)
-    if msg.startswith("PersonalIdentityCode"):
-        msg = re.sub(r"'([^']{7})[^']*'", r"'\1****'", msg)  # never echo a code in full
-    return mask_text(msg)
-
-
-def _schema_problems(
-    file: str, log: Any, prefix: str, default_line: int | None
-) -> list[Problem]:
-    return [
-        Problem(file, e.line if e.line > 0 else default_line, "SCHEMA",
-                prefix + plain_message(e.message))
-        for e in log
-    ]
 
 
 # ------------------------------------------------------------------ reader
@@ -184,14 +138,18 @@ class BatchReader:
         except xmlsafe.UnsafeXml as exc:
             raise InvalidFile(file, [exc.problem(file)]) from None
         with contextlib.closing(f):
+            src = xmlsafe.BoundedReader(f, self.ctx.max_file_bytes)
             it = xmlsafe.iterparse(
-                xmlsafe.BoundedReader(f, self.ctx.max_file_bytes),
+                src,
                 events=("start", "end"),
                 tag=(ROOT, NOTIFICATION, PERSON_LIST),
                 schema=load_schema(NS),
                 huge_text=self.ctx.huge_text,
             )
             root: Any = None
+            # Proof of well-formedness is the parser's own, plus this: the root's end
+            # was seen. Items are only delivered while nothing is in doubt.
+            root_closed = False
             try:
                 for event, el in it:
                     if event == "start":
@@ -205,6 +163,13 @@ class BatchReader:
                             )
                         continue
                     if el is root:
+                        root_closed = True
+                        src.root_ended()
+                        continue
+                    if el.getparent() is not root:
+                        # An item inside an item: the XSD refuses it, the precise pass
+                        # says where. Not cleared: its ancestors are still being built.
+                        needs_precise = True
                         continue
                     try:
                         # Only a PersonList has periodStart; cheaper than reading el.tag.
@@ -224,19 +189,27 @@ class BatchReader:
                         break
                     if item is not None and self.build and not needs_precise:
                         yield item
-            except etree.XMLSyntaxError:
+            except etree.LxmlError:
                 # Schema errors arrive here without lines, and with the schema attached
                 # libxml2 words some syntax errors badly ("no element found", line 0):
                 # the precise pass, which parses without the schema, says it right.
                 needs_precise = True
             except xmlsafe.UnsafeXml as exc:
                 problems.append(exc.problem(file))
+                root_closed = True  # the verdict is already "invalid"
+            if not root_closed and len(problems) < self.ctx.max_problems:
+                needs_precise = True  # never accept what was not seen to its end
+        withheld = needs_precise  # items may have been held back: a verdict is owed
         if not needs_precise and rules.maybe_duplicates():
             needs_precise = True  # the exact pass names the duplicates and their lines
         if needs_precise or (problems and self.source is not None):
             if self.source is not None:
                 raise InvalidFile(file, [])
             problems = precise_problems(self.path, self.ctx)
+            if not problems and withheld:
+                # The two passes disagree; refuse rather than deliver part of the file.
+                problems = [Problem(file, xmlsafe.last_line(self.path), "NOT_WELL_FORMED",
+                                    "the file could not be read consistently")]
         if problems:
             problems.sort(key=lambda p: p.line or 0)
             raise InvalidFile(file, problems[: self.ctx.max_problems])
@@ -255,13 +228,13 @@ def precise_problems(path: Path, ctx: BatchContext) -> list[Problem]:
     except xmlsafe.UnsafeXml as exc:
         return [exc.problem(file)]
     with f:
-        it = xmlsafe.iterparse(
-            xmlsafe.BoundedReader(f, ctx.max_file_bytes),
-            events=("start", "end"),
-            huge_text=ctx.huge_text,
-        )
+        src = xmlsafe.BoundedReader(f, ctx.max_file_bytes)
+        it = xmlsafe.iterparse(src, events=("start", "end"), huge_text=ctx.huge_text)
         depth = 0
-        root = None
+        root: Any = None
+        root_closed = False
+        children = False  # has the root had an element child yet
+        wrong: Problem | None = None
         try:
             for event, el in it:
                 if event == "start":
@@ -270,25 +243,49 @@ def precise_problems(path: Path, ctx: BatchContext) -> list[Problem]:
                         root = el
                         wrong = _wrong_root(file, el)
                         if wrong is not None:
-                            return [wrong]
+                            # Read on all the same: a start tag cut short also looks
+                            # like a wrong root, and then not-well-formed is the verdict.
+                            problems.append(wrong)
+                            continue
                         # The root's attributes alone: a childless batch is valid.
                         shell = etree.Element(ROOT, attrib=dict(el.attrib), nsmap={None: NS})
                         if not schema.validate(shell):
-                            problems += _schema_problems(file, schema.error_log, "", el.sourceline)
+                            problems += schema_problems(file, schema.error_log, "", el.sourceline)
+                    elif wrong is not None:
+                        continue
+                    elif depth == 2:
+                        root_text_problem(file, root, el, not children, problems)
+                        children = True
                     continue
                 depth -= 1
+                if depth == 0:
+                    root_closed = True
+                    src.root_ended()
+                    if wrong is None:
+                        root_text_problem(file, root, None, not children, problems)
+                    continue
                 if depth != 1 or root is None:
                     continue
-                _check_child(el, schema, rules, problems, file)
-                el.clear()
+                if wrong is None:
+                    _check_child(el, schema, rules, problems, file)
+                el.clear(keep_tail=True)  # the tail is text in the root: _root_text
                 while el.getprevious() is not None:
                     del root[0]
-                if len(problems) >= ctx.max_problems:
-                    break
+                if len(problems) >= ctx.max_problems and wrong is None:
+                    return problems
         except etree.XMLSyntaxError as exc:
-            problems.append(xmlsafe.syntax_problem(file, exc))
+            # Not XML: findings about its content would be noise (a cut start tag, say,
+            # shows up as a missing attribute).
+            return [xmlsafe.syntax_problem(file, exc)]
+        except etree.LxmlError as exc:
+            return [Problem(file, xmlsafe.last_line(path), "NOT_WELL_FORMED",
+                            f"not well-formed XML: {type(exc).__name__}")]
         except xmlsafe.UnsafeXml as exc:
             problems.append(exc.problem(file))
+            return problems
+    if not root_closed:
+        problems.append(Problem(file, xmlsafe.last_line(path), "NOT_WELL_FORMED",
+                                "the file ends before its root element is closed"))
     return problems
 
 
@@ -296,7 +293,9 @@ def _check_child(el: Any, schema: Any, rules: Rules, problems: list[Problem], fi
     wrapper = etree.Element(
         ROOT, batchId="x", created="2000-01-01T00:00:00Z", nsmap={None: NS}
     )
-    wrapper.append(copy.deepcopy(el))  # deepcopy keeps source lines
+    child = copy.deepcopy(el)  # deepcopy keeps source lines
+    child.tail = None  # text after it is the root's, reported by _root_text
+    wrapper.append(child)
     if schema.validate(wrapper):
         try:
             if el.tag == NOTIFICATION:
@@ -308,7 +307,7 @@ def _check_child(el: Any, schema: Any, rules: Rules, problems: list[Problem], fi
         return
     name = etree.QName(el).localname if isinstance(el.tag, str) else "node"
     prefix = f"{name} {el.get('id')}: " if el.get("id") else ""
-    problems += _schema_problems(file, schema.error_log, prefix, el.sourceline)
+    problems += schema_problems(file, schema.error_log, prefix, el.sourceline)
 
 
 # ------------------------------------------------------------------ entry points
@@ -356,6 +355,11 @@ def validate_any(path: Path, ctx: BatchContext) -> list[Problem]:
     if namespace == NS:
         return validate_file(path, ctx)
     if namespace not in schemas.NAMESPACES:
+        # A start tag cut short shows the root without its namespace: not XML, first.
+        broken = xmlsafe.well_formed_problems(path, max_bytes=ctx.max_file_bytes,
+                                              huge_text=ctx.huge_text)
+        if broken:
+            return broken
         known = ", ".join(sorted(schemas.NAMESPACES))
         return [Problem(file, line, "SCHEMA",
                         f"root element namespace '{namespace or ''}' is not one of: {known}")]
@@ -368,4 +372,4 @@ def validate_any(path: Path, ctx: BatchContext) -> list[Problem]:
     schema = load_schema(namespace)
     if schema.validate(tree):
         return []
-    return _schema_problems(file, schema.error_log, "", None)[: ctx.max_problems]
+    return schema_problems(file, schema.error_log, "", None)[: ctx.max_problems]
