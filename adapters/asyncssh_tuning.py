@@ -14,7 +14,11 @@ work per packet is what decides the speed.
    module checks the level; the SFTP handler logs two such lines per request. We check
    the level first, so nothing changes when debug logging is on.
 
-Both patch asyncssh from outside, so ``tests/test_asyncssh_tuning.py`` checks that they
+3. Not a speed matter: asyncssh's SFTP server advertises ``hardlink@openssh.com`` to
+   every client, but the broker refuses links (a link would escape the jail's rules),
+   so clients are told only of extensions that work (``withdraw_hardlink``).
+
+All patch asyncssh from outside, so ``tests/test_asyncssh_tuning.py`` checks that they
 still apply to the installed version: if asyncssh changes these internals the test
 fails instead of the speed silently going away.
 """
@@ -29,6 +33,7 @@ import asyncssh
 from asyncssh.constants import MSG_IGNORE
 from asyncssh.logging import SSHLogger
 from asyncssh.packet import String
+from asyncssh.sftp import SFTPServerHandler
 
 _EMPTY_IGNORE = (String(b""),)
 
@@ -66,3 +71,11 @@ def quiet_debug_logging() -> None:
 
     debug1._broker_checked = True  # type: ignore[attr-defined]
     SSHLogger.debug1 = debug1  # type: ignore[method-assign]
+
+
+def withdraw_hardlink() -> None:
+    """Stop advertising ``hardlink@openssh.com`` (the broker refuses it). Process-wide:
+    asyncssh keeps the list on its handler class, and this process serves only us."""
+    SFTPServerHandler._extensions = [
+        (name, data) for name, data in SFTPServerHandler._extensions
+        if name != b"hardlink@openssh.com"]

@@ -62,3 +62,13 @@ def test_debug_lines_are_not_formatted_when_debug_is_off() -> None:
     logging.getLogger("test-asyncssh-tuning").setLevel(logging.DEBUG)
     logger.debug1("value %s", [Loud()])
     assert formatted == [1]
+
+
+def test_hardlink_is_no_longer_advertised() -> None:
+    from asyncssh.sftp import SFTPServerHandler
+
+    from adapters.asyncssh_tuning import withdraw_hardlink
+
+    withdraw_hardlink()
+    names = [n for n, _ in SFTPServerHandler._extensions]
+    assert b"hardlink@openssh.com" not in names and b"posix-rename@openssh.com" in names
