@@ -24,7 +24,8 @@ class NotificationType(StrEnum):
 
 
 class ListType(StrEnum):
-    LABOUR_MARKET_SUBSIDY_200_DAYS = "LABOUR_MARKET_SUBSIDY_200_DAYS"
+    LABOUR_MARKET_SUBSIDY_200_DAYS = "LABOUR_MARKET_SUBSIDY_200_DAYS"  # the 2017 pilot
+    LABOUR_MARKET_SUBSIDY_300_DAYS = "LABOUR_MARKET_SUBSIDY_300_DAYS"  # the list of today
     LABOUR_MARKET_SUBSIDY_MUNICIPAL_SHARE = "LABOUR_MARKET_SUBSIDY_MUNICIPAL_SHARE"
     CHILDCARE_SUPPORT_RECIPIENTS = "CHILDCARE_SUPPORT_RECIPIENTS"
     CHILDCARE_SUPPORT_PAYMENTS = "CHILDCARE_SUPPORT_PAYMENTS"
@@ -44,6 +45,7 @@ ItemType = NotificationType | ListType
 MANDATE_OF: dict[str, Mandate] = {
     **{t.value: Mandate.SOCIAL_ASSISTANCE for t in NotificationType},
     ListType.LABOUR_MARKET_SUBSIDY_200_DAYS.value: Mandate.LABOUR_MARKET_SUBSIDY,
+    ListType.LABOUR_MARKET_SUBSIDY_300_DAYS.value: Mandate.LABOUR_MARKET_SUBSIDY,
     ListType.LABOUR_MARKET_SUBSIDY_MUNICIPAL_SHARE.value: Mandate.LABOUR_MARKET_SUBSIDY,
     ListType.CHILDCARE_SUPPORT_RECIPIENTS.value: Mandate.CHILDCARE_SUPPORT,
     ListType.CHILDCARE_SUPPORT_PAYMENTS.value: Mandate.CHILDCARE_SUPPORT,
@@ -52,6 +54,7 @@ MANDATE_OF: dict[str, Mandate] = {
 # Entry fields each list type requires beyond identity code and names (SPEC 2).
 LIST_FIELDS: dict[str, tuple[str, ...]] = {
     ListType.LABOUR_MARKET_SUBSIDY_200_DAYS.value: ("Days", "Reason"),
+    ListType.LABOUR_MARKET_SUBSIDY_300_DAYS.value: ("Days", "Reason"),
     ListType.LABOUR_MARKET_SUBSIDY_MUNICIPAL_SHARE.value: ("Days", "Amount"),
     ListType.CHILDCARE_SUPPORT_RECIPIENTS.value: ("Reason",),
     ListType.CHILDCARE_SUPPORT_PAYMENTS.value: ("Reason", "Amount"),
