@@ -211,15 +211,16 @@ class StoredItem(NamedTuple):
     content_hash: str
     payload: str  # canonical JSON (to_json)
     line: int | None
+    route_on: str | None = None  # ISO date that picks the route: DecisionDate, or periodEnd
 
     @classmethod
     def of(cls, item: Item) -> StoredItem:
         if isinstance(item, Notification):
             return cls("notification", item.id, item.type, item.municipality,
                        item.decision_date.isoformat(), item.urgent, item.content_hash,
-                       item.to_json(), item.line)
+                       item.to_json(), item.line, item.decision_date.isoformat())
         return cls("list", item.id, item.type, item.municipality, None, False,
-                   item.content_hash, item.to_json(), item.line)
+                   item.content_hash, item.to_json(), item.line, item.period_end.isoformat())
 
 
 def _content_hash(item: Item) -> str:
