@@ -166,9 +166,10 @@ def parse_routes(r: _Reader, raw: Mapping[str, Any], i: int, oid: str,
             bad(f"unknown type {name!r}; known: types {', '.join(ALL_TYPES)} "
                 f"and mandates {', '.join(Mandate)}", ".types")
         for t in sorted(types):
-            if MANDATE_OF[t] not in ents:
+            if MANDATE_OF[t] not in ents:  # reported, and left out: never delivered to it
                 bad(f"{oid} would receive {t} but is not entitled to it: add "
                     f"{MANDATE_OF[t].value} to its entitlements", ".types")
+                types.discard(t)
         own = item.get("municipalities", sorted(munis))
         if not isinstance(own, list) or not set(own) <= munis:
             bad("municipalities of a route must be some of the organisation's own "

@@ -151,8 +151,9 @@ def _timeline(routes: Sequence[Route]) -> Iterable[tuple[str, Route, Route | Non
             if reach.until is None or r.start is None or reach.until >= r.start:
                 last = r.until if reach.until is None or (
                     r.until is not None and r.until < reach.until) else reach.until
-                first = r.start.isoformat() if r.start else "always"
-                yield "overlap", r, reach, f"{first} to {last or 'onwards'}"
+                first = f"{r.start}" if r.start else "always"
+                yield "overlap", r, reach, (f"from {first} onwards" if last is None
+                                            else f"{first} to {last}")
             elif reach.until + timedelta(days=1) < r.start:
                 yield ("gap", reach, r,
                        f"{reach.until + timedelta(days=1)} to {r.start - timedelta(days=1)}")
@@ -190,8 +191,8 @@ def check_routes(config: Config, file: str,
             if kind == "overlap":
                 assert other is not None
                 msg = (f"{type_} for {where} has two routes: {other.organisation} and "
-                       f"{r.organisation} ({other.period} and {r.period}; both apply "
-                       f"{period})")
+                       f"{r.organisation} ({other.key}: {other.period}; {r.key}: {r.period}); "
+                       f"both apply {period}")
             elif kind == "gap":
                 assert other is not None
                 msg = (f"{type_} for {where} has no route from {period}: {r.organisation}'s "
