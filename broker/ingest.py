@@ -199,11 +199,18 @@ def _what(item: StoredItem) -> str:
 
 
 def report_text(out: Outcome) -> str:
-    """The human-readable report kept beside a quarantined file."""
+    """The human-readable report: kept beside a quarantined file; for an accepted file with
+    warnings (a merged municipality's code), what the operator should read."""
     lines = [f"File: {out.file}", f"SHA-256: {out.sha256}", f"Size: {out.size} bytes",
              f"Verdict: REJECTED ({len(out.problems)} problem(s)); nothing from this file "
-             "was accepted.", ""]
+             "was accepted." if out.problems else
+             f"Verdict: ACCEPTED ({out.new} new, {out.unchanged} already known).", ""]
     for p in out.problems:
         where = f"line {p.line}" if p.line is not None else "file"
         lines.append(f"{where}: {p.code}: {p.message}")
+    if out.warnings and not out.problems:  # a rejection kept nothing to warn about
+        lines.append(f"Warnings ({len(out.warnings)}):")
+        for p in out.warnings:
+            where = f"line {p.line}" if p.line is not None else "file"
+            lines.append(f"{where}: {p.message}")
     return "\n".join(lines) + "\n"

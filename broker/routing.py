@@ -180,23 +180,29 @@ def check_routes(config: Config, file: str,
     for type_ in ALL_TYPES:
         missing: list[str] = []
         found: dict[tuple[str, Route, Route | None, str], list[str]] = defaultdict(list)
+        nexts: dict[tuple[str, Route, Route | None, str], Route | None] = {}
         for code in sorted(config.register.codes):
             routes = index.get((type_, code), ())
             if not routes:
                 missing.append(code)
-            for hit in _timeline(routes):
-                found[hit].append(code)
+            for kind, r, other, period in _timeline(routes):
+                # A gap is the ending route's: one error for a county, whoever comes next
+                # (the period is the same, so the next route's first day is too).
+                group = (kind, r, other if kind == "overlap" else None, period)
+                found[group].append(code)
+                nexts.setdefault(group, other)
         for (kind, r, other, period), codes in found.items():
             where = _munis(config, codes)
+            nxt = nexts[(kind, r, other, period)]
             if kind == "overlap":
                 assert other is not None
                 msg = (f"{type_} for {where} has two routes: {other.organisation} and "
                        f"{r.organisation} ({other.key}: {other.period}; {r.key}: {r.period}); "
                        f"both apply {period}")
             elif kind == "gap":
-                assert other is not None
+                assert nxt is not None
                 msg = (f"{type_} for {where} has no route from {period}: {r.organisation}'s "
-                       f"route ends {r.until}, {other.organisation}'s begins {other.start}")
+                       f"route ends {r.until}, the next begins {nxt.start}")
             else:
                 msg = (f"{type_} for {where} has no route {period}: the route to "
                        f"{r.organisation} ends then and none follows")
