@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from daemon_support import make_home
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from broker.cli import main
@@ -17,7 +19,8 @@ from broker.db import make_engine
 from broker.errors import ConfigErrors, RoutingError
 from broker.ingest import ingest_batch, report_text
 from broker.model import ALL_TYPES
-from broker.routing import decide, route
+from broker.route_table import Route
+from broker.routing import _timeline, decide, route
 from broker.store import Store
 from broker.synthetic import write_batch
 
@@ -312,3 +315,27 @@ def test_sample_register_and_config_stay_in_step() -> None:
     cfg = load_config(REPO)
     assert "588" not in cfg.register and cfg.mergers["588"].into == "507"
     assert "588" in cfg.known_codes
+
+
+# --- the timeline check against counting routes day by day ------------------------------
+
+BASE = date(2025, 1, 1)
+DAYS = st.one_of(st.none(), st.integers(0, 30).map(lambda n: BASE + timedelta(days=n)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(DAYS, DAYS), min_size=1, max_size=5))
+def test_property_gaps_overlaps_and_endings_are_exactly_those_in_time(
+        spans: list[tuple[date | None, date | None]]) -> None:
+    routes = sorted((Route(f"org-{i}", frozenset({"IMMIGRANT"}), frozenset({"837"}),
+                           min(s, u) if s and u else s, max(s, u) if s and u else u, i, 0)
+                     for i, (s, u) in enumerate(spans)),
+                    key=lambda r: (r.start or date.min, r.org_index))
+    window = [BASE + timedelta(days=n) for n in range(-3, 35)]
+    count = {d: sum(r.covers(d) for r in routes) for d in window}
+    found = {kind for kind, *_ in _timeline(routes)}
+    assert ("overlap" in found) == any(n > 1 for n in count.values())
+    hole = any(count[d] == 0 and any(count[e] for e in window if e < d)
+               and any(count[e] for e in window if e > d) for d in window)
+    assert ("gap" in found) == hole
+    assert ("end" in found) == all(r.until is not None for r in routes)
