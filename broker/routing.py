@@ -214,3 +214,26 @@ def check_routes(config: Config, file: str,
                 f"them receives it (needs {MANDATE_OF[type_].value})", file=file,
                 line=line_of("organisation", None, 0), key="organisation"))
     return errors
+
+
+@dataclass(frozen=True)
+class RouteChange:
+    """``organisation`` starts receiving ``type`` on ``start``, taking it over from
+    ``previous``: its first delivery of the type falls under SPEC 4 (the release pass
+    staggers any first delivery of an (organisation, type) over the threshold)."""
+
+    type: str
+    organisation: str
+    start: date
+    previous: str
+
+
+def route_changes(config: Config) -> list[RouteChange]:
+    """Every route change of the configuration, for ``config check`` and operators."""
+    found: set[RouteChange] = set()
+    for (type_, _code), routes in config.route_index.items():
+        for k, r in enumerate(routes):
+            before = {p.organisation for p in routes[:k]}
+            if k and r.start is not None and r.organisation not in before:
+                found.add(RouteChange(type_, r.organisation, r.start, routes[k - 1].organisation))
+    return sorted(found, key=lambda c: (c.start, c.type, c.organisation))

@@ -182,6 +182,9 @@ def test_config_check_cli_ok_and_keys(home: Path) -> None:
     ok = CliRunner().invoke(main, ["--home", str(home), "config", "check"])
     assert ok.exit_code == 0, ok.output
     assert "329 organisations" in ok.output and "no authorized_keys" in ok.output
+    # Every municipality outside Helsinki and Åland starts receiving IMMIGRANT in 2025.
+    assert "route change 2025-01-01: 291 organisation(s) start receiving IMMIGRANT" in ok.output
+    assert "merger 2026-01-01: 507 Mäntyharju succeeds 588" in ok.output
     strict = CliRunner().invoke(main, ["--home", str(home), "config", "check", "--keys"])
     assert strict.exit_code == 1
     assert "config/keys/helsinki/authorized_keys is missing" in strict.output

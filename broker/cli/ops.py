@@ -88,10 +88,31 @@ def config_check(ctx: click.Context, keys: bool) -> None:
     missing = [o.id for o in cfg.organisations
                if o.push is None and not o.authorized_keys.is_file()]
     click.echo(f"{cfg.path}: OK: {len(cfg.organisations)} organisations, "
-               f"{len(cfg.register.by_code)} municipalities, every type routed exactly once.")
+               f"{len(cfg.register.by_code)} municipalities, every type routed exactly once "
+               "on every day from its first route on.")
+    _route_changes(cfg)
     if missing:
         click.echo(f"note: {len(missing)} organisation(s) have no authorized_keys yet and "
                    f"cannot log in (e.g. {', '.join(missing[:3])}); --keys makes this an error.")
+
+
+def _route_changes(cfg: Config) -> None:
+    """What the dated routes will do: who starts receiving what, and when (SPEC 3, 4)."""
+    from collections import defaultdict
+
+    from broker.routing import route_changes
+
+    changes: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for c in route_changes(cfg):
+        changes[(c.start.isoformat(), c.type)].append(c.organisation)
+    for (start, type_), orgs in sorted(changes.items()):
+        shown = ", ".join(orgs[:3]) + (f" and {len(orgs) - 3} more" if len(orgs) > 3 else "")
+        click.echo(f"route change {start}: {len(orgs)} organisation(s) start receiving "
+                   f"{type_} ({shown}); a first delivery of {cfg.stagger.describe()}.")
+    for m in cfg.mergers.values():
+        click.echo(f"merger {m.on}: {cfg.register.describe(m.into)} succeeds {m.code}; "
+                   f"later decisions under {m.code}: "
+                   + ("rejected" if m.after == "reject" else "routed there with a warning"))
 
 
 def _check_against_store(cfg: Config) -> None:
