@@ -339,3 +339,27 @@ def test_property_gaps_overlaps_and_endings_are_exactly_those_in_time(
                and any(count[e] for e in window if e > d) for d in window)
     assert ("gap" in found) == hole
     assert ("end" in found) == all(r.until is not None for r in routes)
+
+
+def test_a_transfer_is_routed_by_the_notifications_decision_date(tmp_path: Path) -> None:
+    """SPEC 3 and 6: a misdirected IMMIGRANT notification from 2024 goes to the county of
+    the new municipality, one from 2026 to the municipality itself."""
+    from response_support import T0, T1, Env, response, transfer
+
+    home = make_home(tmp_path / "home")
+    config = load_config(home)
+    env = Env(home, config, Store(make_engine(config.database)))
+    old, new = tmp_path / "2024.xml", tmp_path / "2026.xml"
+    write_batch(old, count=1, municipalities=["837"], types=["IMMIGRANT"],
+                decision_date=date(2024, 12, 20), batch_id="T-2024", seed=5)
+    write_batch(new, count=1, municipalities=["837"], types=["IMMIGRANT"],
+                decision_date=date(2026, 11, 20), batch_id="T-2026", seed=6)
+    for path in (old, new):
+        assert ingest_batch(path, config=config, store=env.store, now=T0).status == "accepted"
+    env.release(T0)
+    assert assigned(env.store)["N-2024-000000001"][0] == "pirha"
+    assert assigned(env.store)["N-2026-000000001"][0] == "tampere"
+    county = env.process("pirha", "1.xml", response(transfer("N-2024-000000001", "853")), T1)
+    assert county.status == "accepted" and county.transfers == [("N-2024-000000001", "varha")]
+    town = env.process("tampere", "2.xml", response(transfer("N-2026-000000001", "853")), T1)
+    assert town.status == "accepted" and town.transfers == [("N-2026-000000001", "turku")]
