@@ -164,3 +164,12 @@ def test_300_day_list_reaches_the_municipality_whole(tmp_path: Path) -> None:
     Releaser(config, store).run(now)
     (delivered,) = (home / "outbox" / "tampere").glob(f"L-tampere-{TYPE}-*.xml")
     assert xml_entries(delivered.read_bytes(), "xml-v2")[1] == list(ENTRIES)
+
+
+@pytest.mark.parametrize(("namespace", "simple_type"), [
+    (NS, "ListType"), (NS_OUT["xml-v2"], "ListKind"), (NS_OUT["xml-v1"], "ListKind")])
+def test_every_list_type_is_in_every_schema(namespace: str, simple_type: str) -> None:
+    xs = "{http://www.w3.org/2001/XMLSchema}"
+    doc = etree.parse(str(schemas.path(namespace)))
+    (node,) = [n for n in doc.iter(f"{xs}simpleType") if n.get("name") == simple_type]
+    assert {e.get("value") for e in node.iter(f"{xs}enumeration")} == {t.value for t in ListType}
