@@ -71,11 +71,11 @@ class Route:
 
     @property
     def period(self) -> str:
-        start = self.start.isoformat() if self.start else "always"
-        until = self.until.isoformat() if self.until else "onwards"
-        if self.start is None and self.until is None:
-            return "always"
-        return f"{start} to {until}" if self.until else f"from {start} onwards"
+        """As an operator reads it: ``2023-01-01 to 2024-12-31``, ``from 2025-01-01 onwards``."""
+        if self.start is None:
+            return "always" if self.until is None else f"until {self.until}"
+        return f"from {self.start} onwards" if self.until is None else \
+            f"{self.start} to {self.until}"
 
 
 @dataclass(frozen=True)

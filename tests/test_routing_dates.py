@@ -363,3 +363,14 @@ def test_a_transfer_is_routed_by_the_notifications_decision_date(tmp_path: Path)
     assert county.status == "accepted" and county.transfers == [("N-2024-000000001", "varha")]
     town = env.process("tampere", "2.xml", response(transfer("N-2026-000000001", "853")), T1)
     assert town.status == "accepted" and town.transfers == [("N-2026-000000001", "turku")]
+
+
+@pytest.mark.parametrize(("start", "until", "text_"), [
+    (None, None, "always"), (None, date(2024, 12, 31), "until 2024-12-31"),
+    (date(2025, 1, 1), None, "from 2025-01-01 onwards"),
+    (date(2023, 1, 1), date(2024, 12, 31), "2023-01-01 to 2024-12-31")])
+def test_a_period_reads_as_written(start: date | None, until: date | None, text_: str) -> None:
+    r = Route("pirha", frozenset({"IMMIGRANT"}), frozenset({"837"}), start, until)
+    assert r.period == text_
+    day = date(2024, 6, 1)
+    assert r.covers(day) == ((start is None or start <= day) and (until is None or day <= until))
