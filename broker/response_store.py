@@ -135,8 +135,8 @@ def note_states(c: Connection, ids: Iterable[str]) -> dict[str, NoteState]:
         chunk = wanted[i:i + 500]
         rows = c.execute(
             select(items.c.id, items.c.seq, items.c.kind, items.c.type, items.c.decision_date,
-                   assignments.c.id.label(
-                "aid"), assignments.c.organisation, assignments.c.state, assignments.c.handled_on)
+                   assignments.c.id.label("aid"), assignments.c.organisation,
+                   assignments.c.state, assignments.c.handled_on)
             .join(assignments, assignments.c.item_seq == items.c.seq)
             .where(items.c.id.in_(chunk))
             .order_by(items.c.seq, assignments.c.id)).all()
