@@ -372,3 +372,17 @@ def test_a_transfer_is_routed_by_the_notifications_decision_date(tmp_path: Path)
 def test_a_period_reads_as_written(start: date | None, until: date | None, text_: str) -> None:
     r = Route("pirha", frozenset({"IMMIGRANT"}), frozenset({"837"}), start, until)
     assert r.period == text_
+
+
+def test_validate_knows_merged_codes_as_ingest_does(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    batch = tmp_path / "b.xml"
+    pertunmaa_batch(batch, date(2025, 12, 31))
+    ok = CliRunner().invoke(main, ["--home", str(home), "validate", str(batch)])
+    assert ok.exit_code == 0, ok.output
+    path = home / "config" / "broker.toml"
+    body = path.read_text()
+    start = body.index("[[merger]]")
+    path.write_text(body[:start] + body[body.index("\n\n", start):])
+    gone = CliRunner().invoke(main, ["--home", str(home), "validate", str(batch)])
+    assert gone.exit_code == 1 and "588" in gone.output
