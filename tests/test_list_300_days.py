@@ -173,3 +173,15 @@ def test_every_list_type_is_in_every_schema(namespace: str, simple_type: str) ->
     doc = etree.parse(str(schemas.path(namespace)))
     (node,) = [n for n in doc.iter(f"{xs}simpleType") if n.get("name") == simple_type]
     assert {e.get("value") for e in node.iter(f"{xs}enumeration")} == {t.value for t in ListType}
+
+
+def test_synthetic_batches_carry_valid_300_day_lists(tmp_path: Path) -> None:
+    from broker.synthetic import write_batch
+
+    path = tmp_path / "synthetic.xml"
+    write_batch(path, count=3, municipalities=["837"], decision_date=date(2026, 10, 31),
+                batch_id="SYN", seed=8, lists=len(ListType))
+    lists = [i for i in read_batch(path) if isinstance(i, PersonList)]
+    assert {pl.type for pl in lists} == {t.value for t in ListType}
+    (l300,) = [pl for pl in lists if pl.type == TYPE]
+    assert {e.reason for e in l300.entries} <= {"PAID_300_DAYS", "AFTER_MAX_PERIOD"}
