@@ -151,9 +151,9 @@ def _timeline(routes: Sequence[Route]) -> Iterable[tuple[str, Route, Route | Non
             if reach.until is None or r.start is None or reach.until >= r.start:
                 last = r.until if reach.until is None or (
                     r.until is not None and r.until < reach.until) else reach.until
-                first = f"{r.start}" if r.start else "always"
-                yield "overlap", r, reach, (f"from {first} onwards" if last is None
-                                            else f"{first} to {last}")
+                # The days both apply, worded as Route.period words a span.
+                yield "overlap", r, reach, Route("", r.types, r.municipalities, r.start,
+                                                 last).period
             elif reach.until + timedelta(days=1) < r.start:
                 yield ("gap", reach, r,
                        f"{reach.until + timedelta(days=1)} to {r.start - timedelta(days=1)}")
