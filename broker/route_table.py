@@ -171,10 +171,12 @@ def parse_routes(r: _Reader, raw: Mapping[str, Any], i: int, oid: str,
                     f"{MANDATE_OF[t].value} to its entitlements", ".types")
                 types.discard(t)
         own = item.get("municipalities", sorted(munis))
-        if not isinstance(own, list) or not set(own) <= munis:
-            bad("municipalities of a route must be some of the organisation's own "
-                f"({', '.join(sorted(set(own) - munis) if isinstance(own, list) else [])})",
-                ".municipalities")
+        if not isinstance(own, list) or not all(isinstance(c, str) for c in own):
+            bad("municipalities of a route must be a list of codes", ".municipalities")
+            own = sorted(munis)
+        elif not set(own) <= munis:
+            bad("municipalities of a route must be some of the organisation's own; not its: "
+                f"{', '.join(sorted(set(own) - munis))}", ".municipalities")
             own = sorted(munis)
         days: dict[str, date | None] = {}
         for key in ("from", "until"):

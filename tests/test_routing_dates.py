@@ -386,3 +386,26 @@ def test_validate_knows_merged_codes_as_ingest_does(tmp_path: Path) -> None:
     path.write_text(body[:start] + body[body.index("\n\n", start):])
     gone = CliRunner().invoke(main, ["--home", str(home), "validate", str(batch)])
     assert gone.exit_code == 1 and "588" in gone.output
+
+
+def test_a_route_narrowed_to_some_municipalities(tmp_path: Path) -> None:
+    """A county whose IMMIGRANT route for one municipality ends early, that municipality
+    taking over: `municipalities` narrows a route; foreign codes are refused."""
+    home = make_home(tmp_path / "home")
+    edit_org(home, "pirha", '  { types = ["IMMIGRANT"], from = 2023-01-01, until = 2024-12-31 },\n',
+             '  { types = ["IMMIGRANT"], from = 2023-01-01, until = 2024-12-31, '
+             'municipalities = ["020", "108", "143", "177", "211", "250", "291", "418", "508", '
+             '"536", "562", "581", "604", "619", "635", "702", "790", "887", "908", "922", '
+             '"936", "980"] },\n  { types = ["IMMIGRANT"], from = 2023-01-01, until = '
+             '2024-06-30, municipalities = ["837"] },\n')
+    edit_org(home, "tampere", 'types = ["IMMIGRANT"], from = 2025-01-01',
+             'types = ["IMMIGRANT"], from = 2024-07-01')
+    cfg = load_config(home)
+    assert route(cfg, "IMMIGRANT", "837", date(2024, 6, 30)).id == "pirha"
+    assert route(cfg, "IMMIGRANT", "837", date(2024, 7, 1)).id == "tampere"
+    assert route(cfg, "IMMIGRANT", "020", date(2024, 7, 1)).id == "pirha"
+    edit_org(home, "pirha", 'municipalities = ["837"]', 'municipalities = ["837", "091"]')
+    with pytest.raises(ConfigErrors) as exc:
+        load_config(home)
+    assert "organisation[7].routes[2].municipalities: municipalities of a route must be some " \
+        "of the organisation's own; not its: 091" in str(exc.value)
