@@ -33,6 +33,7 @@ _ENTRY_FIELDS = {f"{{{NS}}}{name}": name for name in ("Days", "Reason", "Amount"
 # Which Entry Reason values belong to which list type (the XSD only knows the union).
 _REASONS: dict[str, frozenset[str]] = {
     "LABOUR_MARKET_SUBSIDY_200_DAYS": frozenset({"PAID_200_DAYS", "AFTER_MAX_PERIOD"}),
+    "LABOUR_MARKET_SUBSIDY_300_DAYS": frozenset({"PAID_300_DAYS", "AFTER_MAX_PERIOD"}),
     "CHILDCARE_SUPPORT_RECIPIENTS": frozenset({"HOME_CARE", "PRIVATE_CARE", "FLEXIBLE_CARE"}),
     "CHILDCARE_SUPPORT_PAYMENTS": frozenset({"HOME_CARE", "PRIVATE_CARE", "FLEXIBLE_CARE"}),
 }

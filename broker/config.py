@@ -10,7 +10,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import date, time
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -18,6 +18,7 @@ from typing import Any, Literal, cast
 from broker.errors import ConfigError, ConfigErrors
 from broker.model import ALL_TYPES, Mandate, is_list_type
 from broker.municipalities import Register, load_register, packaged_register_path
+from broker.route_table import Merger, Route, parse_mergers, parse_routes
 from broker.schedule import StaggerPolicy, TypeTiming
 
 Format = Literal["xml-v2", "xml-v1", "csv"]
@@ -54,6 +55,8 @@ class Organisation:
     authorized_keys: Path
     push: PushTarget | None = None
     line: int | None = field(default=None, compare=False)
+    # What it receives, when (broker.route_table); none: nothing.
+    routes: tuple[Route, ...] = field(default=(), compare=False)
 
     def entitled(self, type_: str) -> bool:
         from broker.model import MANDATE_OF
@@ -108,23 +111,29 @@ class Config:
     stale_upload_hours: float = 24.0  # temp uploads and cut-off uploads are removed after this
     # Organisations removed or renamed: where their held and undelivered items go.
     handover: Mapping[str, str] = field(default_factory=dict)
+    # Municipality codes merged away: old code -> merger (broker.route_table).
+    mergers: Mapping[str, Merger] = field(default_factory=dict)
 
     @cached_property
     def by_id(self) -> dict[str, Organisation]:
         return {o.id: o for o in self.organisations}
 
     @cached_property
-    def routes(self) -> dict[tuple[str, str], Organisation]:
-        """(type, municipality) -> the one receiving organisation, for the hot path."""
-        from broker.routing import candidates
+    def route_index(self) -> dict[tuple[str, str], tuple[Route, ...]]:
+        """(type, municipality) -> its dated routes, earliest first, for the hot path."""
+        table: dict[tuple[str, str], list[Route]] = {}
+        for o in self.organisations:
+            for r in o.routes:
+                for type_ in r.types:
+                    for code in r.municipalities:
+                        table.setdefault((type_, code), []).append(r)
+        return {k: tuple(sorted(v, key=lambda r: (r.start or date.min, r.org_index)))
+                for k, v in table.items()}
 
-        table: dict[tuple[str, str], Organisation] = {}
-        for type_ in ALL_TYPES:
-            for code in self.register.codes:
-                found = candidates(self.organisations, type_, code)
-                if len(found) == 1:
-                    table[(type_, code)] = found[0]
-        return table
+    @property
+    def known_codes(self) -> frozenset[str]:
+        """Codes a batch may carry: the register's and those merged away."""
+        return self.register.codes | frozenset(self.mergers)
 
     # Folders of the home, in one place so every part agrees on them.
     @property
@@ -242,7 +251,8 @@ def load_config(home: Path, path: Path | None = None, *, check_keys: bool = Fals
     except ValueError as exc:
         r.error(str(exc), "metrics", "listen")
         metrics_host, metrics_port = "127.0.0.1", 9464
-    orgs = tuple(_organisation(r, raw, i, home, register)
+    mergers = parse_mergers(r, data.get("merger"), register)
+    orgs = tuple(_organisation(r, raw, i, home, register, mergers)
                  for i, raw in enumerate(data.get("organisation", [])))
     config = Config(
         home=home, path=path, timezone=tz, register=register, organisations=orgs,
@@ -259,6 +269,7 @@ def load_config(home: Path, path: Path | None = None, *, check_keys: bool = Fals
         stale_upload_hours=float(r.get(broker, "broker", "stale_upload_hours", (int, float),
                                        24.0)),
         handover=_handover(r, data.get("handover", {}), {o.id for o in orgs}),
+        mergers=mergers,
     )
     from broker.routing import check_routes
 
@@ -276,7 +287,7 @@ def load_config(home: Path, path: Path | None = None, *, check_keys: bool = Fals
 
 
 # Tables whose keys are free (type names, organisation ids) or read elsewhere.
-_FREE_TABLES = ("timing", "handover")
+_FREE_TABLES = ("timing", "handover", "merger")  # merger: broker.route_table
 _PUSH_KEYS = frozenset({"host", "port", "user", "key_file", "remote_dir", "known_hosts",
                         "timeout"})
 
@@ -421,7 +432,7 @@ def _algorithms(r: _Reader, table: Mapping[str, Any], default: str) -> str:
 
 
 def _organisation(r: _Reader, raw: Mapping[str, Any], i: int, home: Path,
-                  register: Register) -> Organisation:
+                  register: Register, mergers: Mapping[str, Merger]) -> Organisation:
     s = "organisation"
     oid = r.get(raw, s, "id", str, "", index=i) or f"<organisation {i}>"
     if not ORG_ID.fullmatch(oid) or oid in RESERVED_IDS:
@@ -429,7 +440,11 @@ def _organisation(r: _Reader, raw: Mapping[str, Any], i: int, home: Path,
                 "and not a reserved name", s, "id", i)
     munis = r.get(raw, s, "municipalities", list, [], index=i)
     for code in munis:
-        if code not in register:
+        if code in mergers:  # the register changed under the config: say what to write
+            m = mergers[code]
+            r.error(f"municipality {code} was merged into {m.into} on {m.on} "
+                    f"([[merger]]); list {m.into} instead", s, "municipalities", i)
+        elif code not in register:
             r.error(f"unknown municipality {code!r} (not in {register.source})",
                     s, "municipalities", i)
     ents: set[Mandate] = set()
@@ -460,6 +475,7 @@ def _organisation(r: _Reader, raw: Mapping[str, Any], i: int, home: Path,
         authorized_keys=(home / keys) if isinstance(keys, str)
         else home / "config" / "keys" / oid / "authorized_keys",
         push=push, line=r.line_of(s, None, i),
+        routes=parse_routes(r, raw, i, oid, frozenset(munis), frozenset(ents)),
     )
 
 

@@ -17,7 +17,7 @@ from broker.batch_chunks import PARALLEL_MIN_BYTES, ParallelBatchReader, SplitFa
 from broker.config import Config
 from broker.errors import InputChanged, InvalidFile, Problem, RoutingError
 from broker.model import StoredItem
-from broker.routing import route
+from broker.routing import decide
 from broker.schedule import release_time
 from broker.store import NewAssignment, Store, today_in
 from broker.validation import BatchContext, BatchReader
@@ -35,6 +35,8 @@ class Outcome:
     unchanged: int = 0
     problems: list[Problem] = field(default_factory=list)
     batch_id: str | None = None
+    # Accepted, but worth a person's look: a merged municipality's code after the merger.
+    warnings: list[Problem] = field(default_factory=list)
 
 
 def file_digest(path: Path) -> tuple[str, int]:
@@ -48,7 +50,7 @@ def file_digest(path: Path) -> tuple[str, int]:
 
 
 def batch_context(config: Config, now: datetime) -> BatchContext:
-    return BatchContext(municipalities=config.register.codes,
+    return BatchContext(municipalities=config.known_codes,
                         today=today_in(config.timezone, now),
                         max_file_bytes=config.max_file_bytes)
 
@@ -131,26 +133,32 @@ def _store_file(reader: BatchReader | ParallelBatchReader, path: Path, config: C
 
 class _Decider:
     """Route and time each new item. Memoised per file: a big batch repeats the same few
-    (type, municipality) and (type, decision date, urgent) combinations."""
+    (type, municipality, date) and (type, decision date, urgent) combinations."""
 
     def __init__(self, config: Config, store: Store, now: datetime, out: Outcome,
                  mine: list[Problem]) -> None:
         self.config, self.store, self.now, self.out, self.mine = config, store, now, out, mine
-        self._orgs: dict[tuple[str, str], str | RoutingError] = {}
+        self._orgs: dict[tuple[str, str, str], tuple[str, str | None] | RoutingError] = {}
         self._times: dict[tuple[str, str, bool], datetime] = {}
 
-    def _route(self, type_: str, municipality: str) -> str:
-        key = (type_, municipality)
+    def _route(self, item: StoredItem) -> str:
+        """The receiving organisation; the item's own date picks the route (SPEC 3)."""
+        on = item.route_on or item.decision_date or ""
+        key = (item.type, item.municipality, on)
         org = self._orgs.get(key)
         if org is None:
             try:
-                org = route(self.config, type_, municipality).id
-            except RoutingError as exc:
-                org = exc
+                d = decide(self.config, item.type, item.municipality, date.fromisoformat(on))
+                org = (d.organisation.id, d.warning)
+            except (RoutingError, ValueError) as exc:
+                org = exc if isinstance(exc, RoutingError) else RoutingError(str(exc))
             self._orgs[key] = org
         if isinstance(org, RoutingError):
             raise org
-        return org
+        if org[1] is not None:
+            self.out.warnings.append(Problem(self.out.file, item.line, "INVALID_VALUE",
+                                             f"{_what(item)}: {org[1]}"))
+        return org[0]
 
     def _release_at(self, n: StoredItem) -> datetime:
         if n.decision_date is None:  # a list goes out when received
@@ -177,7 +185,7 @@ class _Decider:
                                         "content; an id is unique for all time"))
                 continue
             try:
-                org = self._route(item.type, item.municipality)
+                org = self._route(item)
             except RoutingError as exc:
                 mine.append(Problem(out.file, item.line, "INVALID_VALUE",
                                     f"{_what(item)}: no receiving organisation: {exc.message}"))
@@ -191,11 +199,18 @@ def _what(item: StoredItem) -> str:
 
 
 def report_text(out: Outcome) -> str:
-    """The human-readable report kept beside a quarantined file."""
+    """The human-readable report: kept beside a quarantined file; for an accepted file with
+    warnings (a merged municipality's code), what the operator should read."""
     lines = [f"File: {out.file}", f"SHA-256: {out.sha256}", f"Size: {out.size} bytes",
              f"Verdict: REJECTED ({len(out.problems)} problem(s)); nothing from this file "
-             "was accepted.", ""]
+             "was accepted." if out.problems else
+             f"Verdict: ACCEPTED ({out.new} new, {out.unchanged} already known).", ""]
     for p in out.problems:
         where = f"line {p.line}" if p.line is not None else "file"
         lines.append(f"{where}: {p.code}: {p.message}")
+    if out.warnings and not out.problems:  # a rejection kept nothing to warn about
+        lines.append(f"Warnings ({len(out.warnings)}):")
+        for p in out.warnings:
+            where = f"line {p.line}" if p.line is not None else "file"
+            lines.append(f"{where}: {p.message}")
     return "\n".join(lines) + "\n"

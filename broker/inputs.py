@@ -107,7 +107,11 @@ class Inputs:
                         first_code=first.code if first else None,
                         first_line=first.line if first else None)
             return
-        self._archive(path, "kela", now)
+        self._archive(path, "kela", now, report_text(outcome) if outcome.warnings else None)
+        if outcome.warnings:  # e.g. a merged municipality's code routed to its successor
+            log.warning("batch accepted with warnings", file=outcome.file,
+                        warnings=len(outcome.warnings),
+                        first_code=outcome.warnings[0].code, first_line=outcome.warnings[0].line)
         log.info("batch accepted", file=outcome.file, status=outcome.status, new=outcome.new,
                  unchanged=outcome.unchanged)
         if outcome.new:
@@ -227,9 +231,12 @@ class Inputs:
         log.error("input set aside in quarantine", file=path.name, attempts=attempts,
                   error=error)
 
-    def _archive(self, path: Path, source: str, now: datetime) -> None:
+    def _archive(self, path: Path, source: str, now: datetime,
+                 report: str | None = None) -> None:
         dest = private_dir(self.config.var / "archive" / source / now.strftime("%Y-%m-%d"))
         target = dest / stored_name(now, path.name)
+        if report is not None:  # before the move: a crash never leaves it without one
+            atomic_write(dest / f"{target.name}.report.txt", report.encode())
         shutil.move(str(path), target)
         target.chmod(0o600)  # it arrived with the writer's mode
 

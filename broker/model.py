@@ -24,7 +24,8 @@ class NotificationType(StrEnum):
 
 
 class ListType(StrEnum):
-    LABOUR_MARKET_SUBSIDY_200_DAYS = "LABOUR_MARKET_SUBSIDY_200_DAYS"
+    LABOUR_MARKET_SUBSIDY_200_DAYS = "LABOUR_MARKET_SUBSIDY_200_DAYS"  # the 2017 pilot
+    LABOUR_MARKET_SUBSIDY_300_DAYS = "LABOUR_MARKET_SUBSIDY_300_DAYS"  # the list of today
     LABOUR_MARKET_SUBSIDY_MUNICIPAL_SHARE = "LABOUR_MARKET_SUBSIDY_MUNICIPAL_SHARE"
     CHILDCARE_SUPPORT_RECIPIENTS = "CHILDCARE_SUPPORT_RECIPIENTS"
     CHILDCARE_SUPPORT_PAYMENTS = "CHILDCARE_SUPPORT_PAYMENTS"
@@ -44,6 +45,7 @@ ItemType = NotificationType | ListType
 MANDATE_OF: dict[str, Mandate] = {
     **{t.value: Mandate.SOCIAL_ASSISTANCE for t in NotificationType},
     ListType.LABOUR_MARKET_SUBSIDY_200_DAYS.value: Mandate.LABOUR_MARKET_SUBSIDY,
+    ListType.LABOUR_MARKET_SUBSIDY_300_DAYS.value: Mandate.LABOUR_MARKET_SUBSIDY,
     ListType.LABOUR_MARKET_SUBSIDY_MUNICIPAL_SHARE.value: Mandate.LABOUR_MARKET_SUBSIDY,
     ListType.CHILDCARE_SUPPORT_RECIPIENTS.value: Mandate.CHILDCARE_SUPPORT,
     ListType.CHILDCARE_SUPPORT_PAYMENTS.value: Mandate.CHILDCARE_SUPPORT,
@@ -52,6 +54,7 @@ MANDATE_OF: dict[str, Mandate] = {
 # Entry fields each list type requires beyond identity code and names (SPEC 2).
 LIST_FIELDS: dict[str, tuple[str, ...]] = {
     ListType.LABOUR_MARKET_SUBSIDY_200_DAYS.value: ("Days", "Reason"),
+    ListType.LABOUR_MARKET_SUBSIDY_300_DAYS.value: ("Days", "Reason"),
     ListType.LABOUR_MARKET_SUBSIDY_MUNICIPAL_SHARE.value: ("Days", "Amount"),
     ListType.CHILDCARE_SUPPORT_RECIPIENTS.value: ("Reason",),
     ListType.CHILDCARE_SUPPORT_PAYMENTS.value: ("Reason", "Amount"),
@@ -208,15 +211,16 @@ class StoredItem(NamedTuple):
     content_hash: str
     payload: str  # canonical JSON (to_json)
     line: int | None
+    route_on: str | None = None  # ISO date that picks the route: DecisionDate, or periodEnd
 
     @classmethod
     def of(cls, item: Item) -> StoredItem:
         if isinstance(item, Notification):
             return cls("notification", item.id, item.type, item.municipality,
                        item.decision_date.isoformat(), item.urgent, item.content_hash,
-                       item.to_json(), item.line)
+                       item.to_json(), item.line, item.decision_date.isoformat())
         return cls("list", item.id, item.type, item.municipality, None, False,
-                   item.content_hash, item.to_json(), item.line)
+                   item.content_hash, item.to_json(), item.line, item.period_end.isoformat())
 
 
 def _content_hash(item: Item) -> str:

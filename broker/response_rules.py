@@ -246,7 +246,7 @@ def _transfer(ctx: RuleContext, t: Transfer, state: NoteState | None,
             "date": state.handled_on.isoformat() if state.handled_on else "?"}))
         return None
     try:
-        target = route(ctx.config, state.type, code)
+        target = route(ctx.config, state.type, code, state.decision_date or ctx.today)
     except RoutingError:
         found.append(Finding("INVALID_VALUE", t.line, "no_route",
                              {"id": t.notification_id, "code": code, "type": state.type}))

@@ -125,6 +125,7 @@ class NoteState:
     current_state: str
     handled_on: date | None
     transferred_by: frozenset[str]  # organisations that transferred it onward
+    decision_date: date | None = None  # picks the route of a transfer (SPEC 3)
 
 
 def note_states(c: Connection, ids: Iterable[str]) -> dict[str, NoteState]:
@@ -133,8 +134,9 @@ def note_states(c: Connection, ids: Iterable[str]) -> dict[str, NoteState]:
     for i in range(0, len(wanted), 500):
         chunk = wanted[i:i + 500]
         rows = c.execute(
-            select(items.c.id, items.c.seq, items.c.kind, items.c.type, assignments.c.id.label(
-                "aid"), assignments.c.organisation, assignments.c.state, assignments.c.handled_on)
+            select(items.c.id, items.c.seq, items.c.kind, items.c.type, items.c.decision_date,
+                   assignments.c.id.label("aid"), assignments.c.organisation,
+                   assignments.c.state, assignments.c.handled_on)
             .join(assignments, assignments.c.item_seq == items.c.seq)
             .where(items.c.id.in_(chunk))
             .order_by(items.c.seq, assignments.c.id)).all()
@@ -148,7 +150,8 @@ def note_states(c: Connection, ids: Iterable[str]) -> dict[str, NoteState]:
                 current_id=last.aid, current_org=last.organisation,
                 current_state=last.state, handled_on=last.handled_on,
                 transferred_by=frozenset(h.organisation for h in hops
-                                         if h.state == "transferred"))
+                                         if h.state == "transferred"),
+                decision_date=last.decision_date)
     return out
 
 

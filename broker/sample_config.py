@@ -3,7 +3,14 @@
 `config/broker.toml` in the repository is this module's output (a test keeps
 them equal), and `kela-broker init` writes it into a new home. It covers the
 whole country: every wellbeing services county, Helsinki, each Åland
-municipality, and a municipality organisation for every municipality (lists).
+municipality, and a municipality organisation for every municipality.
+
+The routes encode the law's calendar (SPEC 3): social assistance notifications
+to the wellbeing services counties from 2023 (their first day), IMMIGRANT
+notifications to the municipality itself from 1 January 2025 (the Integration Act
+reform), lists to the municipality always; Helsinki and the Åland municipalities
+take all of their own. The Pertunmaa merger into Mäntyharju is declared so that
+the old code stays routable.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import json
 import unicodedata
 from collections import defaultdict
 
+from broker.model import NotificationType
 from broker.municipalities import ALAND_AREA, HELSINKI_AREA, Register
 
 # Short, stable ids the counties use of themselves, as SFTP user names.
@@ -83,12 +91,31 @@ time = "06:00"
 # [handover]
 # old-id = "new-id"
 
+# Municipality mergers: a batch may still carry the old code. Decisions dated before `on`
+# go to the successor's organisations; those dated on or after it are the sender's mistake:
+# after = "successor" routes them there with a warning in the report, "reject" refuses them.
+[[merger]]
+code = "588"                # Pertunmaa
+into = "507"                # Mäntyharju
+on = 2026-01-01
+after = "successor"
+
 # Organisations. id = SFTP user name; keys in config/keys/<id>/authorized_keys.
 # format: xml-v2 (current), xml-v1 (legacy, no Phone), csv (lists as CSV, notifications xml-v2).
 # Optional push to the organisation's own SFTP server:
 #   push = { host = "sftp.example.fi", port = 22, user = "kela",
 #            key_file = "config/push/id_ed25519", remote_dir = "/incoming",
 #            known_hosts = "config/push/known_hosts", timeout = 30 }
+#
+# Routes (SPEC 3): which types an organisation receives, and when. Without `routes` it
+# receives every type its entitlements cover, always. With `routes`, exactly these:
+#   types = type names, or mandate names standing for all their types;
+#   from / until = first and last day (inclusive) by the item's date: a notification's
+#   DecisionDate, a list's periodEnd; either may be left out (since always / for good);
+#   municipalities = some of the organisation's own (default: all of them).
+# Every (type, municipality) needs exactly one route on every day from its first route on;
+# `kela-broker config check` names each gap and overlap. An organisation that starts
+# receiving a type through a route change gets its first delivery staggered ([stagger]).
 """
 
 
@@ -97,13 +124,31 @@ def slug(name: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in ascii_name.lower()).split())
 
 
-def _org(oid: str, name: str, kind: str, munis: list[str], ents: list[str], lang: str) -> str:
+# SPEC 3: the five types that stay with the county after the 2025 reform.
+COUNTY_TYPES = [t.value for t in NotificationType if t is not NotificationType.IMMIGRANT]
+COUNTIES_START = "2023-01-01"  # the wellbeing services counties took over social services
+REFORM_2025 = "2025-01-01"  # Integration Act: IMMIGRANT to the municipality
+COUNTY_ROUTES = [
+    f"{{ types = {json.dumps(COUNTY_TYPES)}, from = {COUNTIES_START} }}",
+    f'{{ types = ["IMMIGRANT"], from = {COUNTIES_START}, until = 2024-12-31 }}',
+]
+MUNICIPALITY_ROUTES = [
+    f'{{ types = ["IMMIGRANT"], from = {REFORM_2025} }}',
+    '{ types = ["LABOUR_MARKET_SUBSIDY", "CHILDCARE_SUPPORT"] }',
+]
+
+
+def _org(oid: str, name: str, kind: str, munis: list[str], ents: list[str], lang: str,
+         routes: list[str] | None = None) -> str:
     def q(v: object) -> str:
         return json.dumps(v, ensure_ascii=False)
 
-    return (f"\n[[organisation]]\nid = {q(oid)}\nname = {q(name)}\nkind = {q(kind)}\n"
+    text = (f"\n[[organisation]]\nid = {q(oid)}\nname = {q(name)}\nkind = {q(kind)}\n"
             f"municipalities = {q(sorted(munis))}\nentitlements = {q(ents)}\n"
             f'format = "xml-v2"\nlanguage = {q(lang)}\n')
+    if routes:  # one route a line: config check points at the line of each
+        text += "routes = [\n" + "".join(f"  {r},\n" for r in routes) + "]\n"
+    return text
 
 
 def render_sample(register: Register) -> str:
@@ -118,7 +163,7 @@ def render_sample(register: Register) -> str:
             continue
         first = register[counties[area][0]]
         parts.append(_org(COUNTY_IDS.get(area, f"area-{area}"), first.area_name_fi, "county",
-                          counties[area], sa, "fi"))
+                          counties[area], sa, "fi", COUNTY_ROUTES))
     for m in sorted(register.by_code.values(), key=lambda m: m.code):
         if m.area_code == HELSINKI_AREA:
             parts.append(_org(slug(m.name_fi), f"{m.name_fi} / {m.name_sv}", "city",
@@ -126,5 +171,6 @@ def render_sample(register: Register) -> str:
         elif m.area_code == ALAND_AREA:
             parts.append(_org(slug(m.name_sv), m.name_sv, "aland", [m.code], sa + lists, "sv"))
         else:
-            parts.append(_org(slug(m.name_fi), m.name_fi, "municipality", [m.code], lists, "fi"))
+            parts.append(_org(slug(m.name_fi), m.name_fi, "municipality", [m.code],
+                              ["SOCIAL_ASSISTANCE", *lists], "fi", MUNICIPALITY_ROUTES))
     return "".join(parts)

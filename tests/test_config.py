@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,10 @@ def test_repo_sample_config_is_generated_and_routes_every_pair() -> None:
     register = load_register(packaged_register_path())
     assert (REPO / "config" / "broker.toml").read_text() == render_sample(register)
     cfg = load_config(REPO)
-    for type_ in ALL_TYPES:
-        for code in register.codes:
-            assert route(cfg, type_, code).entitled(type_)
+    for on in (date(2023, 1, 1), date(2024, 12, 31), date(2025, 1, 1), date(2026, 11, 20)):
+        for type_ in ALL_TYPES:
+            for code in register.codes:
+                assert route(cfg, type_, code, on).entitled(type_)
 
 
 def test_register_matches_shared_reference_data() -> None:
@@ -53,54 +55,75 @@ def test_register_matches_shared_reference_data() -> None:
     assert register["091"].area_code == "90"
 
 
+ON = date(2026, 11, 20)
+
+
 @pytest.mark.parametrize(("type_", "code", "org"), [
     ("IMMIGRANT", "091", "helsinki"),  # Helsinki takes its own
+    ("IMMIGRANT", "837", "tampere"),  # since 2025 to the municipality itself
+    ("SOCIAL_WORK_NEED", "837", "pirha"),  # the other five still to the county
     ("SOCIAL_WORK_NEED", "092", "vakehyva"),  # Vantaa -> Vantaa-Kerava county
     ("SUPPLEMENTARY_ASSISTANCE_NEED", "837", "pirha"),  # Tampere -> Pirkanmaa
     ("LABOUR_MARKET_SUBSIDY_200_DAYS", "837", "tampere"),  # lists -> the municipality
+    ("LABOUR_MARKET_SUBSIDY_300_DAYS", "837", "tampere"),
     ("CHILDCARE_SUPPORT_PAYMENTS", "853", "turku"),
     ("IMMIGRANT", "478", "mariehamn"),  # Åland municipalities take their own
     ("CHILDCARE_SUPPORT_RECIPIENTS", "091", "helsinki"),
 ])
 def test_routes(type_: str, code: str, org: str) -> None:
-    assert route(load_config(REPO), type_, code).id == org
+    assert route(load_config(REPO), type_, code, ON).id == org
 
 
 def test_route_unknown_municipality() -> None:
     with pytest.raises(RoutingError, match="unknown municipality '000'"):
-        route(load_config(REPO), "IMMIGRANT", "000")
+        route(load_config(REPO), "IMMIGRANT", "000", ON)
 
 
 def test_explain_says_why() -> None:
-    ex = explain(load_config(REPO), "IMMIGRANT", "837")
+    cfg = load_config(REPO)
+    ex = explain(cfg, "IMMIGRANT", "837", date(2024, 12, 31))
     assert ex.organisation is not None and ex.organisation.id == "pirha"
     text = "\n".join(ex.reasons)
-    assert "tampere" in text and "does not hold SOCIAL_ASSISTANCE" in text
-    assert "pirha" in text and "holds SOCIAL_ASSISTANCE" in text
+    assert "to pirha, 2023-01-01 to 2024-12-31: applies on 2024-12-31" in text
+    assert "to tampere, from 2025-01-01 onwards: does not apply on 2024-12-31" in text
+    after = explain(cfg, "IMMIGRANT", "837", date(2025, 1, 1))
+    assert after.organisation is not None and after.organisation.id == "tampere"
+    assert "tampere starts receiving IMMIGRANT on 2025-01-01 (before: pirha)" in \
+        "\n".join(after.reasons)
+    lists = explain(cfg, "SOCIAL_WORK_NEED", "837", date(2026, 1, 1))
+    assert "tampere (Tampere) serves 837, holds SOCIAL_ASSISTANCE and has no route for " \
+        "SOCIAL_WORK_NEED" in "\n".join(lists.reasons)
 
 
 def test_two_routes_reported_with_line_and_key(home: Path) -> None:
-    edit(home, 'id = "tampere"\nname = "Tampere"\nkind = "municipality"\nmunicipalities = ["837"]\n'
-         'entitlements = ["LABOUR_MARKET_SUBSIDY", "CHILDCARE_SUPPORT"]',
-         'id = "tampere"\nname = "Tampere"\nkind = "municipality"\nmunicipalities = ["837"]\n'
-         'entitlements = ["LABOUR_MARKET_SUBSIDY", "CHILDCARE_SUPPORT", "SOCIAL_ASSISTANCE"]')
+    # An organisation without `routes` receives all its entitlements cover, always: Tampere
+    # written the pre-2025 way, but holding SOCIAL_ASSISTANCE, overlaps the county's routes.
+    text = (home / "config" / "broker.toml").read_text()
+    start = text.index('id = "tampere"')
+    end = text.index("[[organisation]]", start)
+    cut = text.index("routes = [", start)
+    assert cut < end
+    (home / "config" / "broker.toml").write_text(text[:cut] + "\n" + text[end:])
     with pytest.raises(ConfigErrors) as exc:
         load_config(home)
     messages = [str(e) for e in exc.value.errors]
-    expected = "IMMIGRANT for 837 Tampere has two routes: pirha and tampere"
+    expected = "SOCIAL_WORK_NEED for 837 Tampere has two routes: tampere and pirha"
     hit = [m for m in messages if expected in m]
     assert hit, messages
     text = (home / "config" / "broker.toml").read_text().splitlines()
-    line = next(i + 1 for i, ln in enumerate(text) if ln == 'id = "tampere"') - 1
-    assert f"broker.toml:{line}:" in hit[0]
-    assert "municipalities" in hit[0]
+    line = next(i + 1 for i, ln in enumerate(text) if ln.startswith("  { types = [\"SOCIAL_WORK")
+                and text[i - 8] == 'id = "pirha"')
+    # Blamed: the route that starts later, at its own line; both are named with their keys.
+    assert f"broker.toml:{line}: organisation[7].routes[0]:" in hit[0]
+    assert "organisation[288].municipalities: always" in hit[0]
+    assert "both apply from 2023-01-01 onwards" in hit[0]
 
 
 def test_missing_route_unknown_municipality_and_bad_values(home: Path) -> None:
     edit(home, 'municipalities = ["091"]', 'municipalities = ["091", "999"]')
     edit(home, 'format = "xml-v2"', 'format = "xml-v3"')
     edit(home, 'id = "pirha"', 'id = "Pirha!"')
-    edit(home, 'entitlements = ["LABOUR_MARKET_SUBSIDY", "CHILDCARE_SUPPORT"]',
+    edit(home, 'entitlements = ["SOCIAL_ASSISTANCE", "LABOUR_MARKET_SUBSIDY", "CHILDCARE_SUPPORT"]',
          'entitlements = []')
     edit(home, 'IMMIGRANT = "immediate"', 'IMMIGRANT = "tomorrow-ish"')
     with pytest.raises(ConfigErrors) as exc:
@@ -112,6 +135,8 @@ def test_missing_route_unknown_municipality_and_bad_values(home: Path) -> None:
     assert "an organisation needs at least one entitlement" in text
     assert "timing.IMMIGRANT" in text and "tomorrow-ish" in text
     assert "has no route for" in text  # the emptied municipality lost its lists
+    assert "alajarvi would receive IMMIGRANT but is not entitled to it: add SOCIAL_ASSISTANCE" \
+        in text  # a route never gives a type the organisation holds no mandate for
 
 
 def test_misspelt_keys_and_sections_are_errors_with_their_lines(home: Path) -> None:
@@ -157,6 +182,9 @@ def test_config_check_cli_ok_and_keys(home: Path) -> None:
     ok = CliRunner().invoke(main, ["--home", str(home), "config", "check"])
     assert ok.exit_code == 0, ok.output
     assert "329 organisations" in ok.output and "no authorized_keys" in ok.output
+    # Every municipality outside Helsinki and Åland starts receiving IMMIGRANT in 2025.
+    assert "route change 2025-01-01: 291 organisation(s) start receiving IMMIGRANT" in ok.output
+    assert "merger 2026-01-01: 507 Mäntyharju succeeds 588" in ok.output
     strict = CliRunner().invoke(main, ["--home", str(home), "config", "check", "--keys"])
     assert strict.exit_code == 1
     assert "config/keys/helsinki/authorized_keys is missing" in strict.output
@@ -167,6 +195,20 @@ def test_routes_explain_cli() -> None:
                                        "IMMIGRANT"])
     assert result.exit_code == 0, result.output
     assert "helsinki" in result.output and "xml-v2" in result.output
+    before = CliRunner().invoke(main, ["--home", str(REPO), "routes", "explain", "837",
+                                       "IMMIGRANT", "--on", "2024-12-31"])
+    assert before.exit_code == 0, before.output
+    assert "pirha (Pirkanmaan hyvinvointialue)" in before.output
+    assert "applies on 2024-12-31" in before.output
+    after = CliRunner().invoke(main, ["--home", str(REPO), "routes", "explain", "837",
+                                      "immigrant", "--on", "2025-01-01"])
+    assert after.exit_code == 0 and "tampere (Tampere)" in after.output
+    early = CliRunner().invoke(main, ["--home", str(REPO), "routes", "explain", "837",
+                                      "IMMIGRANT", "--on", "2022-12-31"])
+    assert early.exit_code == 1 and "the first begins 2023-01-01" in early.output
+    garbled = CliRunner().invoke(main, ["--home", str(REPO), "routes", "explain", "837",
+                                        "IMMIGRANT", "--on", "31.12.2024"])
+    assert garbled.exit_code == 2 and "not a date" in garbled.output
     bad = CliRunner().invoke(main, ["--home", str(REPO), "routes", "explain", "000",
                                     "IMMIGRANT"])
     assert bad.exit_code == 1 and "not in the register" in bad.output

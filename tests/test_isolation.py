@@ -32,12 +32,12 @@ ORG_OF = {"091": "helsinki", "837": "pirha", "853": "varha"}
 
 def batch(tmp_path: Path, name: str, municipalities: list[str], count: int = 6,
           start_id: int = 1) -> Path:
-    """A batch with ``count // len(municipalities)`` IMMIGRANT notifications for each."""
+    """A batch with ``count // len(municipalities)`` SOCIAL_WORK_NEED notifications for each."""
     each = count // len(municipalities)
     parts = []
     for k, code in enumerate(municipalities):
         part = tmp_path / f"{name}.{code}"
-        write_batch(part, count=each, municipalities=[code], types=["IMMIGRANT"],
+        write_batch(part, count=each, municipalities=[code], types=["SOCIAL_WORK_NEED"],
                     decision_date=datetime.now(UTC).date(), batch_id=name.split(".")[0],
                     seed=start_id + k, start_id=start_id + k * each)
         parts.append(part.read_text())

@@ -30,12 +30,13 @@ def next_monday_0600(today: date) -> datetime:
 
 
 def test_thousand_for_a_new_organisation_go_out_300_a_week(tmp_path: Path) -> None:
+    # Since 2025 IMMIGRANT goes to the municipality (SPEC 3): Tampere's first delivery.
     home = make_home(tmp_path / "home")
     today = datetime.now(UTC).astimezone(HKI).date()
     batch = tmp_path / "backlog.xml"
     write_batch(batch, count=1000, municipalities=["837"], types=["IMMIGRANT"],
                 decision_date=today, batch_id="BACKLOG-1", seed=3)
-    pirha = home / "outbox" / "pirha"
+    pirha = home / "outbox" / "tampere"
     daemon = DaemonProcess(home).start()
     try:
         drop(home, batch)
@@ -53,7 +54,7 @@ FUTURE = ("--force", "--reason", "test: the pass a later Monday will run")
 
 
 def _check_portions(home: Path, pirha: Path, today: date) -> None:
-    plan = json.loads(cli(home, "schedule", "--org", "pirha", "--json").stdout)
+    plan = json.loads(cli(home, "schedule", "--org", "tampere", "--json").stdout)
     assert [(p["portion"], p["count"]) for p in plan] == [(1, 300), (2, 300), (3, 100)]
     monday = next_monday_0600(today)
     assert datetime.fromisoformat(plan[0]["release_at"]) == monday
@@ -88,15 +89,15 @@ def test_operator_releases_the_next_portion_early_with_a_reason(tmp_path: Path) 
     write_batch(batch, count=700, municipalities=["837"], types=["IMMIGRANT"],
                 decision_date=today, batch_id="BACKLOG-2", seed=5)
     cli(home, "ingest", str(batch))
-    pirha = home / "outbox" / "pirha"
+    pirha = home / "outbox" / "tampere"
     assert len(delivered_ids(pirha)) == 300
-    out = cli(home, "release", "--org", "pirha", "--type", "IMMIGRANT",
+    out = cli(home, "release", "--org", "tampere", "--type", "IMMIGRANT",
               "--reason", "county asked for the rest of the backlog now").stdout
     assert "300 held item(s)" in out
     assert len(delivered_ids(pirha)) == 600
-    cli(home, "release", "--org", "pirha", "--all", "--reason", "go-live weekend")
+    cli(home, "release", "--org", "tampere", "--all", "--reason", "go-live weekend")
     assert len(set(delivered_ids(pirha))) == 700
-    audit = cli(home, "audit", "show", "--org", "pirha").stdout
+    audit = cli(home, "audit", "show", "--org", "tampere").stdout
     assert "county asked for the rest of the backlog now" in audit
     unknown = cli(home, "release", "--org", "nobody", "--reason", "x", check=False)
     assert unknown.returncode == 2 and "unknown organisation" in unknown.stderr

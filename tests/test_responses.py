@@ -265,7 +265,9 @@ CASES: dict[str, tuple[str, bytes, list[tuple[int | None, str]]]] = {
                                 [(5, "FORBIDDEN")]),
     "no payment demand mandate": ("alajarvi", response(demand(municipality="005")),
                                   [(3, "FORBIDDEN")]),
-    "no social assistance mandate": ("alajarvi", response(receipt(N3)), [(3, "FORBIDDEN")]),
+    # Municipalities hold SOCIAL_ASSISTANCE since 2025 (IMMIGRANT), not the county's items.
+    "municipality receipts a county's notification": ("alajarvi", response(receipt(N3)),
+                                                    [(3, "FORBIDDEN")]),
     "unknown notification": ("pirha", response(receipt("N-2026-999")),
                              [(3, "UNKNOWN_NOTIFICATION")]),
     "bad iban": ("pirha", response(demand(iban="FI1086094555154085")), [(10, "INVALID_VALUE")]),

@@ -19,7 +19,7 @@ COMMANDS: dict[str, str] = {
     "run": "broker.cli.ops:run",
     "init": "broker.cli.ops:init",
     "config": "broker.cli.ops:config_group",
-    "routes": "broker.cli.ops:routes_group",
+    "routes": "broker.cli.routes:routes_group",
     "validate": "broker.cli.validate:validate",
     "ingest": "broker.cli.flow:ingest",
     "status": "broker.cli.flow:status",

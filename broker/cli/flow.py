@@ -50,6 +50,8 @@ def ingest(ctx: click.Context, files: tuple[Path, ...]) -> None:
         else:
             click.echo(f"{path}: {outcome.status.upper()}: {outcome.new} new, "
                        f"{outcome.unchanged} already known")
+            for p in outcome.warnings:  # e.g. a merged municipality's code after the merger
+                click.echo(f"warning: {p}", err=True)
     result = Releaser(cfg, store).run(datetime.now(UTC))
     if result.deliveries:
         click.echo(f"released {len(result.deliveries)} delivery file(s)")

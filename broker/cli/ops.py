@@ -1,4 +1,4 @@
-"""Operator commands: run the daemon, make a home, check config, explain routes."""
+"""Operator commands: run the daemon, make a home, check config (routes: broker.cli.routes)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ import shutil
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from broker.cli.common import console, fail, home_of
+from broker.cli.common import fail, home_of
 from broker.config import Config, load_config, parse_host_port
 from broker.errors import ConfigError, ConfigErrors, StoreError
-from broker.model import ALL_TYPES
 from broker.municipalities import load_register, packaged_register_path
-from broker.routing import explain
 from broker.sample_config import render_sample
 
 
@@ -95,10 +92,31 @@ def config_check(ctx: click.Context, keys: bool) -> None:
     missing = [o.id for o in cfg.organisations
                if o.push is None and not o.authorized_keys.is_file()]
     click.echo(f"{cfg.path}: OK: {len(cfg.organisations)} organisations, "
-               f"{len(cfg.register.by_code)} municipalities, every type routed exactly once.")
+               f"{len(cfg.register.by_code)} municipalities, every type routed exactly once "
+               "on every day from its first route on.")
+    _route_changes(cfg)
     if missing:
         click.echo(f"note: {len(missing)} organisation(s) have no authorized_keys yet and "
                    f"cannot log in (e.g. {', '.join(missing[:3])}); --keys makes this an error.")
+
+
+def _route_changes(cfg: Config) -> None:
+    """What the dated routes will do: who starts receiving what, and when (SPEC 3, 4)."""
+    from collections import defaultdict
+
+    from broker.routing import route_changes
+
+    changes: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for c in route_changes(cfg):
+        changes[(c.start.isoformat(), c.type)].append(c.organisation)
+    for (start, type_), orgs in sorted(changes.items()):
+        shown = ", ".join(orgs[:3]) + (f" and {len(orgs) - 3} more" if len(orgs) > 3 else "")
+        click.echo(f"route change {start}: {len(orgs)} organisation(s) start receiving "
+                   f"{type_} ({shown}); a first delivery of {cfg.stagger.describe()}.")
+    for m in cfg.mergers.values():
+        click.echo(f"merger {m.on}: {cfg.register.describe(m.into)} succeeds {m.code}; "
+                   f"later decisions under {m.code}: "
+                   + ("rejected" if m.after == "reject" else "routed there with a warning"))
 
 
 def _check_against_store(cfg: Config) -> None:
@@ -115,33 +133,3 @@ def _check_against_store(cfg: Config) -> None:
     problems = removed_with_items(cfg, Store(make_engine(cfg.database)).undelivered_by_org())
     if problems:
         raise ConfigErrors(problems)
-
-
-@click.group("routes")
-def routes_group() -> None:
-    """Routing of (type, municipality) to organisations."""
-
-
-@routes_group.command("explain")
-@click.argument("municipality")
-@click.argument("type_", metavar="TYPE", type=click.Choice(ALL_TYPES, case_sensitive=False))
-@click.pass_context
-def routes_explain(ctx: click.Context, municipality: str, type_: str) -> None:
-    """Where TYPE for MUNICIPALITY goes, and why (e.g. `routes explain 091 IMMIGRANT`)."""
-    cfg = home_of(ctx).config
-    ex = explain(cfg, type_.upper(), municipality.zfill(3))
-    for reason in ex.reasons:
-        click.echo(f"  - {reason}")
-    if ex.organisation is None:
-        fail(f"{type_.upper()} for {municipality}: no single receiving organisation")
-        return
-    o = ex.organisation
-    table = Table(show_header=False)
-    table.add_row("organisation", f"{o.id} ({o.name})")
-    table.add_row("format", o.format)
-    table.add_row("delivery", f"SFTP /from-kela/ ({cfg.outbox / o.id})" if o.push is None
-                  else f"pushed to {o.push.user}@{o.push.host}:{o.push.remote_dir}")
-    table.add_row("release", str(cfg.timing[type_.upper()]))
-    console().print(table)
-
-

@@ -25,7 +25,22 @@ def _known_municipalities(home: Path) -> frozenset[str]:
     if not path.is_file():
         path = Path(__file__).resolve().parents[1] / "data" / "municipalities.csv"
     with path.open(encoding="utf-8", newline="") as f:
-        return frozenset(row["code"].strip() for row in csv.DictReader(f) if row.get("code"))
+        codes = {row["code"].strip() for row in csv.DictReader(f) if row.get("code")}
+    return frozenset(codes | _merged_codes(home))
+
+
+def _merged_codes(home: Path) -> set[str]:
+    """Old codes of ``[[merger]]`` tables: the daemon takes them, so validate does too.
+    Read cheaply (no full config check): a broken config is `config check`'s to report."""
+    import tomllib
+
+    try:
+        data = tomllib.loads((home / "config" / "broker.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return set()
+    mergers = data.get("merger", [])
+    return {m["code"] for m in mergers if isinstance(m, dict) and isinstance(m.get("code"), str)
+            } if isinstance(mergers, list) else set()
 
 
 @click.command()
