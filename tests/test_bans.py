@@ -244,7 +244,7 @@ def test_operator_lists_and_lifts_a_ban_of_a_running_server(
     assert again.exit_code == 1 and "no ban in force" in again.output
     assert cli.invoke(main, ["--home", str(home), "bans", "list"]).output.strip() == \
         "no bans in force"
-    log = AuditLog(make_engine(home / "var" / "audit.db"))
+    log = AuditLog(make_engine(home / "var" / "state.db"))
     lifted_rows = [r for r in log.query() if r.action == "ban_lifted"]
     assert sorted(r.org or "" for r in lifted_rows) == ["", "alpha"]
     assert all(r.address == "127.0.0.1" for r in lifted_rows)

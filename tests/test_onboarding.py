@@ -125,7 +125,7 @@ def test_integrator_pins_the_host_key_and_logs_in_with_a_putty_key(
     removed = cli(home, "keys", "remove", ORG, fp)
     assert removed.exit_code == 0, removed.output
     assert strict_sftp(running, home, key, known).returncode != 0
-    actions = [r.action for r in AuditLog(make_engine(home / "var" / "audit.db")).query(org=ORG)]
+    actions = [r.action for r in AuditLog(make_engine(home / "var" / "state.db")).query(org=ORG)]
     assert "key_added" in actions and "key_removed" in actions
 
 
