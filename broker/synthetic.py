@@ -147,8 +147,13 @@ def write_batch(
     attachment_bytes: int = 0,
     start_id: int = 1,
     lists: int = 0,
+    pairs: Sequence[tuple[str, str]] | None = None,
 ) -> None:
     """Write a valid decision batch of ``count`` notifications and ``lists`` person lists.
+
+    ``pairs`` of (type, municipality), when given, are what each item is drawn from
+    (notification and list types alike), instead of any type in any municipality: so a
+    batch can be made of exactly what routes to one organisation.
 
     Notification ids are ``N-<year>-<9 digits>`` from ``start_id``; list ids
     ``L-<batch_id>-<n>``. Every notification carries one attachment of
@@ -169,10 +174,14 @@ def write_batch(
                   f"created={quoteattr(created)}>\n")
         buf: list[str] = []
         size = 0
+        note_pairs = [(t, m) for t, m in pairs or () if t in note_types]
+        list_pairs = [(t, m) for t, m in pairs or () if t in list_types]
         for i in range(start_id, start_id + count):
+            type_, code = (rng.choice(note_pairs) if pairs is not None else
+                           (rng.choice(note_types), rng.choice(municipalities)))
             text = _notification(
-                rng, f"N-{decision_date.year}-{i:09d}", rng.choice(note_types),
-                rng.choice(municipalities), decision_date, attachment_bytes,
+                rng, f"N-{decision_date.year}-{i:09d}", type_, code, decision_date,
+                attachment_bytes,
             )
             buf.append(text)
             size += len(text)
@@ -180,11 +189,13 @@ def write_batch(
                 out.write("".join(buf))
                 buf, size = [], 0
         out.write("".join(buf))
-        for n in range(1, lists + 1):
+        for n in range(1, (lists if pairs is None or list_pairs else 0) + 1):
+            list_type, code = (rng.choice(list_pairs) if pairs is not None else
+                               (list_types[(n - 1) % len(list_types)],
+                                rng.choice(municipalities)))
             out.write(_person_list(
                 rng, f"L-{batch_id.replace('.', '-').replace('_', '-')[:28]}-{n}",
-                list_types[(n - 1) % len(list_types)], rng.choice(municipalities),
-                decision_date, rng.randrange(1, 20),
+                list_type, code, decision_date, rng.randrange(1, 20),
             ))
         out.write("</DecisionBatch>\n")
 

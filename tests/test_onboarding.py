@@ -7,6 +7,7 @@ real server on port 0 that reads the home's key files.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Callable
@@ -221,3 +222,22 @@ def test_any_input_is_a_key_or_a_clear_refusal(data: bytes) -> None:
         assert str(exc)
     else:
         assert key.fingerprint.startswith("SHA256:")
+
+
+@pytest.mark.parametrize("org", ["pirha", "tampere"])
+def test_demo_for_one_organisation_routes_everything_to_it(home: Path, org: str) -> None:
+    """`demo --org` gives a new organisation test files of its own (and nobody else's)."""
+    made = cli(home, "demo", "--org", org, "--count", "40", "--lists", "3")
+    assert made.exit_code == 0, made.output
+    batch = next((home / "inbox" / "kela").glob("demo-*.xml"))
+    ingested = cli(home, "ingest", str(batch))
+    assert ingested.exit_code == 0, ingested.output
+    cli(home, "release-due")
+    status = cli(home, "status", "--json")
+    orgs = {row["organisation"] for row in json.loads(status.output)["assignments"]}
+    assert orgs == {org}
+
+
+def test_demo_for_an_unknown_organisation_is_refused(home: Path) -> None:
+    out = cli(home, "demo", "--org", "nobody")
+    assert out.exit_code == 1 and "unknown organisation 'nobody'" in out.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -16,9 +16,10 @@ from broker import audit
 from broker.audit import AuditEvent
 from broker.audit_anchor import anchor_head
 from broker.cli.common import console, fail, home_of, parse_now
+from broker.config import Config
 from broker.db import writer
 from broker.ingest import ingest_batch
-from broker.model import ALL_TYPES, NotificationType
+from broker.model import ALL_TYPES, ListType, NotificationType
 from broker.release import Releaser
 from broker.responses import unreceipted
 
@@ -119,14 +120,21 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.command()
 @click.option("--count", default=20, show_default=True, help="Notifications to generate.")
 @click.option("--lists", default=1, show_default=True, help="Person lists to add.")
+@click.option("--org", help="Only what routes to this organisation today (for onboarding).")
 @click.pass_context
-def demo(ctx: click.Context, count: int, lists: int) -> None:
+def demo(ctx: click.Context, count: int, lists: int, org: str | None) -> None:
     """Write a synthetic batch (synthetic identity codes only) into inbox/kela/."""
     from broker.synthetic import write_batch
 
     cfg = home_of(ctx).config
     now = datetime.now(UTC)
     today = now.astimezone(ZoneInfo(cfg.timezone)).date()
+    pairs = None
+    if org is not None:
+        pairs = _routed_to(cfg, org, today)
+        if not pairs:
+            fail(f"nothing routes to {org!r} on {today}: check its routes "
+                 f"(kela-broker routes explain MUNICIPALITY TYPE)")
     stamp = now.strftime("%Y%m%dT%H%M%S%f")
     inbox = cfg.inbox / "kela"
     inbox.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -135,9 +143,29 @@ def demo(ctx: click.Context, count: int, lists: int) -> None:
     write_batch(tmp, count=count, municipalities=sorted(cfg.register.codes),
                 types=[t.value for t in NotificationType], decision_date=today,
                 batch_id=f"DEMO-{stamp}", seed=int(now.timestamp()), lists=lists,
-                attachment_bytes=2048, start_id=int(now.timestamp() * 1000) % 10**12)
+                attachment_bytes=2048, start_id=int(now.timestamp() * 1000) % 10**12,
+                pairs=pairs)
     tmp.rename(final)
     click.echo(f"wrote {final} ({count} notifications, {lists} lists)")
+
+
+def _routed_to(cfg: Config, org: str, on: date) -> list[tuple[str, str]]:
+    """Every (type, municipality) that routes to ``org`` on ``on``."""
+    from broker.errors import RoutingError
+    from broker.routing import decide
+
+    if org not in cfg.by_id:
+        fail(f"unknown organisation {org!r}")
+    found = []
+    types = [t.value for t in NotificationType] + [t.value for t in ListType]
+    for type_ in types:
+        for code in sorted(cfg.register.codes):
+            try:
+                if decide(cfg, type_, code, on).organisation.id == org:
+                    found.append((type_, code))
+            except RoutingError:
+                continue
+    return found
 
 
 @click.command()
