@@ -13,8 +13,11 @@ not block for long. ``is_writing`` may be called from any thread.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import inspect
 import logging
 import threading
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,19 +25,29 @@ from pathlib import Path
 
 import asyncssh
 
+from adapters.sftp_base import INTERNAL_ERROR
 from adapters.sftp_fs import JailedSftp, SessionContext
+from adapters.sftp_incomplete import upload_incomplete
+from adapters.sftp_keys import KeyFiles
+from adapters.sftp_limits import (
+    ConnectionGate,
+    HandlePool,
+    SessionHandles,
+    UploadQuota,
+    check_descriptor_budget,
+)
 from adapters.sftp_paths import Jail
 from adapters.ssh_policy import (
     ENCRYPTION_ALGS,
     KEX_ALGS,
     MAC_ALGS,
     SIGNATURE_ALGS,
-    AuthorizedKeys,
     BanList,
     fingerprint,
     load_or_create_host_key,
 )
 from broker.audit import AuditEvent
+from broker.pic import mask_text
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +72,18 @@ class SftpOptions:
     ban_after_failures: int = 5
     ban_window: float = 600
     ban_seconds: float = 900
+    # Resource limits (see sftp_limits): defaults as in broker.config.SftpSettings.
+    max_unauthenticated: int = 100
+    max_unauthenticated_per_address: int = 10
+    max_sessions_total: int = 1000
+    max_handles_per_session: int = 64
+    upload_quota_bytes: int = 2048 * 1024**2  # waiting in one organisation's /to-kela/
+    # Markers of incomplete uploads (sftp_incomplete); None: <retain_dir>/../incomplete.
+    incomplete_dir: Path | None = None
+
+    @property
+    def incomplete_root(self) -> Path:
+        return self.incomplete_dir or self.retain_dir.parent / "incomplete"
 
 
 class _WritingSet:
@@ -96,6 +121,9 @@ class _Connection(asyncssh.SSHServer):
         self._last_activity = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._close_reason: str | None = None
+        self._gated = False  # counted by the service's ConnectionGate until authenticated
+        self._login_error = False  # the server, not the client, failed the login
+        self.handles: SessionHandles | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -109,9 +137,23 @@ class _Connection(asyncssh.SSHServer):
             self._close_reason = "banned"
             conn.close()
             return
+        refused = self._service.gate.admit(self.address)
+        if refused is not None:
+            # Before key exchange: the socket is all it costs, and only briefly.
+            self._service.refused(self.address, refused)
+            self._close_reason = refused
+            conn.abort()
+            return
+        self._gated = True
         self._service.connections.add(self)
 
+    def _leave_gate(self) -> None:
+        if self._gated:
+            self._gated = False
+            self._service.gate.leave(self.address)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._leave_gate()
         self._service.connections.discard(self)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -119,7 +161,8 @@ class _Connection(asyncssh.SSHServer):
             self._service.session_ended(self.org)
             detail = self._close_reason or (str(exc) if exc else None)
             self._service.emit(AuditEvent("logout", self.org, self.address, detail=detail))
-        elif self.username is not None and self._close_reason != "too many sessions":
+        elif (self.username is not None and not self._login_error
+              and self._close_reason != "too many sessions"):
             self._service.login_failed(self.username, self.address)
 
     def close(self, reason: str) -> None:
@@ -148,7 +191,17 @@ class _Connection(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         ok = False
         if username in self._service.organisations:
-            keys = self._service.keys.get(username)
+            lookup = self._service.keys.lookup(username)
+            if lookup.error is not None:
+                # The operator's fault (or EMFILE): no failure counted, no ban.
+                if not self._login_error:
+                    self._login_error = True
+                    log.error("sftp: login of %s refused: %s", username, lookup.error)
+                    self._service.emit(
+                        AuditEvent("login_error", username, self.address, detail=lookup.error)
+                    )
+                return False
+            keys = lookup.keys
             if keys is not None and self._conn is not None:
                 peer = self._conn.get_extra_info("peername")
                 # from="..." options in authorized_keys are honoured; others ignored.
@@ -163,19 +216,18 @@ class _Connection(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         assert self.username is not None and self._conn is not None
+        self._leave_gate()
         org = self.username
-        if not self._service.session_started(org):
+        refused = self._service.session_started(org)
+        if refused is not None:
             self._close_reason = "too many sessions"
-            self._service.emit(
-                AuditEvent("session_refused", org, self.address, detail="too many sessions")
-            )
-            self._conn.disconnect(
-                asyncssh.DISC_TOO_MANY_CONNECTIONS,
-                f"too many concurrent sessions for {org} "
-                f"(limit {self._service.options.max_sessions_per_org})",
-            )
+            self._service.emit(AuditEvent("session_refused", org, self.address, detail=refused))
+            self._conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, refused)
             return
         self.org = org
+        self.handles = SessionHandles(
+            self._service.handle_pool, self._service.options.max_handles_per_session
+        )
         self._service.emit(AuditEvent("login", org, self.address))
         self.touch()
         self._arm_idle_timer(self._service.options.idle_timeout)
@@ -206,14 +258,22 @@ class SftpService:
     def __init__(
         self,
         options: SftpOptions,
-        on_event: Callable[[AuditEvent], None],
+        on_event: Callable[[AuditEvent], object],
         on_upload_closed: Callable[[str, Path], None] | None = None,
+        on_upload_cut: Callable[[str, Path, int], None] | None = None,
     ) -> None:
         self.options = options
         self._on_event = on_event
         self._on_upload_closed = on_upload_closed
+        self._on_upload_cut = on_upload_cut
         self.organisations = options.organisations
-        self.keys = AuthorizedKeys(options.keys_dir)
+        self.keys = KeyFiles(options.keys_dir)
+        self.gate = ConnectionGate(
+            options.max_unauthenticated, options.max_unauthenticated_per_address
+        )
+        self.quota = UploadQuota(options.upload_quota_bytes, options.inbox_dir)
+        self.handle_pool = HandlePool(0)  # sized by start() from the descriptor limit
+        self._last_refusal_log = float("-inf")
         self.bans = BanList(options.ban_after_failures, options.ban_window, options.ban_seconds)
         self.connections: set[_Connection] = set()
         self._sessions: Counter[str] = Counter()
@@ -229,6 +289,8 @@ class SftpService:
     async def start(self) -> int:
         """Listen; returns the bound port (``options.port`` may be 0)."""
         self._loop = asyncio.get_running_loop()
+        budget = check_descriptor_budget(self.options)  # DescriptorBudgetError if no fit
+        self.handle_pool.total = budget.handle_pool
         self._make_dirs(self.organisations)
         self._acceptor = await asyncssh.listen(
             self.options.host,
@@ -277,13 +339,60 @@ class SftpService:
         """True while an SFTP client holds ``path`` (in an inbox) open for writing."""
         return self._key(path) in self._writing
 
+    def upload_incomplete(self, org: str, path: Path) -> bool:
+        """True while ``path`` in ``org``'s inbox is open for writing or is a fragment
+        left by a lost connection (see sftp_incomplete; safe from any thread)."""
+        return self.is_writing(path) or upload_incomplete(self.options.incomplete_root, org, path)
+
     # -- used by connections and sessions --------------------------------
 
     def emit(self, event: AuditEvent) -> None:
+        """Record an event without waiting (logins, logouts, bans)."""
         try:
-            self._on_event(event)
+            result = self._on_event(event)
         except Exception:
-            log.exception("sftp: recording audit event %s failed", event.action)
+            self._audit_failed(event)
+            return
+        if isinstance(result, concurrent.futures.Future | asyncio.Future):
+            result.add_done_callback(lambda f: self._check_done(event, f))
+        elif inspect.isawaitable(result):
+            asyncio.ensure_future(result).add_done_callback(lambda f: self._check_done(event, f))
+
+    @staticmethod
+    def _check_done(event: AuditEvent, done: concurrent.futures.Future[object]
+                    | asyncio.Future[object]) -> None:
+        exc = None if done.cancelled() else done.exception()
+        if exc is not None:
+            log.error("sftp: recording audit event %s failed: %s", event.action,
+                      mask_text(repr(exc)))
+
+    async def record(self, event: AuditEvent) -> None:
+        """Record an event and wait until it is on record: ``on_event`` may return a
+        concurrent.futures.Future (an audit writer thread) or an awaitable. The reply
+        to the client's request waits for this, so an act the client was told about
+        is on record even after kill -9."""
+        try:
+            result = self._on_event(event)
+            if isinstance(result, concurrent.futures.Future):
+                await asyncio.wrap_future(result)
+            elif inspect.isawaitable(result):
+                await result
+        except Exception:
+            self._audit_failed(event)
+            raise asyncssh.SFTPFailure(INTERNAL_ERROR) from None
+
+    def _audit_failed(self, event: AuditEvent) -> None:
+        log.error("sftp: recording audit event %s failed\n%s", event.action,
+                  mask_text(traceback.format_exc()))
+
+    def refused(self, address: str, reason: str) -> None:
+        """A connection refused at the gate; logged at most once a minute (a flood
+        must not flood the log too)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last_refusal_log >= 60:
+            self._last_refusal_log = now
+            log.warning("sftp: refusing connections: %s (latest from %s; %d refused so far)",
+                        reason, address, self.gate.refused)
 
     def login_failed(self, username: str, address: str) -> None:
         org = username if username in self.organisations else None
@@ -301,11 +410,15 @@ class SftpService:
                 )
             )
 
-    def session_started(self, org: str) -> bool:
+    def session_started(self, org: str) -> str | None:
+        """None when ``org`` may have one more session, else why not (for the client)."""
         if self._sessions[org] >= self.options.max_sessions_per_org:
-            return False
+            return (f"too many concurrent sessions for {org} "
+                    f"(limit {self.options.max_sessions_per_org})")
+        if sum(self._sessions.values()) >= self.options.max_sessions_total:
+            return "too many concurrent sessions on this server, try again later"
         self._sessions[org] += 1
-        return True
+        return None
 
     def session_ended(self, org: str) -> None:
         self._sessions[org] -= 1
@@ -344,11 +457,24 @@ class SftpService:
         try:
             self._on_upload_closed(org, path)
         except Exception:
-            log.exception("sftp: on_upload_closed failed for %s", path)
+            log.error("sftp: on_upload_closed failed for %s\n%s", path,
+                      mask_text(traceback.format_exc()))
+
+    def _upload_cut(self, org: str, path: Path, size: int) -> None:
+        log.warning("sftp: upload %s of %s cut off after %d bytes; not processed", path.name,
+                    org, size)
+        if self._on_upload_cut is None:
+            return
+        try:
+            self._on_upload_cut(org, path, size)
+        except Exception:
+            log.error("sftp: on_upload_cut failed for %s\n%s", path,
+                      mask_text(traceback.format_exc()))
 
     def _make_sftp(self, chan: asyncssh.SSHServerChannel) -> JailedSftp:
         owner = chan.get_connection().get_owner()
         assert isinstance(owner, _Connection) and owner.org is not None
+        assert owner.handles is not None
         org = owner.org
         ctx = SessionContext(
             org=org,
@@ -366,5 +492,10 @@ class SftpService:
             writing_remove=lambda p: self._writing.remove(self._key(p)),
             is_writing=self.is_writing,
             upload_closed=self._upload_closed,
+            handles=owner.handles,
+            quota=self.quota,
+            incomplete_dir=self.options.incomplete_root,
+            record=self.record,
+            upload_cut=self._upload_cut,
         )
         return JailedSftp(chan, ctx)
