@@ -21,14 +21,15 @@ import logging
 import os
 import resource
 import stat
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from broker.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Descriptors kept for everything that is not an SFTP client: state and audit
 # databases, log files, the watcher, metrics and push connections, a directory
@@ -161,38 +162,54 @@ class SessionHandles:
             self._pool.release()
 
 
-class ConnectionGate:
+class ConnectionGate(Generic[T]):
     """Unauthenticated connections, per address and in total.
 
     Runs on the event loop only. A connection is admitted when it arrives and
-    leaves the gate when it authenticates or goes away; beyond a cap it is closed
-    before key exchange, so an idle or slow-loris client holds one socket briefly.
+    leaves the gate when it authenticates or goes away. Beyond the per-address
+    cap a new connection is refused before key exchange (the socket is all it
+    costs, and only briefly). When the total is full, the newcomer is admitted
+    and the oldest waiting connection of the address holding the most is evicted
+    instead: idle connections from a few addresses cannot keep an organisation
+    out until their login grace expires.
     """
 
     def __init__(self, total: int, per_address: int) -> None:
         self._total_cap = total
         self._per_address_cap = per_address
-        self._by_address: Counter[str] = Counter()
+        self._by_address: dict[str, dict[T, None]] = {}  # insertion order: oldest first
         self.waiting = 0
         self.refused = 0
+        self.evicted = 0
 
-    def admit(self, address: str) -> str | None:
-        """None when admitted, else why the connection is refused."""
+    def admit(self, address: str, conn: T) -> tuple[str | None, T | None]:
+        """(None, evicted or None) when admitted, else (why refused, None)."""
+        held = self._by_address.get(address, {})
+        if self._per_address_cap > 0 and len(held) >= self._per_address_cap:
+            self.refused += 1
+            return "too many unauthenticated connections from this address", None
+        evict = None
         if self._total_cap > 0 and self.waiting >= self._total_cap:
-            self.refused += 1
-            return "too many unauthenticated connections"
-        if self._per_address_cap > 0 and self._by_address[address] >= self._per_address_cap:
-            self.refused += 1
-            return "too many unauthenticated connections from this address"
-        self._by_address[address] += 1
+            heaviest = max(self._by_address.values(), key=len)
+            evict = next(iter(heaviest))
+            self._remove(heaviest, evict)
+            self.evicted += 1
+        self._by_address.setdefault(address, {})[conn] = None
         self.waiting += 1
-        return None
+        return None, evict
 
-    def leave(self, address: str) -> None:
+    def leave(self, address: str, conn: T) -> None:
+        held = self._by_address.get(address)
+        if held is not None and conn in held:
+            self._remove(held, conn)
+
+    def _remove(self, held: dict[T, None], conn: T) -> None:
+        del held[conn]
         self.waiting -= 1
-        self._by_address[address] -= 1
-        if self._by_address[address] <= 0:
-            del self._by_address[address]
+        if not held:
+            for address, other in list(self._by_address.items()):
+                if other is held:
+                    del self._by_address[address]
 
 
 def inbox_usage(folder: Path) -> int:

@@ -123,6 +123,7 @@ class _Connection(asyncssh.SSHServer):
         self._close_reason: str | None = None
         self._gated = False  # counted by the service's ConnectionGate until authenticated
         self._login_error = False  # the server, not the client, failed the login
+        self._blameless = False  # the server ended it: not a failed login of the client
         self.handles: SessionHandles | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -137,7 +138,7 @@ class _Connection(asyncssh.SSHServer):
             self._close_reason = "banned"
             conn.close()
             return
-        refused = self._service.gate.admit(self.address)
+        refused, evicted = self._service.gate.admit(self.address, self)
         if refused is not None:
             # Before key exchange: the socket is all it costs, and only briefly.
             self._service.refused(self.address, refused)
@@ -146,11 +147,21 @@ class _Connection(asyncssh.SSHServer):
             return
         self._gated = True
         self._service.connections.add(self)
+        if evicted is not None:
+            self._service.refused(evicted.address, "too many unauthenticated connections")
+            evicted.evict()
+
+    def evict(self) -> None:
+        self._gated = False  # the gate let go of it already
+        self._blameless = True
+        self._close_reason = "too many unauthenticated connections"
+        if self._conn is not None:
+            self._conn.abort()
 
     def _leave_gate(self) -> None:
         if self._gated:
             self._gated = False
-            self._service.gate.leave(self.address)
+            self._service.gate.leave(self.address, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._leave_gate()
@@ -161,7 +172,7 @@ class _Connection(asyncssh.SSHServer):
             self._service.session_ended(self.org)
             detail = self._close_reason or (str(exc) if exc else None)
             self._service.emit(AuditEvent("logout", self.org, self.address, detail=detail))
-        elif (self.username is not None and not self._login_error
+        elif (self.username is not None and not (self._login_error or self._blameless)
               and self._close_reason != "too many sessions"):
             self._service.login_failed(self.username, self.address)
 
@@ -268,7 +279,7 @@ class SftpService:
         self._on_upload_cut = on_upload_cut
         self.organisations = options.organisations
         self.keys = KeyFiles(options.keys_dir)
-        self.gate = ConnectionGate(
+        self.gate: ConnectionGate[_Connection] = ConnectionGate(
             options.max_unauthenticated, options.max_unauthenticated_per_address
         )
         self.quota = UploadQuota(options.upload_quota_bytes, options.inbox_dir)
