@@ -53,7 +53,9 @@ class Handle:
     hasher: Any = field(default_factory=hashlib.sha256)
     hashed_upto: int = 0  # -1: writes/reads were not sequential, rehash on close
     transferred: int = 0
-    too_large: bool = False
+    # Why the upload was refused mid-way (limit, quota): it is discarded at close.
+    rejected: str | None = None
+    quota_exceeded: bool = False
     end: int = 0  # size of the file as far as this handle knows (upload quota)
     covered: Coverage = field(default_factory=lambda: Coverage())
 

@@ -112,14 +112,14 @@ def _download(ctx: SessionContext, handle: Handle, size: int, digest: str,
     return _event(ctx, handle, "download", size, digest, detail)
 
 
-async def _reject_too_large(ctx: SessionContext, handle: Handle, local: Path, size: int,
-                            digest: str) -> None:
-    # A truncated upload must never be processed: remove what arrived.
+async def _discard(ctx: SessionContext, handle: Handle, local: Path, size: int,
+                   digest: str) -> None:
+    # A truncated upload (over the limit or the quota) must never be processed:
+    # remove what arrived.
     with contextlib.suppress(OSError):
         os.unlink(local)
     await asyncio.to_thread(clear_incomplete, ctx.incomplete_dir, ctx.org, local)
-    await ctx.record(_event(ctx, handle, "upload_rejected", size, digest,
-                            "over the upload limit"))
+    await ctx.record(_event(ctx, handle, "upload_rejected", size, digest, handle.rejected))
 
 
 async def finish_closed(ctx: SessionContext, handle: Handle) -> None:
@@ -132,13 +132,11 @@ async def finish_closed(ctx: SessionContext, handle: Handle) -> None:
         return
     local = handle.resolved.local
     assert local is not None
-    if handle.too_large:
-        await _reject_too_large(ctx, handle, local, size, digest)
+    if handle.rejected is not None:
+        await _discard(ctx, handle, local, size, digest)
         # Tell clients that pipeline writes and only look at the close status.
-        raise asyncssh.SFTPFailure(
-            f"{handle.resolved.virtual}: file exceeds the upload limit of "
-            f"{ctx.max_upload_bytes} bytes; it was discarded"
-        )
+        error = asyncssh.SFTPQuotaExceeded if handle.quota_exceeded else asyncssh.SFTPFailure
+        raise error(f"{handle.resolved.virtual}: {handle.rejected}; it was discarded")
     await ctx.record(_event(ctx, handle, "upload", size, digest))
     # Only now is the file whole: the record first, so a crash in between leaves a
     # marked file (the client got no reply and uploads again), never an unmarked cut.
@@ -156,8 +154,8 @@ async def finish_lost(ctx: SessionContext, handle: Handle) -> None:
             return
         local = handle.resolved.local
         assert local is not None
-        if handle.too_large:
-            await _reject_too_large(ctx, handle, local, size, digest)
+        if handle.rejected is not None:
+            await _discard(ctx, handle, local, size, digest)
             return
         await asyncio.to_thread(mark_incomplete, ctx.incomplete_dir, ctx.org, local, CUT, size)
         await ctx.record(_event(ctx, handle, "upload_cut", size, digest,

@@ -75,6 +75,10 @@ class SessionContext:
     upload_cut: Callable[[str, Path, int], None]
 
 
+def _size_text(n: int) -> str:
+    return f"{n // 1024**2} MB" if n >= 1024**2 else f"{n} bytes"
+
+
 class JailedSftp(asyncssh.SFTPServer):
     """An organisation's SFTP session; see the module docstring for the rules."""
 
@@ -311,19 +315,22 @@ class JailedSftp(asyncssh.SFTPServer):
         handle = self._handle(file_obj)
         if not handle.writing:
             raise Denied(f"{handle.resolved.virtual}: /from-kela/ is read-only")
-        if handle.too_large or offset + len(data) > self.ctx.max_upload_bytes:
-            handle.too_large = True
-            raise asyncssh.SFTPFailure(
-                f"{handle.resolved.virtual}: file exceeds the upload limit of "
-                f"{self.ctx.max_upload_bytes} bytes"
-            )
-        growth = offset + len(data) - handle.end
-        if growth > 0 and not self.ctx.quota.grow(self.ctx.org, growth):
-            raise asyncssh.SFTPQuotaExceeded(
-                f"{handle.resolved.virtual}: upload quota of "
-                f"{self.ctx.quota.limit // 1024**2} MB for files waiting in /to-kela/ "
-                "exceeded; upload again once the broker has processed them"
-            )
+        if handle.rejected is None:
+            growth = offset + len(data) - handle.end
+            if offset + len(data) > self.ctx.max_upload_bytes:
+                handle.rejected = (
+                    f"file exceeds the upload limit of {self.ctx.max_upload_bytes} bytes"
+                )
+            elif growth > 0 and not self.ctx.quota.grow(self.ctx.org, growth):
+                handle.quota_exceeded = True
+                handle.rejected = (
+                    f"upload quota of {_size_text(self.ctx.quota.limit)} for files waiting "
+                    "in /to-kela/ exceeded; upload again once the broker has processed them"
+                )
+        if handle.rejected is not None:
+            # Every later write fails too, and the close discards what arrived.
+            error = asyncssh.SFTPQuotaExceeded if handle.quota_exceeded else asyncssh.SFTPFailure
+            raise error(f"{handle.resolved.virtual}: {handle.rejected}")
         written = os.pwrite(handle.fd, data, offset)
         handle.end = max(handle.end, offset + written)
         handle.feed(offset, data[:written])
