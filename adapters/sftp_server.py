@@ -5,19 +5,23 @@ An organisation logs in with its id as user name and one of the keys in
 ``/to-kela/`` (its inbox), nothing else (see ``sftp_fs`` and ``sftp_paths``).
 Only SFTP: no shell, exec, scp, port/agent/X11 forwarding, no passwords.
 
+An upload is complete when its client closes it (``on_upload_closed``); one cut
+off by a lost connection is reported by ``on_upload_cut`` and stays marked
+incomplete on disk until uploaded again (``sftp_finish``, ``sftp_incomplete``).
+Resource caps (unauthenticated connections, sessions, handles, upload quota)
+keep any client from exhausting the daemon's descriptors (``sftp_limits``).
+
 Threading: everything runs on the event loop that called ``start``; the
-callbacks ``on_event`` and ``on_upload_closed`` are called on that loop and must
-not block for long. ``is_writing`` may be called from any thread.
+callbacks ``on_event``, ``on_upload_closed`` and ``on_upload_cut`` are called on
+that loop and must not block for long (``on_event`` may return a Future that the
+reply waits for, see ``sftp_hooks``). ``is_writing`` and ``upload_incomplete``
+may be called from any thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import inspect
 import logging
-import threading
-import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +29,8 @@ from pathlib import Path
 
 import asyncssh
 
-from adapters.sftp_base import INTERNAL_ERROR
 from adapters.sftp_fs import JailedSftp, SessionContext
+from adapters.sftp_hooks import Hooks, WritingSet
 from adapters.sftp_incomplete import upload_incomplete
 from adapters.sftp_keys import KeyFiles
 from adapters.sftp_limits import (
@@ -47,7 +51,6 @@ from adapters.ssh_policy import (
     load_or_create_host_key,
 )
 from broker.audit import AuditEvent
-from broker.pic import mask_text
 
 log = logging.getLogger(__name__)
 
@@ -84,28 +87,6 @@ class SftpOptions:
     @property
     def incomplete_root(self) -> Path:
         return self.incomplete_dir or self.retain_dir.parent / "incomplete"
-
-
-class _WritingSet:
-    """Local paths with an open write handle; read from other threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: Counter[Path] = Counter()
-
-    def add(self, path: Path) -> None:
-        with self._lock:
-            self._open[path] += 1
-
-    def remove(self, path: Path) -> None:
-        with self._lock:
-            self._open[path] -= 1
-            if self._open[path] <= 0:
-                del self._open[path]
-
-    def __contains__(self, path: Path) -> bool:
-        with self._lock:
-            return path in self._open
 
 
 class _Connection(asyncssh.SSHServer):
@@ -274,9 +255,7 @@ class SftpService:
         on_upload_cut: Callable[[str, Path, int], None] | None = None,
     ) -> None:
         self.options = options
-        self._on_event = on_event
-        self._on_upload_closed = on_upload_closed
-        self._on_upload_cut = on_upload_cut
+        self.hooks = Hooks(on_event, on_upload_closed, on_upload_cut)
         self.organisations = options.organisations
         self.keys = KeyFiles(options.keys_dir)
         self.gate: ConnectionGate[_Connection] = ConnectionGate(
@@ -288,7 +267,7 @@ class SftpService:
         self.bans = BanList(options.ban_after_failures, options.ban_window, options.ban_seconds)
         self.connections: set[_Connection] = set()
         self._sessions: Counter[str] = Counter()
-        self._writing = _WritingSet()
+        self._writing = WritingSet()
         self._host_key = load_or_create_host_key(options.host_key_path)
         self.host_key_fingerprint: str = fingerprint(self._host_key)
         self._acceptor: asyncssh.SSHAcceptor | None = None
@@ -359,42 +338,7 @@ class SftpService:
 
     def emit(self, event: AuditEvent) -> None:
         """Record an event without waiting (logins, logouts, bans)."""
-        try:
-            result = self._on_event(event)
-        except Exception:
-            self._audit_failed(event)
-            return
-        if isinstance(result, concurrent.futures.Future | asyncio.Future):
-            result.add_done_callback(lambda f: self._check_done(event, f))
-        elif inspect.isawaitable(result):
-            asyncio.ensure_future(result).add_done_callback(lambda f: self._check_done(event, f))
-
-    @staticmethod
-    def _check_done(event: AuditEvent, done: concurrent.futures.Future[object]
-                    | asyncio.Future[object]) -> None:
-        exc = None if done.cancelled() else done.exception()
-        if exc is not None:
-            log.error("sftp: recording audit event %s failed: %s", event.action,
-                      mask_text(repr(exc)))
-
-    async def record(self, event: AuditEvent) -> None:
-        """Record an event and wait until it is on record: ``on_event`` may return a
-        concurrent.futures.Future (an audit writer thread) or an awaitable. The reply
-        to the client's request waits for this, so an act the client was told about
-        is on record even after kill -9."""
-        try:
-            result = self._on_event(event)
-            if isinstance(result, concurrent.futures.Future):
-                await asyncio.wrap_future(result)
-            elif inspect.isawaitable(result):
-                await result
-        except Exception:
-            self._audit_failed(event)
-            raise asyncssh.SFTPFailure(INTERNAL_ERROR) from None
-
-    def _audit_failed(self, event: AuditEvent) -> None:
-        log.error("sftp: recording audit event %s failed\n%s", event.action,
-                  mask_text(traceback.format_exc()))
+        self.hooks.emit(event)
 
     def refused(self, address: str, reason: str) -> None:
         """A connection refused at the gate; logged at most once a minute (a flood
@@ -462,26 +406,6 @@ class SftpService:
             if conn.org is not None and conn.org not in self.organisations:
                 conn.close("organisation removed from configuration")
 
-    def _upload_closed(self, org: str, path: Path) -> None:
-        if self._on_upload_closed is None:
-            return
-        try:
-            self._on_upload_closed(org, path)
-        except Exception:
-            log.error("sftp: on_upload_closed failed for %s\n%s", path,
-                      mask_text(traceback.format_exc()))
-
-    def _upload_cut(self, org: str, path: Path, size: int) -> None:
-        log.warning("sftp: upload %s of %s cut off after %d bytes; not processed", path.name,
-                    org, size)
-        if self._on_upload_cut is None:
-            return
-        try:
-            self._on_upload_cut(org, path, size)
-        except Exception:
-            log.error("sftp: on_upload_cut failed for %s\n%s", path,
-                      mask_text(traceback.format_exc()))
-
     def _make_sftp(self, chan: asyncssh.SSHServerChannel) -> JailedSftp:
         owner = chan.get_connection().get_owner()
         assert isinstance(owner, _Connection) and owner.org is not None
@@ -502,11 +426,11 @@ class SftpService:
             writing_add=lambda p: self._writing.add(self._key(p)),
             writing_remove=lambda p: self._writing.remove(self._key(p)),
             is_writing=self.is_writing,
-            upload_closed=self._upload_closed,
+            upload_closed=self.hooks.upload_closed,
             handles=owner.handles,
             quota=self.quota,
             incomplete_dir=self.options.incomplete_root,
-            record=self.record,
-            upload_cut=self._upload_cut,
+            record=self.hooks.record,
+            upload_cut=self.hooks.upload_cut,
         )
         return JailedSftp(chan, ctx)
