@@ -86,6 +86,9 @@ class JailedSftp(asyncssh.SFTPServer):
         super().__init__(chan)
         self.ctx = ctx
 
+    def exit(self) -> None:
+        self.ctx.handles.close_channel()
+
     # -- names -----------------------------------------------------------
 
     def format_user(self, uid: int | None) -> str:

@@ -35,6 +35,8 @@ T = TypeVar("T")
 # databases, log files, the watcher, metrics and push connections, a directory
 # listing or a file being hashed, the listening sockets.
 RESERVED_DESCRIPTORS = 256
+# SFTP channels one connection may have open at once (OpenSSH's MaxSessions: 10).
+MAX_SFTP_CHANNELS = 8
 # When the hard limit is "unlimited", setrlimit needs a number; Linux's nr_open default.
 _UNLIMITED_CAP = 1 << 20
 
@@ -140,12 +142,24 @@ class HandlePool:
 
 
 class SessionHandles:
-    """One connection's share of the pool (all its SFTP channels together)."""
+    """One connection's share of the pool (all its SFTP channels together), and its
+    SFTP channels: asyncssh serves one request at a time per channel, so capping
+    the channels caps the requests in flight (and the reply buffers) per connection."""
 
     def __init__(self, pool: HandlePool, limit: int) -> None:
         self._pool = pool
         self.limit = limit
         self.open = 0
+        self.channels = 0
+
+    def open_channel(self) -> bool:
+        if self.channels >= MAX_SFTP_CHANNELS:
+            return False
+        self.channels += 1
+        return True
+
+    def close_channel(self) -> None:
+        self.channels = max(0, self.channels - 1)
 
     def acquire(self) -> str | None:
         """None when a handle may be opened, else why not (for the client)."""

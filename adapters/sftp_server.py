@@ -34,6 +34,7 @@ from adapters.sftp_hooks import Hooks, WritingSet
 from adapters.sftp_incomplete import upload_incomplete
 from adapters.sftp_keys import KeyFiles
 from adapters.sftp_limits import (
+    MAX_SFTP_CHANNELS,
     ConnectionGate,
     HandlePool,
     SessionHandles,
@@ -161,6 +162,11 @@ class _Connection(asyncssh.SSHServer):
         self._close_reason = reason
         if self._conn is not None:
             self._conn.close()
+
+    def disconnect(self, reason: str) -> None:
+        self._close_reason = reason
+        if self._conn is not None:
+            self._conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, reason)
 
     # -- authentication --------------------------------------------------
 
@@ -411,6 +417,15 @@ class SftpService:
         assert isinstance(owner, _Connection) and owner.org is not None
         assert owner.handles is not None
         org = owner.org
+        handles = owner.handles
+        if not handles.open_channel():
+            # asyncssh cannot refuse one channel here without ending the connection
+            # anyway, so end it with a reason; no client needs this many at once.
+            log.warning("sftp: %s from %s opened too many SFTP channels at once", org,
+                        owner.address)
+            owner.disconnect(f"too many SFTP channels at once (limit {MAX_SFTP_CHANNELS})")
+            handles = SessionHandles(HandlePool(0), 0)  # refuses everything meanwhile
+            handles.open_channel()
         ctx = SessionContext(
             org=org,
             address=owner.address,
@@ -427,7 +442,7 @@ class SftpService:
             writing_remove=lambda p: self._writing.remove(self._key(p)),
             is_writing=self.is_writing,
             upload_closed=self.hooks.upload_closed,
-            handles=owner.handles,
+            handles=handles,
             quota=self.quota,
             incomplete_dir=self.options.incomplete_root,
             record=self.hooks.record,

@@ -26,6 +26,7 @@ import pytest
 from daemon_support import keygen
 
 from adapters.sftp_limits import (
+    MAX_SFTP_CHANNELS,
     RESERVED_DESCRIPTORS,
     ConnectionGate,
     DescriptorBudgetError,
@@ -322,3 +323,23 @@ def test_server_refuses_to_start_with_caps_beyond_the_limit(
 ) -> None:
     with pytest.raises(DescriptorBudgetError):
         start_sftp(max_sessions_total=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def test_sftp_channels_per_connection_are_capped(sftp_server: Running) -> None:
+    t = sftp_server.transport("alpha")
+    try:
+        clients = [paramiko.SFTPClient.from_transport(t) for _ in range(MAX_SFTP_CHANNELS)]
+        assert all(c is not None and c.listdir("/") for c in clients)
+        clients[0].close()  # type: ignore[union-attr]
+        time.sleep(0.2)
+        again = paramiko.SFTPClient.from_transport(t)  # a closed channel frees its place
+        assert again is not None and again.listdir("/") == ["from-kela", "to-kela"]
+        with pytest.raises((EOFError, paramiko.SSHException, OSError)):
+            extra = paramiko.SFTPClient.from_transport(t)  # one more: the connection ends
+            assert extra is not None
+            extra.listdir("/")
+        assert sftp_server.wait_for(lambda: not t.is_active())
+    finally:
+        t.close()
+    (logout,) = sftp_server.wait_for(lambda: sftp_server.actions("logout"))
+    assert logout.detail is not None and "too many SFTP channels" in logout.detail
