@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from broker.fsutil import fsync_dir
@@ -83,3 +84,41 @@ def marker_state(incomplete_dir: Path, org: str, path: Path | str) -> str | None
         return None
     state = data.get("state") if isinstance(data, dict) else None
     return state if isinstance(state, str) else None
+
+
+def list_incomplete(incomplete_dir: Path) -> list[tuple[str, str, str | None]]:
+    """Every marked upload as (org, name, state), for status pages and health."""
+    found = []
+    try:
+        orgs = sorted(p for p in incomplete_dir.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return []
+    for org_dir in orgs:
+        for marker in sorted(org_dir.iterdir()):
+            found.append((org_dir.name, marker.name,
+                          marker_state(incomplete_dir, org_dir.name, marker.name)))
+    return found
+
+
+def purge_incomplete(incomplete_dir: Path, inbox_dir: Path, max_age: float, now: float,
+                     is_writing: Callable[[Path], bool] = lambda path: False,
+                     ) -> list[tuple[str, str, int]]:
+    """Remove fragments (and their markers) nobody re-uploaded within ``max_age``
+    seconds of the marker's last change; they would otherwise fill the
+    organisation's upload quota for good. A file still open for writing is left
+    alone. Returns (org, name, bytes) of each fragment removed."""
+    removed = []
+    for org, name, _state in list_incomplete(incomplete_dir):
+        marker = marker_path(incomplete_dir, org, name)
+        fragment = inbox_dir / org / name
+        try:
+            if now - marker.stat().st_mtime < max_age or is_writing(fragment):
+                continue
+            size = fragment.lstat().st_size if os.path.lexists(fragment) else 0
+            if os.path.lexists(fragment):
+                os.unlink(fragment)
+        except OSError:
+            continue  # re-uploaded or taken meanwhile: next time
+        clear_incomplete(incomplete_dir, org, name)
+        removed.append((org, name, size))
+    return removed

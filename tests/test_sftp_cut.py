@@ -19,9 +19,11 @@ from adapters.sftp_incomplete import (
     CUT,
     WRITING,
     clear_incomplete,
+    list_incomplete,
     mark_incomplete,
     marker_path,
     marker_state,
+    purge_incomplete,
     upload_incomplete,
 )
 
@@ -158,3 +160,24 @@ def test_marker_functions_without_a_server(tmp_path: Path) -> None:
     assert clear_incomplete(tmp_path, "alpha", long_name)
     assert not upload_incomplete(tmp_path, "alpha", long_name)
     assert not clear_incomplete(tmp_path, "alpha", long_name)
+
+
+def test_stale_fragments_are_purged(tmp_path: Path) -> None:
+    incomplete, inbox = tmp_path / "incomplete", tmp_path / "inbox"
+    (inbox / "alpha").mkdir(parents=True)
+    for name in ("old.xml", "fresh.xml", "open.xml"):
+        (inbox / "alpha" / name).write_bytes(b"<half")
+        mark_incomplete(incomplete, "alpha", name, CUT, 5)
+    (inbox / "alpha" / "whole.xml").write_bytes(b"<whole/>")  # no marker: not ours
+    old = marker_path(incomplete, "alpha", "old.xml")
+    os.utime(old, (old.stat().st_mtime - 7200,) * 2)
+    opened = marker_path(incomplete, "alpha", "open.xml")
+    os.utime(opened, (opened.stat().st_mtime - 7200,) * 2)
+    now = old.stat().st_mtime + 7200
+    removed = purge_incomplete(incomplete, inbox, 3600, now,
+                               is_writing=lambda p: p.name == "open.xml")
+    assert removed == [("alpha", "old.xml", 5)]
+    assert not (inbox / "alpha" / "old.xml").exists()
+    assert not upload_incomplete(incomplete, "alpha", "old.xml")
+    assert sorted(n for _, n, _ in list_incomplete(incomplete)) == ["fresh.xml", "open.xml"]
+    assert (inbox / "alpha" / "whole.xml").exists()
