@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING
 import paramiko
 import pytest
 from daemon_support import keygen
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from adapters.sftp_base import Coverage
 from adapters.sftp_limits import (
     MAX_SFTP_CHANNELS,
     RESERVED_DESCRIPTORS,
@@ -343,3 +346,34 @@ def test_sftp_channels_per_connection_are_capped(sftp_server: Running) -> None:
         t.close()
     (logout,) = sftp_server.wait_for(lambda: sftp_server.actions("logout"))
     assert logout.detail is not None and "too many SFTP channels" in logout.detail
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 700)), max_size=60))
+def test_coverage_counts_each_byte_once(reads: list[tuple[int, int]]) -> None:
+    """Read offsets and sizes come from the client: any order, overlaps, repeats."""
+    coverage = Coverage()
+    seen: set[int] = set()
+    for offset, size in reads:
+        coverage.add(offset, offset + size)
+        seen.update(range(offset, offset + size))
+    assert coverage.total == len(seen)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 5), st.integers(0, 30)), max_size=80))
+def test_gate_never_exceeds_its_caps(ops: list[tuple[bool, int, int]]) -> None:
+    gate: ConnectionGate[int] = ConnectionGate(total=6, per_address=3)
+    inside: dict[int, str] = {}
+    for arrive, addr, conn in ops:
+        address = f"10.0.0.{addr}"
+        if arrive and conn not in inside:
+            refused, evicted = gate.admit(address, conn)
+            if evicted is not None:
+                del inside[evicted]
+            if refused is None:
+                inside[conn] = address
+        elif not arrive and conn in inside:
+            gate.leave(inside.pop(conn), conn)
+        assert gate.waiting == len(inside) <= 6
+        assert all(list(inside.values()).count(a) <= 3 for a in inside.values())
