@@ -413,10 +413,12 @@ class JailedSftp(asyncssh.SFTPServer):
         os.rename(old.local, new.local)
         # The new name is exactly as complete as the old one was (a cut fragment
         # renamed stays a fragment; a whole file renamed over a fragment clears it).
-        await asyncio.to_thread(
+        fragment = await asyncio.to_thread(
             move_incomplete, self.ctx.incomplete_dir, self.ctx.org, old.local, new.local)
-        await self._record("rename", old.virtual, st.st_size, None, f"to {new.virtual}")
-        self.ctx.upload_closed(self.ctx.org, new.local)
+        await self._record("rename", old.virtual, st.st_size, None,
+                           f"to {new.virtual}" + ("; incomplete upload" if fragment else ""))
+        if not fragment:
+            self.ctx.upload_closed(self.ctx.org, new.local)
 
     @guarded
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:

@@ -66,14 +66,16 @@ def clear_incomplete(incomplete_dir: Path, org: str, path: Path | str) -> bool:
     return True
 
 
-def move_incomplete(incomplete_dir: Path, org: str, old: Path | str, new: Path | str) -> None:
-    """A rename in the inbox: the new name is exactly as (in)complete as the old one."""
+def move_incomplete(incomplete_dir: Path, org: str, old: Path | str, new: Path | str) -> bool:
+    """A rename in the inbox: the new name is exactly as (in)complete as the old one.
+    Returns True when it is incomplete."""
     src, dst = marker_path(incomplete_dir, org, old), marker_path(incomplete_dir, org, new)
     if os.path.lexists(src):
         os.replace(src, dst)
         fsync_dir(dst.parent)
-    else:
-        clear_incomplete(incomplete_dir, org, new)
+        return True
+    clear_incomplete(incomplete_dir, org, new)
+    return False
 
 
 def marker_state(incomplete_dir: Path, org: str, path: Path | str) -> str | None:

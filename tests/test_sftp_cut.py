@@ -139,6 +139,7 @@ def test_renaming_a_cut_fragment_keeps_it_incomplete(sftp_server: Running) -> No
     try:
         sftp.rename("/to-kela/r.xml.filepart", "/to-kela/r.xml")
         assert upload_incomplete(incomplete, "alpha", final)
+        assert sftp_server.uploads == []  # a renamed fragment is not handed on either
         assert not upload_incomplete(incomplete, "alpha", "r.xml.filepart")
         # A whole file renamed over the fragment's name makes it complete.
         sftp.put(str(local), "/to-kela/r2.xml.filepart")
@@ -147,6 +148,7 @@ def test_renaming_a_cut_fragment_keeps_it_incomplete(sftp_server: Running) -> No
         t.close()
     assert not upload_incomplete(incomplete, "alpha", final)
     assert final.read_bytes() == BODY
+    assert sftp_server.uploads[-1] == ("alpha", final)
 
 
 def test_marker_functions_without_a_server(tmp_path: Path) -> None:
