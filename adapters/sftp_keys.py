@@ -66,11 +66,15 @@ class KeyFiles:
         except UnicodeDecodeError:
             lookup = KeyLookup(None, "authorized_keys is not UTF-8 text")
         else:
-            try:
-                lookup = KeyLookup(asyncssh.import_authorized_keys(text))
-            except (ValueError, asyncssh.KeyImportError) as exc:
-                # asyncssh names the bad line; key material is never in the message.
-                lookup = KeyLookup(None, f"authorized_keys cannot be parsed: {exc}")
+            if not any(line.strip() and not line.lstrip().startswith("#")
+                       for line in text.splitlines()):
+                lookup = KeyLookup(None)  # every key removed: no keys, not a broken file
+            else:
+                try:
+                    lookup = KeyLookup(asyncssh.import_authorized_keys(text))
+                except (ValueError, asyncssh.KeyImportError) as exc:
+                    # asyncssh's message names what is wrong, never key material.
+                    lookup = KeyLookup(None, f"authorized_keys cannot be parsed: {exc}")
         with self._lock:
             self._cache[org] = _Entry(stamp, lookup)
         return lookup

@@ -12,13 +12,16 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import paramiko
 import paramiko.sftp
 import pytest
+from daemon_support import keygen
 
 from adapters.sftp_incomplete import upload_incomplete
+from adapters.sftp_keys import KeyFiles, KeyLookup
 from adapters.sftp_paths import Jail
 from broker import pic
 from broker.audit import AuditEvent
@@ -213,3 +216,20 @@ def test_unknown_key_still_counts_towards_a_ban(start_sftp: Callable[..., Runnin
     assert running.wait_for(lambda: running.actions("ban"))
     assert running.actions("login_error") == []
 
+
+
+def test_key_file_lookup(tmp_path: Path) -> None:
+    files = KeyFiles(tmp_path)
+    assert files.lookup("alpha") == KeyLookup(None)  # no file: no keys, the client's failure
+    (tmp_path / "alpha").mkdir()
+    path = files.path_of("alpha")
+    path.write_text("# every key was removed\n\n")
+    assert files.lookup("alpha") == KeyLookup(None)
+    path.write_text("ssh-ed25519 AAAA-not-a-key comment\n")
+    broken = files.lookup("alpha")
+    assert broken.keys is None and broken.error is not None
+    assert "AAAA" not in broken.error
+    key = keygen(tmp_path / "k")
+    path.write_text(Path(f"{key}.pub").read_text())
+    good = files.lookup("alpha")
+    assert good.keys is not None and good.error is None
