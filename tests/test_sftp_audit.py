@@ -4,6 +4,7 @@ writer, and failures whose text stays on the server."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import hashlib
 import logging
@@ -20,6 +21,7 @@ import paramiko.sftp
 import pytest
 from daemon_support import keygen
 
+from adapters.sftp_hooks import Hooks
 from adapters.sftp_incomplete import upload_incomplete
 from adapters.sftp_keys import KeyFiles, KeyLookup
 from adapters.sftp_paths import Jail
@@ -233,3 +235,24 @@ def test_key_file_lookup(tmp_path: Path) -> None:
     path.write_text(Path(f"{key}.pub").read_text())
     good = files.lookup("alpha")
     assert good.keys is not None and good.error is None
+
+
+def test_record_awaits_a_coroutine_and_emit_does_not_wait() -> None:
+    order: list[str] = []
+
+    async def on_event(event: AuditEvent) -> None:
+        await asyncio.sleep(0.05)
+        order.append(event.action)
+
+    async def main() -> None:
+        hooks = Hooks(on_event, None, None)
+        hooks.emit(AuditEvent("login", "alpha"))
+        order.append("emitted")
+        await hooks.record(AuditEvent("upload", "alpha"))
+        order.append("replied")
+        await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    assert order[0] == "emitted"  # emit returned before its event was on record
+    assert order.index("upload") < order.index("replied")  # record waited for it
+    assert "login" in order  # and the emitted one was still recorded
