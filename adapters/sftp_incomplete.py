@@ -40,7 +40,10 @@ def mark_incomplete(incomplete_dir: Path, org: str, path: Path | str, state: str
                     size: int = 0) -> None:
     """Write the marker durably (blocking: call it off the event loop)."""
     marker = marker_path(incomplete_dir, org, path)
-    marker.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Both levels 0700 (mkdir's parents= would give the root the umask's mode): the
+    # names are the organisations' upload names.
+    incomplete_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    marker.parent.mkdir(exist_ok=True, mode=0o700)
     body = json.dumps({"state": state, "size": size, "at": int(time.time())}).encode()
     # Written in place, not via a temp name: the marker's name is the upload's, which
     # may already be as long as a name can be. What matters is that it exists; a torn

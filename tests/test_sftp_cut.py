@@ -152,11 +152,15 @@ def test_renaming_a_cut_fragment_keeps_it_incomplete(sftp_server: Running) -> No
 
 
 def test_marker_functions_without_a_server(tmp_path: Path) -> None:
+    root = tmp_path / "var" / "incomplete"
+    mark_incomplete(root, "beta", "x.xml", CUT)
+    assert root.stat().st_mode & 0o777 == 0o700 and (root / "beta").stat().st_mode & 0o777 == 0o700
     long_name = "x" * 250 + ".xml"  # as long as a name gets: the marker still fits
     assert not upload_incomplete(tmp_path, "alpha", long_name)
     mark_incomplete(tmp_path, "alpha", Path("/inbox/alpha") / long_name, CUT, 7)
     assert upload_incomplete(tmp_path, "alpha", long_name)
     assert marker_path(tmp_path, "alpha", long_name).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "alpha").stat().st_mode & 0o777 == 0o700
     assert marker_state(tmp_path, "alpha", long_name) == CUT
     assert not upload_incomplete(tmp_path, "beta", long_name)
     assert clear_incomplete(tmp_path, "alpha", long_name)
