@@ -75,7 +75,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     (tmp_path / "outbox" / "alpha").mkdir(parents=True)
     (tmp_path / "outbox" / "alpha" / "d.xml").write_bytes(BODY)
     options = {
-        "host": "0.0.0.0", "port": 0, "host_key_path": str(tmp_path / "hostkey"),
+        "host": "127.0.0.1", "port": 0, "host_key_path": str(tmp_path / "hostkey"),
         "keys_dir": str(tmp_path / "keys"), "outbox_dir": str(tmp_path / "outbox"),
         "inbox_dir": str(tmp_path / "inbox"), "retain_dir": str(tmp_path / "retain"),
         "incomplete_dir": str(tmp_path / "incomplete"), "organisations": ["alpha"],
