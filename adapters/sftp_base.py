@@ -7,6 +7,7 @@ the idle timer. ``Handle`` is an open file with its running SHA-256.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import functools
@@ -15,6 +16,7 @@ import logging
 import os
 import stat
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -22,10 +24,13 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 import asyncssh
 
 from adapters.sftp_paths import Denied, NotFound, Resolved
+from broker.pic import mask_text
 
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1024 * 1024
+# The only thing a client learns about a failure that is not its own.
+INTERNAL_ERROR = "internal error"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,7 +53,11 @@ class Handle:
     hasher: Any = field(default_factory=hashlib.sha256)
     hashed_upto: int = 0  # -1: writes/reads were not sequential, rehash on close
     transferred: int = 0
-    too_large: bool = False
+    # Why the upload was refused mid-way (limit, quota): it is discarded at close.
+    rejected: str | None = None
+    quota_exceeded: bool = False
+    end: int = 0  # size of the file as far as this handle knows (upload quota)
+    covered: Coverage = field(default_factory=lambda: Coverage())
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         # asyncssh's ranges@asyncssh.com extension seeks the file object.
@@ -65,12 +74,40 @@ class Handle:
             self.hashed_upto = -1
 
 
+class Coverage:
+    """Distinct byte ranges a download handle has read: prefetching clients read
+    ahead and re-read, so the bytes sent are not the bytes of the file that left."""
+
+    def __init__(self) -> None:
+        self._ranges: list[list[int]] = []  # sorted, disjoint, non-adjacent [start, end)
+
+    def add(self, start: int, end: int) -> None:
+        if end <= start:
+            return
+        ranges = self._ranges
+        if ranges and ranges[-1][1] == start:  # the common in-order case
+            ranges[-1][1] = end
+            return
+        i = bisect.bisect_left(ranges, [start, start])
+        if i > 0 and ranges[i - 1][1] >= start:
+            i -= 1
+        j = i
+        while j < len(ranges) and ranges[j][0] <= end:
+            start, end = min(start, ranges[j][0]), max(end, ranges[j][1])
+            j += 1
+        ranges[i:j] = [[start, end]]
+
+    @property
+    def total(self) -> int:
+        return sum(e - s for s, e in self._ranges)
+
+
 @contextlib.contextmanager
 def sftp_status() -> Iterator[None]:
     """The one place where failures become SFTP status codes.
 
     Messages name client paths only: OSError text (which may carry local paths)
-    is reduced to its strerror.
+    is reduced to its strerror; anything unexpected becomes ``INTERNAL_ERROR``.
     """
     try:
         yield
@@ -91,6 +128,11 @@ def sftp_status() -> Iterator[None]:
             raise asyncssh.SFTPPermissionDenied("symbolic links are not followed") from None
         log.warning("sftp: %s", exc)
         raise asyncssh.SFTPFailure(exc.strerror or "failure") from None
+    except Exception:
+        # A bug, not the client's doing: its text (which may quote paths or file
+        # content) stays in the server's log, masked; the client learns nothing.
+        log.error("sftp: internal error\n%s", mask_text(traceback.format_exc()))
+        raise asyncssh.SFTPFailure(INTERNAL_ERROR) from None
 
 
 def guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

@@ -15,20 +15,22 @@ refused, whatever asyncssh's default implementation would have done:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
 import shutil
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
-from adapters.sftp_base import Handle, dir_attrs, guarded, hash_fd, sftp_status
+from adapters import sftp_finish
+from adapters.sftp_base import Handle, dir_attrs, guarded, sftp_status
+from adapters.sftp_incomplete import WRITING, mark_incomplete, move_incomplete
+from adapters.sftp_limits import SessionHandles, UploadQuota
 from adapters.sftp_paths import Area, Denied, Jail, NotFound, Resolved
 from adapters.sftp_paths import normalise as normalise_path
 from adapters.sftp_paths import open_nofollow as _open_nofollow
@@ -65,6 +67,16 @@ class SessionContext:
     writing_remove: Callable[[Path], None]
     is_writing: Callable[[Path], bool]
     upload_closed: Callable[[str, Path], None]
+    handles: SessionHandles  # this connection's open handles (descriptors)
+    quota: UploadQuota
+    incomplete_dir: Path  # markers: <incomplete_dir>/<org>/<name>
+    # Audit an act and wait until it is on record (the reply waits for it).
+    record: Callable[[AuditEvent], Awaitable[None]]
+    upload_cut: Callable[[str, Path, int], None]
+
+
+def _size_text(n: int) -> str:
+    return f"{n // 1024**2} MB" if n >= 1024**2 else f"{n} bytes"
 
 
 class JailedSftp(asyncssh.SFTPServer):
@@ -73,6 +85,9 @@ class JailedSftp(asyncssh.SFTPServer):
     def __init__(self, chan: asyncssh.SSHServerChannel, ctx: SessionContext) -> None:
         super().__init__(chan)
         self.ctx = ctx
+
+    def exit(self) -> None:
+        self.ctx.handles.close_channel()
 
     # -- names -----------------------------------------------------------
 
@@ -224,9 +239,17 @@ class JailedSftp(asyncssh.SFTPServer):
         res = self._resolve(path)
         if res.local is None or res.is_area_root:
             raise Denied(f"{res.virtual}: is a folder")
-        if res.area is Area.FROM_KELA:
-            return self._open_for_read(res, pflags)
-        return self._open_for_write(res, pflags)
+        # Each handle holds a descriptor: past the cap, a clean failure, not EMFILE.
+        refused = self.ctx.handles.acquire()
+        if refused is not None:
+            raise asyncssh.SFTPFailure(refused)
+        try:
+            if res.area is Area.FROM_KELA:
+                return self._open_for_read(res, pflags)
+            return await self._open_for_write(res, pflags)
+        except BaseException:
+            self.ctx.handles.release()
+            raise
 
     @guarded
     async def open56(
@@ -244,7 +267,7 @@ class JailedSftp(asyncssh.SFTPServer):
             raise Denied(f"{res.virtual}: not a file")
         return Handle(fd, res, writing=False)
 
-    def _open_for_write(self, res: Resolved, pflags: int) -> Handle:
+    async def _open_for_write(self, res: Resolved, pflags: int) -> Handle:
         assert res.local is not None
         if pflags & asyncssh.FXF_READ or not pflags & asyncssh.FXF_WRITE:
             raise Denied(f"{res.virtual}: /to-kela/ is write-only")
@@ -260,10 +283,20 @@ class JailedSftp(asyncssh.SFTPServer):
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise Denied(f"{res.virtual}: not a file")
-        handle = Handle(fd, res, writing=True)
+        handle = Handle(fd, res, writing=True, end=st.st_size)
         if st.st_size:
             handle.hashed_upto = -1  # resuming: hash the whole file on close
         self.ctx.writing_add(res.local)
+        try:
+            # Durable before the first byte: a daemon killed during the upload must
+            # not take the fragment for a whole file after its restart.
+            await asyncio.to_thread(
+                mark_incomplete, self.ctx.incomplete_dir, self.ctx.org, res.local, WRITING)
+        except BaseException:
+            os.close(fd)
+            self.ctx.writing_remove(res.local)
+            raise
+        self.ctx.quota.refresh(self.ctx.org)
         return handle
 
     @guarded
@@ -277,6 +310,7 @@ class JailedSftp(asyncssh.SFTPServer):
         data = os.pread(handle.fd, min(size, MAX_READ), offset)
         handle.feed(offset, data)
         handle.transferred += len(data)
+        handle.covered.add(offset, offset + len(data))
         return data
 
     @guarded
@@ -284,13 +318,24 @@ class JailedSftp(asyncssh.SFTPServer):
         handle = self._handle(file_obj)
         if not handle.writing:
             raise Denied(f"{handle.resolved.virtual}: /from-kela/ is read-only")
-        if handle.too_large or offset + len(data) > self.ctx.max_upload_bytes:
-            handle.too_large = True
-            raise asyncssh.SFTPFailure(
-                f"{handle.resolved.virtual}: file exceeds the upload limit of "
-                f"{self.ctx.max_upload_bytes} bytes"
-            )
+        if handle.rejected is None:
+            growth = offset + len(data) - handle.end
+            if offset + len(data) > self.ctx.max_upload_bytes:
+                handle.rejected = (
+                    f"file exceeds the upload limit of {self.ctx.max_upload_bytes} bytes"
+                )
+            elif growth > 0 and not self.ctx.quota.grow(self.ctx.org, growth):
+                handle.quota_exceeded = True
+                handle.rejected = (
+                    f"upload quota of {_size_text(self.ctx.quota.limit)} for files waiting "
+                    "in /to-kela/ exceeded; upload again once the broker has processed them"
+                )
+        if handle.rejected is not None:
+            # Every later write fails too, and the close discards what arrived.
+            error = asyncssh.SFTPQuotaExceeded if handle.quota_exceeded else asyncssh.SFTPFailure
+            raise error(f"{handle.resolved.virtual}: {handle.rejected}")
         written = os.pwrite(handle.fd, data, offset)
+        handle.end = max(handle.end, offset + written)
         handle.feed(offset, data[:written])
         handle.transferred += written
         return written
@@ -301,43 +346,19 @@ class JailedSftp(asyncssh.SFTPServer):
         if handle.writing:
             os.fsync(handle.fd)
 
-    @guarded
     async def close(self, file_obj: object) -> None:
-        handle = self._handle(file_obj)
-        try:
-            size = os.fstat(handle.fd).st_size
-            if handle.hashed_upto == size:
-                digest = handle.hasher.hexdigest()
-            else:
-                digest = await asyncio.to_thread(hash_fd, handle.fd)
-        finally:
-            os.close(handle.fd)
-            if handle.writing and handle.resolved.local is not None:
-                self.ctx.writing_remove(handle.resolved.local)
-        if handle.writing:
-            self._upload_closed(handle, size, digest)
+        # asyncssh calls close() for a CLOSE request and, on connection loss, for
+        # every handle still open: only the first completes an upload.
+        if sftp_finish.closing_by_request():
+            await self._close_requested(file_obj)
         else:
-            self._event("download", handle.resolved.virtual, handle.transferred, digest)
+            await sftp_finish.finish_lost(self.ctx, self._handle(file_obj))
 
-    def _upload_closed(self, handle: Handle, size: int, digest: str) -> None:
-        local = handle.resolved.local
-        assert local is not None
-        if handle.too_large:
-            # A truncated upload must never be processed: remove what arrived.
-            with contextlib.suppress(OSError):
-                os.unlink(local)
-            self._event(
-                "upload_rejected", handle.resolved.virtual, size, digest, "over the upload limit"
-            )
-            # Tell clients that pipeline writes and only look at the close status.
-            raise asyncssh.SFTPFailure(
-                f"{handle.resolved.virtual}: file exceeds the upload limit of "
-                f"{self.ctx.max_upload_bytes} bytes; it was discarded"
-            )
-        self._event("upload", handle.resolved.virtual, size, digest)
-        self.ctx.upload_closed(self.ctx.org, local)
+    @guarded
+    async def _close_requested(self, file_obj: object) -> None:
+        await sftp_finish.finish_closed(self.ctx, self._handle(file_obj))
 
-    def _event(
+    async def _record(
         self,
         action: str,
         path: str | None,
@@ -345,7 +366,7 @@ class JailedSftp(asyncssh.SFTPServer):
         sha256: str | None = None,
         detail: str | None = None,
     ) -> None:
-        self.ctx.emit(
+        await self.ctx.record(
             AuditEvent(action, self.ctx.org, self.ctx.address, path, size, sha256, detail)
         )
 
@@ -370,16 +391,8 @@ class JailedSftp(asyncssh.SFTPServer):
                 raise
             # Retain folder on another filesystem: copy then unlink, off the loop.
             await asyncio.to_thread(shutil.move, res.local, target)
-        size, digest = await asyncio.to_thread(self._size_and_hash, target)
-        self._event("delete", res.virtual, size, digest, "moved to retain")
-
-    @staticmethod
-    def _size_and_hash(path: Path) -> tuple[int, str]:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            return os.fstat(fd).st_size, hash_fd(fd)
-        finally:
-            os.close(fd)
+        size, digest = await asyncio.to_thread(sftp_finish.size_and_hash, target)
+        await self._record("delete", res.virtual, size, digest, "moved to retain")
 
     async def _rename(self, oldpath: bytes, newpath: bytes, overwrite: bool) -> None:
         old, new = self._resolve(oldpath), self._resolve(newpath)
@@ -398,8 +411,14 @@ class JailedSftp(asyncssh.SFTPServer):
             if not stat.S_ISREG(os.lstat(new.local).st_mode):
                 raise Denied(f"{new.virtual}: not a file")
         os.rename(old.local, new.local)
-        self._event("rename", old.virtual, st.st_size, None, f"to {new.virtual}")
-        self.ctx.upload_closed(self.ctx.org, new.local)
+        # The new name is exactly as complete as the old one was (a cut fragment
+        # renamed stays a fragment; a whole file renamed over a fragment clears it).
+        fragment = await asyncio.to_thread(
+            move_incomplete, self.ctx.incomplete_dir, self.ctx.org, old.local, new.local)
+        await self._record("rename", old.virtual, st.st_size, None,
+                           f"to {new.virtual}" + ("; incomplete upload" if fragment else ""))
+        if not fragment:
+            self.ctx.upload_closed(self.ctx.org, new.local)
 
     @guarded
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:

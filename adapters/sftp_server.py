@@ -5,16 +5,23 @@ An organisation logs in with its id as user name and one of the keys in
 ``/to-kela/`` (its inbox), nothing else (see ``sftp_fs`` and ``sftp_paths``).
 Only SFTP: no shell, exec, scp, port/agent/X11 forwarding, no passwords.
 
+An upload is complete when its client closes it (``on_upload_closed``); one cut
+off by a lost connection is reported by ``on_upload_cut`` and stays marked
+incomplete on disk until uploaded again (``sftp_finish``, ``sftp_incomplete``).
+Resource caps (unauthenticated connections, sessions, handles, upload quota)
+keep any client from exhausting the daemon's descriptors (``sftp_limits``).
+
 Threading: everything runs on the event loop that called ``start``; the
-callbacks ``on_event`` and ``on_upload_closed`` are called on that loop and must
-not block for long. ``is_writing`` may be called from any thread.
+callbacks ``on_event``, ``on_upload_closed`` and ``on_upload_cut`` are called on
+that loop and must not block for long (``on_event`` may return a Future that the
+reply waits for, see ``sftp_hooks``). ``is_writing`` and ``upload_incomplete``
+may be called from any thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,10 +31,20 @@ from pathlib import Path
 import asyncssh
 
 from adapters.sftp_fs import JailedSftp, SessionContext
+from adapters.sftp_hooks import Hooks, WritingSet
+from adapters.sftp_incomplete import upload_incomplete
+from adapters.sftp_keys import KeyFiles
+from adapters.sftp_limits import (
+    MAX_SFTP_CHANNELS,
+    ConnectionGate,
+    HandlePool,
+    SessionHandles,
+    UploadQuota,
+    check_descriptor_budget,
+)
 from adapters.sftp_paths import Jail
 from adapters.ssh_policy import (
     SIGNATURE_ALGS,
-    AuthorizedKeys,
     algorithm_profile,
     fingerprint,
     load_or_create_host_key,
@@ -66,28 +83,18 @@ class SftpOptions:
     ban_seconds: float = 900
     algorithms: str = "modern"  # [sftp] algorithms: "modern" | "compatible"
     bans_path: Path | None = None  # var/bans.json, shared with `kela-broker bans`
+    # Resource limits (see sftp_limits): defaults as in broker.config.SftpSettings.
+    max_unauthenticated: int = 100
+    max_unauthenticated_per_address: int = 10
+    max_sessions_total: int = 1000
+    max_handles_per_session: int = 64
+    upload_quota_bytes: int = 2048 * 1024**2  # waiting in one organisation's /to-kela/
+    # Markers of incomplete uploads (sftp_incomplete); None: <retain_dir>/../incomplete.
+    incomplete_dir: Path | None = None
 
-
-class _WritingSet:
-    """Local paths with an open write handle; read from other threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: Counter[Path] = Counter()
-
-    def add(self, path: Path) -> None:
-        with self._lock:
-            self._open[path] += 1
-
-    def remove(self, path: Path) -> None:
-        with self._lock:
-            self._open[path] -= 1
-            if self._open[path] <= 0:
-                del self._open[path]
-
-    def __contains__(self, path: Path) -> bool:
-        with self._lock:
-            return path in self._open
+    @property
+    def incomplete_root(self) -> Path:
+        return self.incomplete_dir or self.retain_dir.parent / "incomplete"
 
 
 class _Connection(asyncssh.SSHServer):
@@ -104,6 +111,10 @@ class _Connection(asyncssh.SSHServer):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._close_reason: str | None = None
         self._banned_at_connect: asyncio.TimerHandle | None = None
+        self._gated = False  # counted by the service's ConnectionGate until authenticated
+        self._login_error = False  # the server, not the client, failed the login
+        self._blameless = False  # the server ended it: not a failed login of the client
+        self.handles: SessionHandles | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -111,7 +122,18 @@ class _Connection(asyncssh.SSHServer):
         self._conn = conn
         peer = conn.get_extra_info("peername")
         self.address = str(peer[0]) if peer else "?"
+        refused, evicted = self._service.gate.admit(self.address, self)
+        if refused is not None:
+            # Before key exchange: the socket is all it costs, and only briefly.
+            self._service.refused(self.address, refused)
+            self._close_reason = refused
+            conn.abort()
+            return
+        self._gated = True
         self._service.connections.add(self)
+        if evicted is not None:
+            self._service.refused(evicted.address, "too many unauthenticated connections")
+            evicted.evict()
         ban = self._service.bans.banned(self.address, None, time.time())
         if ban is not None:
             # Told at its first auth request (begin_auth), after the key exchange, when
@@ -131,7 +153,20 @@ class _Connection(asyncssh.SSHServer):
         asyncio.get_running_loop().call_soon(
             conn.disconnect, asyncssh.DISC_HOST_NOT_ALLOWED_TO_CONNECT, ban.message())
 
+    def evict(self) -> None:
+        self._gated = False  # the gate let go of it already
+        self._blameless = True
+        self._close_reason = "too many unauthenticated connections"
+        if self._conn is not None:
+            self._conn.abort()
+
+    def _leave_gate(self) -> None:
+        if self._gated:
+            self._gated = False
+            self._service.gate.leave(self.address, self)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._leave_gate()
         self._service.connections.discard(self)
         if self._banned_at_connect is not None:
             self._banned_at_connect.cancel()
@@ -142,8 +177,9 @@ class _Connection(asyncssh.SSHServer):
             self._service.session_ended(self.org)
             detail = self._close_reason or (str(exc) if exc else None)
             self._service.emit(AuditEvent("logout", self.org, self.address, detail=detail))
-        elif self._close_reason in ("too many sessions", "banned"):
-            pass
+        elif (self._close_reason in ("too many sessions", "banned") or self._login_error
+              or self._blameless):
+            pass  # the server ended it: not a failed login of the client
         elif self.username is not None:
             self._service.login_failed(self.username, self.address)
         elif isinstance(exc, _GARBAGE):
@@ -153,6 +189,11 @@ class _Connection(asyncssh.SSHServer):
         self._close_reason = reason
         if self._conn is not None:
             self._conn.close()
+
+    def disconnect(self, reason: str) -> None:
+        self._close_reason = reason
+        if self._conn is not None:
+            self._conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, reason)
 
     # -- authentication --------------------------------------------------
 
@@ -181,7 +222,17 @@ class _Connection(asyncssh.SSHServer):
             return False  # the disconnect is on its way; even the right key gets nothing
         ok = False
         if username in self._service.organisations:
-            keys = self._service.keys.get(username)
+            lookup = self._service.keys.lookup(username)
+            if lookup.error is not None:
+                # The operator's fault (or EMFILE): no failure counted, no ban.
+                if not self._login_error:
+                    self._login_error = True
+                    log.error("sftp: login of %s refused: %s", username, lookup.error)
+                    self._service.emit(
+                        AuditEvent("login_error", username, self.address, detail=lookup.error)
+                    )
+                return False
+            keys = lookup.keys
             if keys is not None and self._conn is not None:
                 peer = self._conn.get_extra_info("peername")
                 # from="..." options in authorized_keys are honoured; others ignored.
@@ -196,20 +247,19 @@ class _Connection(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         assert self.username is not None and self._conn is not None
+        self._leave_gate()
         org = self.username
-        if not self._service.session_started(org):
+        refused = self._service.session_started(org)
+        if refused is not None:
             self._close_reason = "too many sessions"
-            self._service.emit(
-                AuditEvent("session_refused", org, self.address, detail="too many sessions")
-            )
-            self._conn.disconnect(
-                asyncssh.DISC_TOO_MANY_CONNECTIONS,
-                f"too many concurrent sessions for {org} "
-                f"(limit {self._service.options.max_sessions_per_org})",
-            )
+            self._service.emit(AuditEvent("session_refused", org, self.address, detail=refused))
+            self._conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, refused)
             return
         self.org = org
         self._service.bans.record_success(self.address, org)
+        self.handles = SessionHandles(
+            self._service.handle_pool, self._service.options.max_handles_per_session
+        )
         self._service.emit(AuditEvent("login", org, self.address))
         self.touch()
         self._arm_idle_timer(self._service.options.idle_timeout)
@@ -242,18 +292,24 @@ class SftpService:
         options: SftpOptions,
         on_event: Callable[[AuditEvent], object],
         on_upload_closed: Callable[[str, Path], None] | None = None,
+        on_upload_cut: Callable[[str, Path, int], None] | None = None,
     ) -> None:
         self.options = options
-        self._on_event = on_event
-        self._on_upload_closed = on_upload_closed
+        self.hooks = Hooks(on_event, on_upload_closed, on_upload_cut)
         self.organisations = options.organisations
-        self.keys = AuthorizedKeys(options.keys_dir)
+        self.keys = KeyFiles(options.keys_dir)
         self.bans = BanList(options.ban_after_failures, options.ban_window, options.ban_seconds,
                             options.bans_path)
         self.algorithms = algorithm_profile(options.algorithms)
+        self.gate: ConnectionGate[_Connection] = ConnectionGate(
+            options.max_unauthenticated, options.max_unauthenticated_per_address
+        )
+        self.quota = UploadQuota(options.upload_quota_bytes, options.inbox_dir)
+        self.handle_pool = HandlePool(0)  # sized by start() from the descriptor limit
+        self._last_refusal_log = float("-inf")
         self.connections: set[_Connection] = set()
         self._sessions: Counter[str] = Counter()
-        self._writing = _WritingSet()
+        self._writing = WritingSet()
         self._host_key = load_or_create_host_key(options.host_key_path)
         self.host_key_fingerprint: str = fingerprint(self._host_key)
         self._acceptor: asyncssh.SSHAcceptor | None = None
@@ -265,6 +321,8 @@ class SftpService:
     async def start(self) -> int:
         """Listen; returns the bound port (``options.port`` may be 0)."""
         self._loop = asyncio.get_running_loop()
+        budget = check_descriptor_budget(self.options)  # DescriptorBudgetError if no fit
+        self.handle_pool.total = budget.handle_pool
         self._make_dirs(self.organisations)
         self._acceptor = await asyncssh.listen(
             self.options.host,
@@ -313,13 +371,25 @@ class SftpService:
         """True while an SFTP client holds ``path`` (in an inbox) open for writing."""
         return self._key(path) in self._writing
 
+    def upload_incomplete(self, org: str, path: Path) -> bool:
+        """True while ``path`` in ``org``'s inbox is open for writing or is a fragment
+        left by a lost connection (see sftp_incomplete; safe from any thread)."""
+        return self.is_writing(path) or upload_incomplete(self.options.incomplete_root, org, path)
+
     # -- used by connections and sessions --------------------------------
 
     def emit(self, event: AuditEvent) -> None:
-        try:
-            self._on_event(event)
-        except Exception:
-            log.exception("sftp: recording audit event %s failed", event.action)
+        """Record an event without waiting (logins, logouts, bans)."""
+        self.hooks.emit(event)
+
+    def refused(self, address: str, reason: str) -> None:
+        """A connection refused at the gate; logged at most once a minute (a flood
+        must not flood the log too)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last_refusal_log >= 60:
+            self._last_refusal_log = now
+            log.warning("sftp: refusing connections: %s (latest from %s; %d refused so far)",
+                        reason, address, self.gate.refused)
 
     def login_failed(self, username: str, address: str) -> None:
         # Per (address, organisation): one organisation's wrong key at an IT provider
@@ -341,11 +411,15 @@ class SftpService:
             self.emit(AuditEvent("ban", org, address,
                                  detail=f"{ban.reason}; banned until {ban.until_text()}"))
 
-    def session_started(self, org: str) -> bool:
+    def session_started(self, org: str) -> str | None:
+        """None when ``org`` may have one more session, else why not (for the client)."""
         if self._sessions[org] >= self.options.max_sessions_per_org:
-            return False
+            return (f"too many concurrent sessions for {org} "
+                    f"(limit {self.options.max_sessions_per_org})")
+        if sum(self._sessions.values()) >= self.options.max_sessions_total:
+            return "too many concurrent sessions on this server, try again later"
         self._sessions[org] += 1
-        return True
+        return None
 
     def session_ended(self, org: str) -> None:
         self._sessions[org] -= 1
@@ -378,18 +452,20 @@ class SftpService:
             if conn.org is not None and conn.org not in self.organisations:
                 conn.close("organisation removed from configuration")
 
-    def _upload_closed(self, org: str, path: Path) -> None:
-        if self._on_upload_closed is None:
-            return
-        try:
-            self._on_upload_closed(org, path)
-        except Exception:
-            log.exception("sftp: on_upload_closed failed for %s", path)
-
     def _make_sftp(self, chan: asyncssh.SSHServerChannel) -> JailedSftp:
         owner = chan.get_connection().get_owner()
         assert isinstance(owner, _Connection) and owner.org is not None
+        assert owner.handles is not None
         org = owner.org
+        handles = owner.handles
+        if not handles.open_channel():
+            # asyncssh cannot refuse one channel here without ending the connection
+            # anyway, so end it with a reason; no client needs this many at once.
+            log.warning("sftp: %s from %s opened too many SFTP channels at once", org,
+                        owner.address)
+            owner.disconnect(f"too many SFTP channels at once (limit {MAX_SFTP_CHANNELS})")
+            handles = SessionHandles(HandlePool(0), 0)  # refuses everything meanwhile
+            handles.open_channel()
         ctx = SessionContext(
             org=org,
             address=owner.address,
@@ -405,6 +481,11 @@ class SftpService:
             writing_add=lambda p: self._writing.add(self._key(p)),
             writing_remove=lambda p: self._writing.remove(self._key(p)),
             is_writing=self.is_writing,
-            upload_closed=self._upload_closed,
+            upload_closed=self.hooks.upload_closed,
+            handles=handles,
+            quota=self.quota,
+            incomplete_dir=self.options.incomplete_root,
+            record=self.hooks.record,
+            upload_cut=self.hooks.upload_cut,
         )
         return JailedSftp(chan, ctx)

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
 from adapters.metrics_http import MetricsServer
+from adapters.sftp_incomplete import CUT, marker_state, purge_incomplete, upload_incomplete
+from adapters.sftp_limits import raise_nofile_limit
 from adapters.sftp_push import SftpPusher
 from adapters.sftp_server import SftpOptions, SftpService
 from adapters.watcher import FolderWatcher
@@ -41,7 +44,8 @@ from broker.inputs import Inputs
 from broker.metrics import Metrics
 from broker.push_runner import PushRunner
 from broker.release import Releaser
-from broker.responses import finish_pending
+from broker.response_texts import Finding
+from broker.responses import finish_pending, reject_unprocessed
 from broker.retention import purge_all
 from broker.state_guard import check_state_store
 from broker.store import Store
@@ -97,7 +101,7 @@ class Daemon:
         self.audit = start_trail(self.store.engine, cfg.var, utcnow())
         self.releaser = Releaser(cfg, self.store)
         self.inputs = Inputs(cfg, self.store, self.metrics, later=self.later,
-                             release=self.release_pass)
+                             release=self.release_pass, incomplete=self._upload_incomplete)
         self.pushes = PushRunner(self.store, self.metrics, SftpPusher, self._pushed)
         moved = await self._in_worker(hand_over, cfg, self.store)
         recovered = await self._in_worker(self.releaser.recover)
@@ -106,8 +110,10 @@ class Daemon:
             log.warning("finished work left by a crash or a config change",
                         deliveries=recovered, acknowledgements=answered, handed_over=moved)
 
+        raise_nofile_limit()  # the SFTP caps are checked against it when the server starts
         self.sftp = SftpService(self._sftp_options(cfg), on_event=self._audit_event,
-                                on_upload_closed=lambda org, path: self.enqueue(path))
+                                on_upload_closed=lambda org, path: self.enqueue(path),
+                                on_upload_cut=self._upload_cut)
         sftp_port = await self.sftp.start()
         log.info("sftp listening", host=self._sftp_addr()[0], port=sftp_port,
                  host_key=self.sftp.host_key_fingerprint)
@@ -171,15 +177,17 @@ class Daemon:
         if path == WAKE:
             self.release_pass()
         elif path == PURGE:
-            gone = purge_all(cfg, utcnow())
+            fragments = purge_incomplete(self._incomplete_dir, cfg.inbox,
+                                         cfg.stale_upload_hours * 3600, time.time(),
+                                         self.sftp.is_writing)
+            gone = purge_all(cfg, utcnow()) + len(fragments)
             if gone:
                 log.info("retention: removed files past their retention period", count=gone)
         elif is_hidden_or_partial(path.name):
             return  # SPEC 1: not complete until renamed (an SFTP close reports these too)
         elif path.parent == cfg.inbox / "kela":
             self.inputs.batch(path)
-        elif (path.parent.parent == cfg.inbox and path.parent.name in cfg.by_id
-              and not self.sftp.is_writing(path)):  # its close or a rescan brings it back
+        elif path.parent.parent == cfg.inbox and path.parent.name in cfg.by_id:
             self.inputs.upload(path, cfg.by_id[path.parent.name])
 
     def release_pass(self) -> None:
@@ -347,6 +355,40 @@ class Daemon:
         self.metrics.observe_sftp(event)
         return self.audit.submit(event, utcnow())
 
+    @property
+    def _incomplete_dir(self) -> Path:
+        return self.config.var / "incomplete"
+
+    def _upload_incomplete(self, org: str, path: Path) -> bool:
+        """Still being written, or cut off by a disconnect (a durable marker says so):
+        never processed as if whole. Its close, or a rescan after it, brings it back."""
+        sftp = getattr(self, "sftp", None)
+        return (upload_incomplete(self._incomplete_dir, org, path)
+                or (sftp is not None and sftp.is_writing(path)))
+
+    def _upload_cut(self, org: str, path: Path, size: int) -> None:
+        """On the loop: an upload lost its connection before it was closed. The client is
+        told in the ack; the fragment waits (marked) for a resume or a re-upload."""
+        if is_hidden_or_partial(path.name) or org not in self.config.by_id:
+            return  # a temporary name is never processed; the final rename will be
+        self._worker.submit(self._answer_cut, org, path, size)
+
+    def _answer_cut(self, org: str, path: Path, size: int) -> None:
+        try:
+            self._answer_cut_now(org, path, size)
+        except Exception:  # the fragment stays marked; a re-upload is answered anyway
+            log.exception("answering a cut-off upload failed", organisation=org,
+                          file=path.name)
+
+    def _answer_cut_now(self, org: str, path: Path, size: int) -> None:
+        if marker_state(self._incomplete_dir, org, path) != CUT or not path.exists():
+            return  # re-uploaded meanwhile (being written or closed): that upload is answered
+        finding = Finding("NOT_WELL_FORMED", None, "cut_off", {"size": size})
+        reject_unprocessed(path, self.config.by_id[org], finding, config=self.config,
+                           store=self.store, now=utcnow(), record=False)
+        log.warning("upload cut off by a disconnect; not processed", organisation=org,
+                    file=path.name, size=size)
+
     def _pushed(self, org: str, rel: str, size: int, remote: str) -> None:
         """A push job's thread: one file is on the organisation's server."""
         sha, _ = file_digest(self.config.outbox / org / rel)
@@ -367,7 +409,11 @@ class Daemon:
             max_sessions_per_org=s.max_sessions_per_org, max_upload_bytes=s.max_upload_bytes,
             ban_after_failures=s.ban_after_failures, ban_window=s.ban_window,
             ban_seconds=s.ban_seconds, algorithms=s.algorithms,
-            bans_path=cfg.var / BANS_FILE)
+            bans_path=cfg.var / BANS_FILE, max_unauthenticated=s.max_unauthenticated,
+            max_unauthenticated_per_address=s.max_unauthenticated_per_address,
+            max_sessions_total=s.max_sessions_total,
+            max_handles_per_session=s.max_handles_per_session,
+            upload_quota_bytes=s.upload_quota_bytes, incomplete_dir=cfg.var / "incomplete")
 
     def _write_run_file(self, sftp_port: int) -> None:
         """Where the running daemon listens, for operators' tools and tests."""

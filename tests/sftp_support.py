@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,8 +27,6 @@ T = TypeVar("T")
 ORGS = ("alpha", "beta")
 
 
-
-
 @dataclass
 class Running:
     service: SftpService
@@ -39,6 +38,9 @@ class Running:
     events: list[AuditEvent] = field(default_factory=list)
     uploads: list[tuple[str, Path]] = field(default_factory=list)
     writing_seen: list[bool] = field(default_factory=list)
+    cuts: list[tuple[str, Path, int]] = field(default_factory=list)
+    # What on_event returns for an event (None: nothing); e.g. a Future to await.
+    event_result: Callable[[AuditEvent], object] = lambda event: None
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
@@ -49,6 +51,15 @@ class Running:
 
     def actions(self, action: str) -> list[AuditEvent]:
         return [e for e in list(self.events) if e.action == action]
+
+    def wait_for(self, what: Callable[[], T], timeout: float = 15) -> T:
+        """Poll until ``what()`` is truthy (the server reports from its own thread)."""
+        deadline = time.monotonic() + timeout
+        while not (result := what()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not within {timeout}s")
+            time.sleep(0.02)
+        return result
 
     def outbox(self, org: str) -> Path:
         return self.options.outbox_dir / org
@@ -124,6 +135,7 @@ def _start(tmp: Path, **overrides: Any) -> Running:
         outbox_dir=tmp / "outbox",
         inbox_dir=tmp / "inbox",
         retain_dir=tmp / "retain",
+        incomplete_dir=tmp / "incomplete",
         organisations=frozenset(ORGS),
     )
     options = replace(options, **overrides)
@@ -132,16 +144,20 @@ def _start(tmp: Path, **overrides: Any) -> Running:
     thread.start()
     holder: dict[str, Running] = {}
 
-    def on_event(event: AuditEvent) -> None:
+    def on_event(event: AuditEvent) -> object:
         holder["r"].events.append(event)
+        return holder["r"].event_result(event)
 
     def on_upload_closed(org: str, path: Path) -> None:
         running = holder["r"]
         running.uploads.append((org, path))
         running.writing_seen.append(running.service.is_writing(path))
 
+    def on_upload_cut(org: str, path: Path, size: int) -> None:
+        holder["r"].cuts.append((org, path, size))
+
     async def make() -> SftpService:
-        return SftpService(options, on_event, on_upload_closed)
+        return SftpService(options, on_event, on_upload_closed, on_upload_cut)
 
     service = asyncio.run_coroutine_threadsafe(make(), loop).result(30)
     running = Running(service, options, 0, loop, keys, tmp)
