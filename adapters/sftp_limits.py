@@ -35,6 +35,12 @@ T = TypeVar("T")
 # databases, log files, the watcher, metrics and push connections, a directory
 # listing or a file being hashed, the listening sockets.
 RESERVED_DESCRIPTORS = 256
+# The listen backlog. asyncio accepts up to this many sockets in one burst before any
+# protocol (and so the connection gate) sees one, so a burst must fit in the reserve
+# beside the daemon's own descriptors: half of it. A storm beyond it waits in the
+# kernel's queue or retries its SYN, which costs a client a second, not the daemon its
+# descriptors.
+LISTEN_BACKLOG = RESERVED_DESCRIPTORS // 2
 # SFTP channels one connection may have open at once (OpenSSH's MaxSessions: 10).
 MAX_SFTP_CHANNELS = 8
 # When the hard limit is "unlimited", setrlimit needs a number; Linux's nr_open default.

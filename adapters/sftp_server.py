@@ -35,6 +35,7 @@ from adapters.sftp_hooks import Hooks, WritingSet
 from adapters.sftp_incomplete import upload_incomplete
 from adapters.sftp_keys import KeyFiles
 from adapters.sftp_limits import (
+    LISTEN_BACKLOG,
     MAX_SFTP_CHANNELS,
     ConnectionGate,
     HandlePool,
@@ -345,7 +346,7 @@ class SftpService:
             host_based_auth=False,
             gss_host=None,
             login_timeout=self.options.login_grace,
-            backlog=512,  # many organisations connect at the same scheduled minute
+            backlog=LISTEN_BACKLOG,  # an accept burst must fit the descriptor reserve
         )
         port: int = self._acceptor.get_port()
         log.info("sftp: listening on %s:%d", self.options.host, port)
