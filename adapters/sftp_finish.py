@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib
 import logging
 import os
 import sys
@@ -40,6 +41,11 @@ log = logging.getLogger(__name__)
 # Fails at import (and so in every test) if asyncssh renames them.
 _CLOSE_REQUEST = asyncssh.sftp.SFTPServerHandler._process_close.__code__
 _CONNECTION_LOST = asyncssh.sftp.SFTPServerHandler._cleanup.__code__
+# Legacy SCP (``scp -O``) runs through the same server object; its file loops close in
+# a ``finally`` whether the transfer ended or not: complete only when every byte the
+# client announced went through (their ``offset`` reached ``size``).
+_scp = importlib.import_module("asyncssh.scp")  # the package's ``scp`` is a function
+_SCP_TRANSFERS = (_scp._SCPSink._recv_file.__code__, _scp._SCPSource._send_file.__code__)
 _MAX_DEPTH = 16
 
 
@@ -55,6 +61,9 @@ def closing_by_request() -> bool:
     for _ in range(_MAX_DEPTH):
         if frame.f_code is _CLOSE_REQUEST:
             return True
+        if frame.f_code in _SCP_TRANSFERS:
+            done, size = frame.f_locals.get("offset"), frame.f_locals.get("size")
+            return isinstance(done, int) and isinstance(size, int) and done >= size
         if frame.f_code is _CONNECTION_LOST or frame.f_back is None:
             return False
         frame = frame.f_back

@@ -34,14 +34,17 @@ from adapters.sftp_limits import SessionHandles, UploadQuota
 from adapters.sftp_paths import Area, Denied, Jail, NotFound, Resolved
 from adapters.sftp_paths import normalise as normalise_path
 from adapters.sftp_paths import open_nofollow as _open_nofollow
+from adapters.sftp_recent import RecentUploads
 from broker.audit import AuditEvent
 from broker.fsutil import is_hidden_or_partial
 
 log = logging.getLogger(__name__)
 
 # One read reply is at most this big, whatever the client asks for (asyncssh
-# would allow 4 MiB): bounds memory per request.
-MAX_READ = 256 * 1024
+# would allow 4 MiB): bounds memory per request. OpenSSH's sftp-server's figure: a
+# 256 KiB reply plus its header would exceed the OpenSSH client's 256 KiB message
+# limit ("Received message too long" with `sftp -B 262144`).
+MAX_READ = 261120
 # A session stops reading the disk while this much is queued for the client;
 # asyncssh's channel buffers without limit, so without this a client that asks
 # faster than it consumes (paramiko prefetch) grows the server by the file size.
@@ -73,6 +76,7 @@ class SessionContext:
     # Audit an act and wait until it is on record (the reply waits for it).
     record: Callable[[AuditEvent], Awaitable[None]]
     upload_cut: Callable[[str, Path, int], None]
+    recent: RecentUploads  # uploads remembered after the broker took them (STAT/SETSTAT)
 
 
 def _size_text(n: int) -> str:
@@ -88,6 +92,12 @@ class JailedSftp(asyncssh.SFTPServer):
 
     def exit(self) -> None:
         self.ctx.handles.close_channel()
+        chan = self.channel
+        if not chan.is_closing():
+            # The client ended the SFTP session: report success, as sshd does. OpenSSH
+            # scp (SFTP mode) exits 1 after a good transfer without an exit-status.
+            # (Legacy SCP sessions have exited already: asyncssh sends their status.)
+            chan.exit(0)
 
     # -- names -----------------------------------------------------------
 
@@ -124,13 +134,24 @@ class JailedSftp(asyncssh.SFTPServer):
             raise NotFound(f"{res.virtual}: no such file")
         return st
 
+    def _stat_or_recent(self, res: Resolved) -> os.stat_result | asyncssh.SFTPAttrs:
+        try:
+            return self._stat_resolved(res)
+        except FileNotFoundError:
+            # An upload the broker has already taken: answered as uploaded (sftp_recent).
+            attrs = (self.ctx.recent.attrs(res.local, time.monotonic())
+                     if res.area is Area.TO_KELA and res.local is not None else None)
+            if attrs is None:
+                raise
+            return attrs
+
     @guarded
     async def stat(self, path: bytes) -> os.stat_result | asyncssh.SFTPAttrs:
-        return self._stat_resolved(self._resolve(path))
+        return self._stat_or_recent(self._resolve(path))
 
     @guarded
     async def lstat(self, path: bytes) -> os.stat_result | asyncssh.SFTPAttrs:
-        return self._stat_resolved(self._resolve(path))
+        return self._stat_or_recent(self._resolve(path))
 
     @guarded
     async def fstat(self, file_obj: object) -> os.stat_result:
@@ -147,7 +168,13 @@ class JailedSftp(asyncssh.SFTPServer):
         res = self._resolve(path)
         if res.area is not Area.TO_KELA or res.local is None or res.is_area_root:
             raise Denied(f"{res.virtual}: attributes cannot be changed here")
-        if not stat.S_ISREG(os.lstat(res.local).st_mode):
+        try:
+            mode = os.lstat(res.local).st_mode
+        except FileNotFoundError:  # taken by the broker already: remembered, not an error
+            if self.ctx.recent.set_times(res.local, attrs.atime, attrs.mtime, time.monotonic()):
+                return
+            raise
+        if not stat.S_ISREG(mode):
             raise Denied(f"{res.virtual}: not a file")
         self._apply_times(res.local, attrs)
 
@@ -162,13 +189,30 @@ class JailedSftp(asyncssh.SFTPServer):
             raise Denied(f"{handle.resolved.virtual}: attributes cannot be changed here")
         self._apply_times(handle.fd, attrs)
 
-    @guarded
-    async def statvfs(self, path: bytes) -> os.statvfs_result:
-        raise Denied("statvfs is not available")
+    def _space(self) -> asyncssh.SFTPVFSAttrs:
+        """``df``: the real file system of the organisation's /to-kela/, with the free
+        space a client may use capped by what its upload quota still allows."""
+        vfs = os.statvfs(self.ctx.jail.root(Area.TO_KELA))
+        frsize = vfs.f_frsize or 4096
+        quota = self.ctx.quota
+        room_bytes = (max(0, quota.limit - quota.refresh(self.ctx.org)) if quota.limit > 0
+                      else vfs.f_bavail * frsize)
+        room = min(room_bytes, self.ctx.max_upload_bytes) // frsize
+        free = min(vfs.f_bavail, room)
+        return asyncssh.SFTPVFSAttrs(
+            bsize=vfs.f_bsize, frsize=frsize, blocks=vfs.f_blocks, bfree=min(vfs.f_bfree, room),
+            bavail=free, files=vfs.f_files, ffree=vfs.f_ffree, favail=vfs.f_favail,
+            fsid=0, flags=vfs.f_flag, namemax=vfs.f_namemax)
 
     @guarded
-    async def fstatvfs(self, file_obj: object) -> os.statvfs_result:
-        raise Denied("statvfs is not available")
+    async def statvfs(self, path: bytes) -> asyncssh.SFTPVFSAttrs:
+        self._resolve(path)  # the path must be one the client may see
+        return await asyncio.to_thread(self._space)
+
+    @guarded
+    async def fstatvfs(self, file_obj: object) -> asyncssh.SFTPVFSAttrs:
+        self._handle(file_obj)
+        return await asyncio.to_thread(self._space)
 
     # -- directories -----------------------------------------------------
 
@@ -356,7 +400,11 @@ class JailedSftp(asyncssh.SFTPServer):
 
     @guarded
     async def _close_requested(self, file_obj: object) -> None:
-        await sftp_finish.finish_closed(self.ctx, self._handle(file_obj))
+        handle = self._handle(file_obj)
+        st = os.fstat(handle.fd) if handle.writing else None  # as the client left it
+        await sftp_finish.finish_closed(self.ctx, handle)
+        if st is not None and handle.resolved.local is not None:  # complete (else raised)
+            self.ctx.recent.remember(handle.resolved.local, st, time.monotonic())
 
     async def _record(
         self,
@@ -411,6 +459,7 @@ class JailedSftp(asyncssh.SFTPServer):
             if not stat.S_ISREG(os.lstat(new.local).st_mode):
                 raise Denied(f"{new.virtual}: not a file")
         os.rename(old.local, new.local)
+        self.ctx.recent.renamed(old.local, new.local, st, time.monotonic())
         # The new name is exactly as complete as the old one was (a cut fragment
         # renamed stays a fragment; a whole file renamed over a fragment clears it).
         fragment = await asyncio.to_thread(

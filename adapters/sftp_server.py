@@ -3,7 +3,9 @@
 An organisation logs in with its id as user name and one of the keys in
 ``<keys_dir>/<org>/authorized_keys``; it sees ``/from-kela/`` (its outbox) and
 ``/to-kela/`` (its inbox), nothing else (see ``sftp_fs`` and ``sftp_paths``).
-Only SFTP: no shell, exec, scp, port/agent/X11 forwarding, no passwords.
+Only SFTP and SCP (legacy ``scp -O``, served by the same jailed server object, so the
+same paths, limits and audit apply): no shell, other exec, port/agent/X11 forwarding,
+no passwords.
 
 An upload is complete when its client closes it (``on_upload_closed``); one cut
 off by a lost connection is reported by ``on_upload_cut`` and stays marked
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import asyncssh
 
+from adapters.asyncssh_tuning import drop_ignore_packets, quiet_debug_logging, withdraw_hardlink
 from adapters.sftp_fs import JailedSftp, SessionContext
 from adapters.sftp_hooks import Hooks, WritingSet
 from adapters.sftp_incomplete import upload_incomplete
@@ -44,6 +47,7 @@ from adapters.sftp_limits import (
     check_descriptor_budget,
 )
 from adapters.sftp_paths import Jail
+from adapters.sftp_recent import RecentUploads
 from adapters.ssh_policy import (
     SIGNATURE_ALGS,
     algorithm_profile,
@@ -121,6 +125,7 @@ class _Connection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        drop_ignore_packets(conn)  # see asyncssh_tuning: measured cost, no benefit here
         peer = conn.get_extra_info("peername")
         self.address = str(peer[0]) if peer else "?"
         refused, evicted = self._service.gate.admit(self.address, self)
@@ -311,6 +316,7 @@ class SftpService:
         self.connections: set[_Connection] = set()
         self._sessions: Counter[str] = Counter()
         self._writing = WritingSet()
+        self._recent = RecentUploads()
         self._host_key = load_or_create_host_key(options.host_key_path)
         self.host_key_fingerprint: str = fingerprint(self._host_key)
         self._acceptor: asyncssh.SSHAcceptor | None = None
@@ -322,6 +328,8 @@ class SftpService:
     async def start(self) -> int:
         """Listen; returns the bound port (``options.port`` may be 0)."""
         self._loop = asyncio.get_running_loop()
+        quiet_debug_logging()
+        withdraw_hardlink()
         budget = check_descriptor_budget(self.options)  # DescriptorBudgetError if no fit
         self.handle_pool.total = budget.handle_pool
         self._make_dirs(self.organisations)
@@ -337,7 +345,7 @@ class SftpService:
             compression_algs=["none"],
             signature_algs=list(SIGNATURE_ALGS),
             sftp_factory=self._make_sftp,
-            allow_scp=False,
+            allow_scp=True,  # legacy `scp -O`: served by the same jailed server object
             allow_pty=False,
             agent_forwarding=False,
             x11_forwarding=False,
@@ -488,5 +496,6 @@ class SftpService:
             incomplete_dir=self.options.incomplete_root,
             record=self.hooks.record,
             upload_cut=self.hooks.upload_cut,
+            recent=self._recent,
         )
         return JailedSftp(chan, ctx)

@@ -20,7 +20,16 @@ from pathlib import Path
 import asyncssh
 import paramiko
 import pytest
-from daemon_support import EXAMPLES, DaemonProcess, drop, keygen, make_home, metric, wait_for
+from daemon_support import (
+    EXAMPLES,
+    DaemonProcess,
+    drop,
+    keygen,
+    make_home,
+    metric,
+    set_keys,
+    wait_for,
+)
 from latency_proxy import LatencyProxy
 from lxml import etree
 
@@ -190,6 +199,11 @@ def test_openssh_scp_both_ways(broker: Broker, tmp_path: Path, legacy: bool) -> 
                    legacy=legacy)
     assert down.returncode == 0, down.stderr
     assert (tmp_path / first).read_bytes() == (broker.outbox / first).read_bytes()
+    # The same jail as SFTP: nothing outside the two folders, not even by scp's own paths.
+    for escape in ("/../../config/broker.toml", "/etc/passwd", "/from-kela/../../var"):
+        out = openssh("scp", broker, f"{ORG}@127.0.0.1:{escape}", str(tmp_path / "x"),
+                      legacy=legacy)
+        assert out.returncode != 0 and not (tmp_path / "x").exists(), escape
 
 
 def test_rclone_default_flags(broker: Broker, tmp_path: Path) -> None:
@@ -212,4 +226,42 @@ def test_rclone_default_flags(broker: Broker, tmp_path: Path) -> None:
     listing = subprocess.run([rclone, "lsf", "broker:/from-kela"], capture_output=True,
                              text=True, timeout=60, env=env)
     assert listing.returncode == 0, listing.stderr
-    assert sorted(listing.stdout.split()) == sorted(p.name for p in broker.outbox.glob("D-*"))
+    files = [n for n in listing.stdout.split() if not n.endswith("/")]  # acks/ is a folder
+    assert sorted(files) == sorted(p.name for p in broker.outbox.glob("D-*"))
+
+
+def test_curl_with_the_compatible_profile(tmp_path: Path) -> None:
+    """Debian's curl (libssh2 1.10) needs `algorithms = "compatible"`: upload and download
+    through the latency proxy, one ACCEPTED ack."""
+    curl = shutil.which("curl")
+    if curl is None or "sftp" not in subprocess.run([curl, "-V"], capture_output=True,
+                                                     text=True).stdout:
+        pytest.skip("curl without sftp support")
+    home = make_home(tmp_path / "home")
+    set_keys(home, "sftp", algorithms="compatible")
+    key = tmp_path / "key"
+    keygen(key)
+    (home / "config" / "keys" / ORG).mkdir(parents=True)
+    shutil.copyfile(f"{key}.pub", home / "config" / "keys" / ORG / "authorized_keys")
+    d = DaemonProcess(home).start()
+    try:
+        drop(home, EXAMPLES / "decision-batch.xml")
+        outbox = home / "outbox" / ORG
+        wait_for(lambda: list(outbox.glob("D-*.xml")), what="deliveries")
+        with LatencyProxy(("127.0.0.1", d.sftp_port), rtt=RTT) as proxy:
+            b = Broker(home, key, proxy.port, d.metrics_port)
+            name, local = response(tmp_path)
+            base = f"sftp://{ORG}@127.0.0.1:{proxy.port}"
+            auth = ["-sS", "-k", "--key", str(key), "--pubkey", f"{key}.pub"]
+            up = subprocess.run([curl, *auth, "-T", str(local), f"{base}/to-kela/{name}"],
+                                capture_output=True, text=True, timeout=60)
+            assert up.returncode == 0, up.stderr
+            assert_one_accepted_ack(b, name)
+            first = sorted(outbox.glob("D-*.xml"))[0]
+            down = subprocess.run([curl, *auth, "-o", str(tmp_path / "d.xml"),
+                                   f"{base}/from-kela/{first.name}"],
+                                  capture_output=True, text=True, timeout=60)
+            assert down.returncode == 0, down.stderr
+            assert (tmp_path / "d.xml").read_bytes() == first.read_bytes()
+    finally:
+        d.stop()

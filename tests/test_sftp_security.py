@@ -236,8 +236,7 @@ def test_exec_shell_subsystems_and_forwarding_refused(sftp_server: Running) -> N
             lambda ch: ch.exec_command("id"),
             lambda ch: ch.invoke_shell(),
             lambda ch: ch.invoke_subsystem("netconf"),
-            lambda ch: ch.exec_command("scp -f /from-kela"),
-        ):
+        ):  # (legacy scp is served, inside the jail: tests/test_clients.py)
             chan = t.open_session()
             with pytest.raises(paramiko.SSHException):
                 request(chan)
