@@ -188,6 +188,18 @@ def test_openssh_sftp_batch(broker: Broker, tmp_path: Path) -> None:
     assert_one_accepted_ack(broker, name)
 
 
+def test_openssh_df_gets_real_numbers_and_no_hard_links_are_offered(broker: Broker) -> None:
+    r = openssh("sftp", broker, "-b", "-", f"{ORG}@127.0.0.1",
+                stdin="df /to-kela\n-ln /to-kela/a /to-kela/b\nbye\n")
+    assert r.returncode == 0, r.stderr
+    numbers = [line.split() for line in r.stdout.splitlines()
+               if line.split() and line.split()[0].isdigit()]
+    assert numbers, r.stdout
+    size, _used, avail = (int(x) for x in numbers[-1][:3])
+    assert size > 0 and 0 < avail <= size, r.stdout  # KiB, as df prints them
+    assert "does not support hardlink@openssh.com" in r.stderr  # not advertised
+
+
 @pytest.mark.parametrize("legacy", [False, True], ids=["scp-sftp-mode", "scp-O-legacy"])
 def test_openssh_scp_both_ways(broker: Broker, tmp_path: Path, legacy: bool) -> None:
     name, local = response(tmp_path)
