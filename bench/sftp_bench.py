@@ -130,6 +130,7 @@ def _our_server(root: Path, key: Path) -> Iterator[tuple[int, int]]:
 
 def _serve(root: Path) -> None:
     """Child process: run SftpService until stdin closes."""
+    from adapters.sftp_limits import raise_nofile_limit
     from adapters.sftp_server import SftpOptions, SftpService
 
     options = SftpOptions(
@@ -143,7 +144,15 @@ def _serve(root: Path) -> None:
         organisations=frozenset({ORG}),
         max_sessions_per_org=SESSIONS + 50,
         max_upload_bytes=2 * SIZE_MB * 1024**2,
+        # One client address logs in SESSIONS times at once: the per-address cap that
+        # protects the daemon would (rightly) refuse most of this storm.
+        max_unauthenticated=SESSIONS + 50,
+        max_unauthenticated_per_address=SESSIONS + 50,
+        max_sessions_total=SESSIONS + 50,
+        max_handles_per_session=4,
     )
+
+    raise_nofile_limit()
 
     async def main() -> None:
         service = SftpService(options, lambda e: None)
@@ -256,6 +265,9 @@ def _row(name: str, ours: float, base: float | None, what: str,
 
 
 def run(workdir: Path) -> list[Row]:
+    from adapters.sftp_limits import raise_nofile_limit
+
+    raise_nofile_limit()  # this process holds SESSIONS client connections at once
     big = _big_file(workdir)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:

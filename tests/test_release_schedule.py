@@ -97,7 +97,7 @@ def test_operator_releases_the_next_portion_early_with_a_reason(tmp_path: Path) 
     assert len(delivered_ids(pirha)) == 600
     cli(home, "release", "--org", "tampere", "--all", "--reason", "go-live weekend")
     assert len(set(delivered_ids(pirha))) == 700
-    audit = cli(home, "audit", "show", "--org", "tampere").stdout
+    audit = cli(home, "audit", "show", "--org", "tampere", "--json").stdout
     assert "county asked for the rest of the backlog now" in audit
     unknown = cli(home, "release", "--org", "nobody", "--reason", "x", check=False)
     assert unknown.returncode == 2 and "unknown organisation" in unknown.stderr
