@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import count
@@ -277,3 +278,39 @@ def test_curl_with_the_compatible_profile(tmp_path: Path) -> None:
             assert (tmp_path / "d.xml").read_bytes() == first.read_bytes()
     finally:
         d.stop()
+
+
+def test_an_upload_cut_by_a_lost_connection_is_answered_never_processed(
+        broker: Broker, tmp_path: Path) -> None:
+    """The connection dies mid-upload: the ack says it was cut off and nothing was
+    processed, the fragment is not taken after a rescan, and a complete re-upload of the
+    same name is ACCEPTED (the cut ack moves to history)."""
+    name, local = response(tmp_path)
+    body = local.read_bytes()
+    padded = body.replace(b"</MunicipalityResponse>",
+                          b"<!--" + b"x" * 400_000 + b"-->\n</MunicipalityResponse>")
+    t = paramiko.Transport(("127.0.0.1", broker.port))
+    t.connect(username=ORG, pkey=paramiko.Ed25519Key.from_private_key_file(str(broker.key)))
+    sftp = paramiko.SFTPClient.from_transport(t)
+    assert sftp is not None
+    fh = sftp.open(f"/to-kela/{name}", "wb")
+    fh.write(padded[:200_000])
+    fh.flush()
+    t.sock.close()  # the network goes away: no CLOSE ever arrives
+    ack = broker.outbox / "acks" / f"{name}.ack.xml"
+    wait_for(ack.exists, what="ack of the cut upload")
+    text = ack.read_text()
+    assert etree.fromstring(ack.read_bytes()).get("status") == "REJECTED"
+    assert "katkesi" in text or "cut off" in text, text  # in the organisation's language
+    fragment = broker.home / "inbox" / ORG / name
+    assert fragment.exists()  # kept for a resume, marked: never processed as whole
+    time.sleep(3)  # more than one inbox rescan (rescan_seconds = 2)
+    assert fragment.exists() and etree.parse(str(ack)).getroot().get("status") == "REJECTED"
+    sftp2 = paramiko_client(broker)
+    try:
+        sftp2.put(str(local), f"/to-kela/{name}")
+    finally:
+        sftp2.close()
+    wait_for(lambda: etree.parse(str(ack)).getroot().get("status") == "ACCEPTED",
+             what="the re-upload's ack")
+    assert list((broker.outbox / "acks" / "history").glob(f"{name}.*.ack.xml"))
