@@ -37,9 +37,8 @@ from broker.bans import BANS_FILE
 from broker.config import Config, load_config
 from broker.db import make_engine
 from broker.errors import ConfigError, ConfigErrors
-from broker.fsutil import atomic_write, is_hidden_or_partial, private_dir
+from broker.fsutil import atomic_write, file_digest, is_hidden_or_partial, private_dir
 from broker.handover import hand_over, removed_with_items
-from broker.ingest import file_digest
 from broker.inputs import Inputs
 from broker.metrics import Metrics
 from broker.push_runner import PushRunner

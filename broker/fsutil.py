@@ -193,3 +193,11 @@ def open_for_writing(path: Path) -> bool | None:
         return False
     finally:
         os.close(fd)
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """(sha256 hex, size) of the bytes read: one open, so the two describe the same file
+    even if it is replaced meanwhile."""
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        return digest, f.tell()

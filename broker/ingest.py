@@ -7,7 +7,6 @@ so a rejected file changes nothing in the store.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -16,6 +15,7 @@ from pathlib import Path
 from broker.batch_chunks import PARALLEL_MIN_BYTES, ParallelBatchReader, SplitFailed
 from broker.config import Config
 from broker.errors import InputChanged, InvalidFile, Problem, RoutingError
+from broker.fsutil import file_digest
 from broker.model import StoredItem
 from broker.routing import decide
 from broker.schedule import release_time
@@ -37,16 +37,6 @@ class Outcome:
     batch_id: str | None = None
     # Accepted, but worth a person's look: a merged municipality's code after the merger.
     warnings: list[Problem] = field(default_factory=list)
-
-
-def file_digest(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 def batch_context(config: Config, now: datetime) -> BatchContext:

@@ -26,8 +26,8 @@ from pathlib import Path
 from broker import logs
 from broker.config import Config, Organisation
 from broker.errors import BrokerError, InputChanged
-from broker.fsutil import atomic_write, open_for_writing, private_dir, stored_name
-from broker.ingest import file_digest, ingest_batch, report_text
+from broker.fsutil import atomic_write, file_digest, open_for_writing, private_dir, stored_name
+from broker.ingest import ingest_batch, report_text
 from broker.metrics import Metrics
 from broker.response_texts import Finding
 from broker.responses import mark_settled, process_upload, reject_unprocessed, settle_upload

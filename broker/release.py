@@ -13,7 +13,6 @@ act are one transaction, so neither exists without the other.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from broker import audit, logs
 from broker.audit_anchor import anchor_head
 from broker.config import Config, Organisation
 from broker.errors import DeliveryError, StoreError
-from broker.fsutil import atomic_writer, private_dir, temp_path
+from broker.fsutil import atomic_writer, file_digest, private_dir, temp_path
 from broker.model import Notification, PersonList
 from broker.render import (
     attachments_zip_name,
@@ -358,11 +357,7 @@ class Releaser:
             # or has just written it: the same bytes either way (rendering is deterministic).
             if not path.exists():
                 raise _Busy(path) from None
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        return h.hexdigest(), path.stat().st_size
+        return file_digest(path)
 
     @staticmethod
     def _payloads(c: Connection, assignment_ids: Sequence[int]) -> list[str]:

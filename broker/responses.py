@@ -38,8 +38,7 @@ from sqlalchemy.engine import Connection
 from broker import ack
 from broker.config import Config, Organisation
 from broker.errors import Problem, StoreError
-from broker.fsutil import atomic_write, private_dir, stored_name
-from broker.ingest import file_digest
+from broker.fsutil import atomic_write, file_digest, private_dir, stored_name
 from broker.response_rules import Plan, RuleContext, check, parse
 from broker.response_store import (
     Unreceipted,

@@ -218,3 +218,16 @@ def test_open_for_writing_is_told_by_a_lease(tmp_path: Path) -> None:
     with path.open("rb"):
         assert open_for_writing(path) is False
     assert open_for_writing(tmp_path / "missing") is None
+
+
+def test_file_digest_is_sha256_and_size_of_one_read(tmp_path: Path) -> None:
+    import hashlib
+
+    from broker.fsutil import file_digest
+
+    data = bytes(range(256)) * 5000
+    p = tmp_path / "f.bin"
+    p.write_bytes(data)
+    assert file_digest(p) == (hashlib.sha256(data).hexdigest(), len(data))
+    (tmp_path / "empty").write_bytes(b"")
+    assert file_digest(tmp_path / "empty") == (hashlib.sha256(b"").hexdigest(), 0)
