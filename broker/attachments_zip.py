@@ -18,7 +18,7 @@ import re
 import unicodedata
 import zipfile
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import IO
 from zoneinfo import ZoneInfo
 
@@ -127,18 +127,19 @@ def safe_member_names(notification_id: str, document_names: Sequence[str]) -> li
     return out
 
 
-def helsinki_time(created: datetime) -> datetime:
-    """``created`` as Europe/Helsinki wall-clock time, whole seconds (names, XML, zip)."""
+def local_time(created: datetime, tz: tzinfo = HELSINKI) -> datetime:
+    """``created`` as wall-clock time in ``tz`` (the configured ``[broker] timezone``,
+    Europe/Helsinki by default), whole seconds: names, XML and zip all show it."""
     if created.tzinfo is None:
         raise ValueError("created must be timezone-aware")
-    return created.astimezone(HELSINKI).replace(microsecond=0)
+    return created.astimezone(tz).replace(microsecond=0)
 
 
-def _zip_time(created: datetime | None) -> tuple[int, int, int, int, int, int]:
-    # Zip stores wall-clock time without a zone: use Helsinki time, what the reader sees.
+def _zip_time(created: datetime | None, tz: tzinfo) -> tuple[int, int, int, int, int, int]:
+    # Zip stores wall-clock time without a zone: use local time, what the reader sees.
     if created is None:
         return _ZIP_EPOCH
-    t = helsinki_time(created)
+    t = local_time(created, tz)
     return (t.year, t.month, t.day, t.hour, t.minute, t.second)
 
 
@@ -148,6 +149,7 @@ def write_attachments_zip(
     open_blob: Callable[[str], IO[bytes]],
     *,
     created: datetime | None = None,
+    tz: tzinfo = HELSINKI,
 ) -> int:
     """Write every attachment of the delivery into one deflated zip; return the member count.
 
@@ -155,10 +157,10 @@ def write_attachments_zip(
     in delivery order. Each blob is streamed from ``open_blob(sha256)`` in 1 MiB chunks
     and checked against the attachment's sha256 and size on the way, so the zip can never
     disagree with the XML that describes it (DeliveryError otherwise). Timestamps are the
-    delivery's ``created`` (Helsinki wall clock; 1980-01-01 when None) and every header
+    delivery's ``created`` (wall clock in ``tz``; 1980-01-01 when None) and every header
     field is fixed, so re-rendering the same delivery gives identical bytes.
     """
-    when = _zip_time(created)
+    when = _zip_time(created, tz)
     seen_ids: set[str] = set()
     count = 0
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:

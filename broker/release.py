@@ -17,9 +17,10 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import IO, Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -99,6 +100,7 @@ class Releaser:
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
+        self.tz = ZoneInfo(config.timezone)  # names, XML and zip times (config checked it)
 
     def run(self, now: datetime, *, only_org: str | None = None) -> ReleaseResult:
         """One full pass as of ``now``; running it twice with the same ``now`` changes nothing.
@@ -203,10 +205,10 @@ class Releaser:
                 seq += 1
                 if group.kind == "list":
                     plist = self._lists(c, group.assignment_ids)[0]
-                    name = list_file_name(org.id, plist, now, seq, org.format)
+                    name = list_file_name(org.id, plist, now, seq, org.format, self.tz)
                     delivery_id = Path(name).stem
                 else:
-                    delivery_id = delivery_stem(org.id, group.type, now, seq)
+                    delivery_id = delivery_stem(org.id, group.type, now, seq, self.tz)
                     name = delivery_file_name(delivery_id)
                 c.execute(insert(deliveries).values(
                     id=delivery_id, organisation=org.id, type=group.type, kind=group.kind,
@@ -309,7 +311,7 @@ class Releaser:
                 plist = PersonList.from_json(payloads[0])
                 digest, size = self._write(folder / d.file_name, lambda f: render_person_list(
                     f, delivery_id=d.id, organisation=org.id, created=d.created_at,
-                    plist=plist, fmt=org.format))
+                    plist=plist, fmt=org.format, tz=self.tz))
                 refs = tuple(audit.AuditRef(plist.id, audit.person_digest(key, e.pic))
                              for e in plist.entries)
                 result.lists += 1
@@ -321,10 +323,11 @@ class Releaser:
                     with self.store.blobs() as open_blob:
                         zip_sha, zip_size = self._write(
                             folder / zip_name, lambda f: write_attachments_zip(
-                                f, notes, open_blob, created=d.created_at))
+                                f, notes, open_blob, created=d.created_at, tz=self.tz))
                     extra = {"zip": zip_name, "zip_sha256": zip_sha, "zip_size": zip_size}
                 digest, size = self._write(folder / d.file_name,
-                                           lambda f: self._render_notes(f, d, org, notes))
+                                           lambda f: self._render_notes(f, d, org, notes,
+                                                                        self.tz))
                 refs = tuple(audit.AuditRef(n.id, audit.person_digest(key, n.person.pic))
                              for n in notes)
                 result.notifications += len(notes)
@@ -336,10 +339,10 @@ class Releaser:
 
     @staticmethod
     def _render_notes(f: IO[bytes], d: Row[Any], org: Organisation,
-                      notes: list[Notification]) -> None:
+                      notes: list[Notification], tz: tzinfo) -> None:
         render_notification_delivery(
             f, delivery_id=d.id, organisation=org.id, created=d.created_at,
-            notifications=notes, fmt="xml-v1" if org.format == "xml-v1" else "xml-v2")
+            notifications=notes, fmt="xml-v1" if org.format == "xml-v1" else "xml-v2", tz=tz)
 
     @staticmethod
     def _write(path: Path, render: Callable[[IO[bytes]], object]) -> tuple[str, int]:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import IO, Literal
 
 from lxml import etree
 
-from broker.attachments_zip import helsinki_time, safe_member_names, write_attachments_zip
+from broker.attachments_zip import HELSINKI, local_time, safe_member_names, write_attachments_zip
 from broker.errors import DeliveryError
 from broker.model import ALL_TYPES, Notification, PersonList
 from broker.render_csv import CSV_HEADER, write_person_list_csv
@@ -55,7 +55,8 @@ _INDENT = "  "
 # --- names -----------------------------------------------------------------------
 
 
-def _stem(prefix: str, org: str, type_: str, created: datetime, seq: int) -> str:
+def _stem(prefix: str, org: str, type_: str, created: datetime, seq: int,
+          tz: tzinfo) -> str:
     # org and type end up in a file name: refuse anything that could leave the folder.
     if not _NAME_PART.fullmatch(org):
         raise DeliveryError("organisation id is not usable in a file name", key=org)
@@ -63,15 +64,17 @@ def _stem(prefix: str, org: str, type_: str, created: datetime, seq: int) -> str
         raise DeliveryError("unknown notification or list type", key=type_)
     if seq < 0:
         raise ValueError("seq must be >= 0")
-    return f"{prefix}-{org}-{type_}-{helsinki_time(created):%Y%m%dT%H%M%S}-{seq:06d}"
+    return f"{prefix}-{org}-{type_}-{local_time(created, tz):%Y%m%dT%H%M%S}-{seq:06d}"
 
 
-def delivery_stem(org: str, type_: str, created: datetime, seq: int) -> str:
+def delivery_stem(org: str, type_: str, created: datetime, seq: int,
+                  tz: tzinfo = HELSINKI) -> str:
     """Stem and deliveryId of a NotificationDelivery, e.g.
-    ``D-helsinki-IMMIGRANT-20261120T141000-000001``: organisation, type, Helsinki
-    local time of ``created``; ``seq`` (the caller's never-reused counter) makes it unique.
+    ``D-helsinki-IMMIGRANT-20261120T141000-000001``: organisation, type, local time
+    (``tz``, the configured time zone) of ``created``; ``seq`` (the caller's
+    never-reused counter) makes it unique.
     """
-    return _stem("D", org, type_, created, seq)
+    return _stem("D", org, type_, created, seq, tz)
 
 
 def delivery_file_name(stem: str) -> str:
@@ -82,16 +85,18 @@ def attachments_zip_name(stem: str) -> str:
     return f"{stem}.attachments.zip"
 
 
-def list_stem(org: str, type_: str, created: datetime, seq: int) -> str:
+def list_stem(org: str, type_: str, created: datetime, seq: int,
+              tz: tzinfo = HELSINKI) -> str:
     """Stem and deliveryId of a person list file, e.g.
     ``L-tampere-LABOUR_MARKET_SUBSIDY_200_DAYS-20261101T030000-000007``."""
-    return _stem("L", org, type_, created, seq)
+    return _stem("L", org, type_, created, seq, tz)
 
 
-def list_file_name(org: str, plist: PersonList, created: datetime, seq: int, fmt: Format) -> str:
+def list_file_name(org: str, plist: PersonList, created: datetime, seq: int, fmt: Format,
+                   tz: tzinfo = HELSINKI) -> str:
     """File name of a person list: its stem plus ``.csv`` for csv, else ``.xml``."""
     ext = ".csv" if fmt == "csv" else ".xml"
-    return list_stem(org, plist.type, created, seq) + ext
+    return list_stem(org, plist.type, created, seq, tz) + ext
 
 
 # --- XML writing -------------------------------------------------------------------
@@ -245,6 +250,7 @@ def render_notification_delivery(
     notifications: Sequence[Notification],
     fmt: Format,
     blob_size: Callable[[str], int] | None = None,
+    tz: tzinfo = HELSINKI,
 ) -> None:
     """Stream a NotificationDelivery document into ``out``.
 
@@ -260,7 +266,7 @@ def render_notification_delivery(
     out.write(
         f'<NotificationDelivery xmlns="{ns}" deliveryId="{_attr(delivery_id)}"'
         f' organisation="{_attr(organisation)}"'
-        f' created="{helsinki_time(created).isoformat()}" count="{len(notifications)}">'
+        f' created="{local_time(created, tz).isoformat()}" count="{len(notifications)}">'
         .encode())
     seen: set[str] = set()
     buf: list[str] = []
@@ -284,6 +290,7 @@ def render_person_list(
     created: datetime,
     plist: PersonList,
     fmt: Format,
+    tz: tzinfo = HELSINKI,
 ) -> None:
     """Write one person list: PersonListDelivery XML in the format's namespace, or CSV.
 
@@ -296,7 +303,7 @@ def render_person_list(
     attrib = {
         "deliveryId": delivery_id,
         "organisation": organisation,
-        "created": helsinki_time(created).isoformat(),
+        "created": local_time(created, tz).isoformat(),
     }
     list_attrib = {
         "id": plist.id,

@@ -118,3 +118,23 @@ def test_next_day_type_waits_for_0600_after_the_decision(tmp_path: Path) -> None
     assert len(delivered_ids(pirha)) == urgent
     cli(home, "release-due", "--now", at_six.isoformat(), *FUTURE)
     assert len(delivered_ids(pirha)) == 5
+
+
+def test_names_and_xml_use_the_configured_time_zone(tmp_path: Path) -> None:
+    from daemon_support import set_keys
+
+    home = make_home(tmp_path / "home")
+    set_keys(home, "broker", timezone="America/New_York")
+    ny = ZoneInfo("America/New_York")
+    today = datetime.now(UTC).astimezone(ny).date()
+    batch = tmp_path / "b.xml"
+    write_batch(batch, count=3, municipalities=["091"], types=["IMMIGRANT"],
+                decision_date=today, batch_id="TZ-1", seed=3, attachment_bytes=100)
+    before = datetime.now(ny).replace(microsecond=0)
+    cli(home, "ingest", str(batch))
+    (path,) = (home / "outbox" / "helsinki").glob("D-*.xml")
+    created = datetime.fromisoformat(etree.parse(str(path)).getroot().get("created"))
+    assert created.utcoffset() == before.utcoffset()  # New York's offset, not Helsinki's
+    stamp = path.name.split("-")[3]  # D-helsinki-IMMIGRANT-<local time>-<seq>.xml
+    assert stamp == created.strftime("%Y%m%dT%H%M%S")
+    assert created >= before

@@ -283,9 +283,18 @@ def test_cli_json(tmp_path: Path) -> None:
 
 def test_cli_uses_home_municipality_register(tmp_path: Path) -> None:
     (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "municipalities.csv").write_text("code,name_fi\n091,Helsinki\n")
+    (tmp_path / "config" / "municipalities.csv").write_text(
+        "code,name_fi,name_sv,area_code,area_name_fi,area_name_sv\n"
+        "091,Helsinki,Helsingfors,90,Helsingin kaupunki,Helsingfors stad\n")
     code, out = run_cli(tmp_path, str(EXAMPLES / "decision-batch.xml"))
     assert code == 1 and "municipality 092" in out
+
+
+def test_cli_refuses_a_broken_home_register_instead_of_using_another(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "municipalities.csv").write_text("code,name_fi\n091,Helsinki\n")
+    code, out = run_cli(tmp_path, str(EXAMPLES / "decision-batch.xml"))
+    assert code == 2 and "municipality register" in out
 
 
 def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:

@@ -6,41 +6,52 @@ convention; a missing file is one).
 
 from __future__ import annotations
 
-import csv
 import json
+import tomllib
 from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
+from broker.errors import ConfigError
+from broker.municipalities import load_register, packaged_register_path
 from broker.validation import BatchContext, validate_any
 
-HELSINKI = ZoneInfo("Europe/Helsinki")
+DEFAULT_TZ = "Europe/Helsinki"
 
 
-def _known_municipalities(home: Path) -> frozenset[str]:
-    # The home's register wins; the packaged copy keeps `validate` usable anywhere.
-    path = home / "config" / "municipalities.csv"
-    if not path.is_file():
-        path = Path(__file__).resolve().parents[1] / "data" / "municipalities.csv"
-    with path.open(encoding="utf-8", newline="") as f:
-        codes = {row["code"].strip() for row in csv.DictReader(f) if row.get("code")}
-    return frozenset(codes | _merged_codes(home))
-
-
-def _merged_codes(home: Path) -> set[str]:
-    """Old codes of ``[[merger]]`` tables: the daemon takes them, so validate does too.
-    Read cheaply (no full config check): a broken config is `config check`'s to report."""
-    import tomllib
-
+def _home_config(home: Path) -> dict[str, Any]:
+    """The home's broker.toml, read cheaply (no full config check: a broken config is
+    `config check`'s to report, and `validate` must work anywhere, even without one)."""
     try:
-        data = tomllib.loads((home / "config" / "broker.toml").read_text(encoding="utf-8"))
+        return tomllib.loads((home / "config" / "broker.toml").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return set()
+        return {}
+
+
+def _known_municipalities(home: Path, data: dict[str, Any]) -> frozenset[str]:
+    """The home's register (the same loader as the daemon), else the packaged one; plus
+    the old codes of ``[[merger]]`` tables, which the daemon takes too."""
+    path = home / "config" / "municipalities.csv"
+    try:
+        codes = load_register(path if path.is_file() else packaged_register_path()).codes
+    except ConfigError as exc:  # a broken register must not silently become another one
+        raise click.UsageError(f"municipality register: {exc}") from None
     mergers = data.get("merger", [])
-    return {m["code"] for m in mergers if isinstance(m, dict) and isinstance(m.get("code"), str)
-            } if isinstance(mergers, list) else set()
+    merged = {m["code"] for m in mergers if isinstance(m, dict)
+              and isinstance(m.get("code"), str)} if isinstance(mergers, list) else set()
+    return frozenset(codes) | merged
+
+
+def _timezone(data: dict[str, Any]) -> ZoneInfo:
+    """The configured ``[broker] timezone`` (what "today" means for DecisionDate)."""
+    name = data.get("broker", {}).get("timezone", DEFAULT_TZ)
+    try:
+        return ZoneInfo(name if isinstance(name, str) else DEFAULT_TZ)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo(DEFAULT_TZ)
 
 
 @click.command()
@@ -56,9 +67,10 @@ def _merged_codes(home: Path) -> set[str]:
 def validate(ctx: click.Context, files: tuple[Path, ...], fmt: str) -> None:
     """Validate decision batches, responses and other contract files (by root namespace)."""
     home = getattr(ctx.obj, "home", Path("."))
+    data = _home_config(home)
     batch_ctx = BatchContext(
-        municipalities=_known_municipalities(home),
-        today=datetime.now(HELSINKI).date(),
+        municipalities=_known_municipalities(home, data),
+        today=datetime.now(_timezone(data)).date(),
     )
     results = [(path, validate_any(path, batch_ctx)) for path in files]
     invalid = sum(1 for _, problems in results if problems)
