@@ -54,6 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from broker.audit_anchor import Anchor, read_anchor, write_anchor
 from broker.db import metadata, writer
 from broker.fsutil import atomic_write
 
@@ -190,6 +191,17 @@ def head(conn: Connection) -> tuple[int, str]:
     return (row.id, row.row_hash) if row else (0, GENESIS)
 
 
+def anchor_head(engine: Engine, path: Path) -> Anchor | None:
+    """Anchor the committed head of the trail in ``engine``; None when it is empty."""
+    with engine.connect() as conn:
+        row_id, digest = head(conn)
+    if not row_id:
+        return None
+    anchor = Anchor(row_id, digest)
+    write_anchor(path, anchor)
+    return anchor
+
+
 def append_at(conn: Connection, stamped: Iterable[tuple[AuditEvent, str]]) -> list[int]:
     """Chain ``(event, at)`` pairs onto the trail inside the caller's transaction.
 
@@ -247,8 +259,6 @@ def chain_problems(rows: Iterable[Any], refs: dict[int, list[AuditRef]]) -> list
 
 def verify(engine: Engine, anchor: Path | None) -> list[str]:
     """Check the whole chain, and that it still reaches the anchored head; [] if intact."""
-    from broker.audit_anchor import read_anchor
-
     with engine.connect() as conn:
         refs: dict[int, list[AuditRef]] = defaultdict(list)
         for r in conn.execute(select(audit_refs).order_by(audit_refs.c.id)):
@@ -314,8 +324,6 @@ class AuditLog:
 
     def record(self, event: AuditEvent, now: datetime) -> int:
         """Append ``event`` at time ``now`` in its own transaction; returns the row id."""
-        from broker.audit_anchor import anchor_head
-
         with self._lock:
             for _ in range(self._RETRIES):
                 try:

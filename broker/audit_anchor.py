@@ -21,8 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine
-
 from broker.fsutil import atomic_write
 
 
@@ -68,16 +66,3 @@ def write_anchor(path: Path, anchor: Anchor) -> None:
             return
         atomic_write(path, (json.dumps({"id": anchor.id, "hash": anchor.hash}) + "\n")
                      .encode())
-
-
-def anchor_head(engine: Engine, path: Path) -> Anchor | None:
-    """Anchor the committed head of the trail in ``engine``; None when it is empty."""
-    from broker.audit import head
-
-    with engine.connect() as conn:
-        row_id, digest = head(conn)
-    if not row_id:
-        return None
-    anchor = Anchor(row_id, digest)
-    write_anchor(path, anchor)
-    return anchor

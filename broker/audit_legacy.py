@@ -26,6 +26,7 @@ from sqlalchemy import Engine, insert, select
 from broker.audit import (
     GENESIS,
     AuditEvent,
+    anchor_head,
     append_at,
     audit_table,
     chain_problems,
@@ -33,7 +34,6 @@ from broker.audit import (
     head,
     timestamp,
 )
-from broker.audit_anchor import anchor_head
 from broker.db import writer
 from broker.fsutil import fsync_dir
 

@@ -19,6 +19,7 @@ from broker.errors import ConfigError, ConfigErrors
 from broker.model import ALL_TYPES, Mandate, is_list_type
 from broker.municipalities import Register, load_register, packaged_register_path
 from broker.route_table import Merger, Route, parse_mergers, parse_routes
+from broker.routing import check_routes
 from broker.schedule import StaggerPolicy, TypeTiming
 
 Format = Literal["xml-v2", "xml-v1", "csv"]
@@ -271,8 +272,6 @@ def load_config(home: Path, path: Path | None = None, *, check_keys: bool = Fals
         handover=_handover(r, data.get("handover", {}), {o.id for o in orgs}),
         mergers=mergers,
     )
-    from broker.routing import check_routes
-
     _unknown_keys(r, data)
     r.errors.extend(check_routes(config, r.file, r.line_of))
     if check_keys:

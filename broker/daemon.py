@@ -35,7 +35,6 @@ from broker.audit import HEAD_FILE, AuditEvent
 from broker.audit_writer import start_trail
 from broker.bans import BANS_FILE
 from broker.config import Config, load_config
-from broker.db import make_engine
 from broker.errors import ConfigError, ConfigErrors
 from broker.fsutil import atomic_write, file_digest, is_hidden_or_partial, private_dir
 from broker.handover import hand_over, removed_with_items
@@ -46,6 +45,7 @@ from broker.release import Releaser
 from broker.response_texts import Finding
 from broker.responses import finish_pending, reject_unprocessed
 from broker.retention import purge_all
+from broker.state_db import make_engine
 from broker.state_guard import check_state_store
 from broker.store import Store
 

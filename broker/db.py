@@ -1,5 +1,8 @@
 """The SQLite engine and the one MetaData every table module registers on.
 
+``open_engine`` only opens; ``broker.state_db.make_engine`` (which imports every table
+module, so nothing here has to) opens and creates the tables.
+
 SQLite in WAL mode: readers (``status``, ``audit show``) never block the daemon,
 and a crash leaves the last committed transaction intact.
 
@@ -27,8 +30,8 @@ def writer(engine: Engine) -> Engine:
     return engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
 
 
-def make_engine(path: Path) -> Engine:
-    """Open (creating if needed) the state database at ``path`` with every table."""
+def open_engine(path: Path) -> Engine:
+    """Open (creating the file if needed) the SQLite database at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = create_engine(f"sqlite:///{path}", future=True)
 
@@ -48,13 +51,4 @@ def make_engine(path: Path) -> Engine:
         mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
 
-    # Import the table modules so that every table is on ``metadata``.
-    import broker.audit
-    import broker.pushes
-    import broker.response_store
-    import broker.store  # noqa: F401
-
-    metadata.create_all(engine)
-    if path.exists():
-        path.chmod(0o600)
     return engine

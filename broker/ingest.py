@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
-from broker.batch_chunks import PARALLEL_MIN_BYTES, ParallelBatchReader, SplitFailed
+from broker.batch_chunks import ParallelBatchReader, SplitFailed
 from broker.config import Config
 from broker.errors import InputChanged, InvalidFile, Problem, RoutingError
 from broker.fsutil import file_digest
 from broker.model import StoredItem
+from broker.read_policy import use_parallel
 from broker.routing import decide
 from broker.schedule import release_time
 from broker.store import NewAssignment, Store, today_in
@@ -68,9 +69,9 @@ def ingest_batch(path: Path, *, config: Config, store: Store, now: datetime,
         ctx = batch_context(config, now)
         try:
             try:
-                # A big file is read on every core; the ordinary reader is the judge of
-                # anything the fast path cannot vouch for (broker.batch_chunks).
-                if size < PARALLEL_MIN_BYTES:
+                # The read policy (broker.read_policy): a big file is read on every
+                # core; the ordinary reader is the judge of anything that cannot vouch for.
+                if not use_parallel(path, size):
                     raise SplitFailed("small file")
                 _store_file(ParallelBatchReader(path, ctx), path, config, store, now, out,
                             on_progress, still)

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import Column, Engine, Integer, String, Table, Text, insert, select
 
-from broker.audit import AuditEvent, append
-from broker.audit_anchor import anchor_head
+from broker.audit import AuditEvent, anchor_head, append
 from broker.db import metadata, writer
 from broker.fsutil import is_hidden_or_partial
 from broker.store import UTCDateTime

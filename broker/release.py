@@ -26,7 +26,7 @@ from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from broker import audit, logs
-from broker.audit_anchor import anchor_head
+from broker.audit import anchor_head
 from broker.config import Config, Organisation
 from broker.errors import DeliveryError, StoreError
 from broker.fsutil import atomic_writer, file_digest, private_dir, temp_path

@@ -313,63 +313,9 @@ def _check_child(el: Any, schema: Any, rules: Rules, problems: list[Problem], fi
 # ------------------------------------------------------------------ entry points
 
 
-def validate_file(path: Path, ctx: BatchContext) -> list[Problem]:
-    """Every problem of a decision batch (up to ctx.max_problems); [] when valid."""
-    # A big file is first read on every core; that path can only say "valid", so
-    # anything else is judged by the ordinary reader below. (Imported here: it
-    # builds on this module.)
-    from broker.batch_chunks import PARALLEL_MIN_BYTES, ParallelBatchReader, SplitFailed
-
-    if path.stat().st_size >= PARALLEL_MIN_BYTES:
-        try:
-            for _ in ParallelBatchReader(path, ctx, build=False):
-                pass
-            return []
-        except SplitFailed:
-            pass
-    try:
-        for _ in BatchReader(path, ctx, build=False):
-            pass
-    except InvalidFile as exc:
-        return exc.problems
-    return []
-
-
 def root_namespace(path: Path, ctx: BatchContext) -> tuple[str | None, int | None]:
     """Namespace and line of the root element, reading no further than its start tag."""
     with _open_checked(path, ctx) as f:
         for _event, el in xmlsafe.iterparse(f, events=("start",)):
             return etree.QName(el).namespace, el.sourceline
     return None, None
-
-
-def validate_any(path: Path, ctx: BatchContext) -> list[Problem]:
-    """Validate any contract file by the namespace of its root element."""
-    file = str(path)
-    try:
-        namespace, line = root_namespace(path, ctx)
-    except xmlsafe.UnsafeXml as exc:
-        return [exc.problem(file)]
-    except etree.XMLSyntaxError as exc:
-        return [xmlsafe.syntax_problem(file, exc)]
-    if namespace == NS:
-        return validate_file(path, ctx)
-    if namespace not in schemas.NAMESPACES:
-        # A start tag cut short shows the root without its namespace: not XML, first.
-        broken = xmlsafe.well_formed_problems(path, max_bytes=ctx.max_file_bytes,
-                                              huge_text=ctx.huge_text)
-        if broken:
-            return broken
-        known = ", ".join(sorted(schemas.NAMESPACES))
-        return [Problem(file, line, "SCHEMA",
-                        f"root element namespace '{namespace or ''}' is not one of: {known}")]
-    try:
-        tree = xmlsafe.parse(path, max_bytes=min(ctx.max_file_bytes, SMALL_FILE_LIMIT))
-    except InvalidFile as exc:
-        return exc.problems
-    if not schemas.path(namespace).is_file():
-        return []  # no XSD shipped for this namespace yet: well-formedness is all we can say
-    schema = load_schema(namespace)
-    if schema.validate(tree):
-        return []
-    return schema_problems(file, schema.error_log, "", None)[: ctx.max_problems]

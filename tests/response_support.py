@@ -12,10 +12,11 @@ from lxml import etree
 from sqlalchemy import select
 
 from broker.config import Config, Organisation, load_config
-from broker.db import make_engine, metadata
+from broker.db import metadata
 from broker.ingest import ingest_batch
 from broker.release import Releaser
 from broker.responses import ResponseOutcome, process_upload
+from broker.state_db import make_engine
 from broker.store import Store
 from broker.validation import load_schema
 

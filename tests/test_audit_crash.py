@@ -16,8 +16,8 @@ from sqlalchemy import select
 
 from broker.audit import HEAD_FILE, audit_refs, audit_table, verify
 from broker.config import load_config
-from broker.db import make_engine
 from broker.ingest import ingest_batch
+from broker.state_db import make_engine
 from broker.store import Store, deliveries
 from broker.synthetic import write_batch
 
@@ -29,7 +29,7 @@ import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from broker.config import load_config
-from broker.db import make_engine
+from broker.state_db import make_engine
 from broker.release import Releaser
 from broker.store import Store
 cfg = load_config(Path(sys.argv[1]))

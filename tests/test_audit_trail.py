@@ -24,18 +24,19 @@ from broker.audit import (
     AuditEvent,
     AuditLog,
     AuditRef,
+    anchor_head,
     audit_key,
     audit_refs,
     audit_table,
     person_digest,
     verify,
 )
-from broker.audit_anchor import Anchor, anchor_head, read_anchor, write_anchor
+from broker.audit_anchor import Anchor, read_anchor, write_anchor
 from broker.audit_legacy import migrate_legacy
 from broker.audit_writer import AuditWriter
 from broker.cli import CliState
 from broker.cli.audit import audit_group
-from broker.db import make_engine
+from broker.state_db import make_engine
 from broker.store import deliveries
 
 N3, N4 = "N-2026-000000003", "N-2026-000000004"

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from broker.audit import AuditEvent, AuditLog
 from broker.bans import Ban, BanList, BanStore
 from broker.cli import main
-from broker.db import make_engine
 from broker.metrics import Metrics
+from broker.state_db import make_engine
 
 if TYPE_CHECKING:
     from sftp_support import Running

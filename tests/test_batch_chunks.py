@@ -18,12 +18,13 @@ from sqlalchemy import select
 from broker import ingest as ingest_module
 from broker.batch_chunks import ParallelBatchReader, SplitFailed, plan_chunks
 from broker.config import load_config
-from broker.db import make_engine
 from broker.ingest import ingest_batch
 from broker.model import StoredItem
+from broker.read_policy import validate_file
+from broker.state_db import make_engine
 from broker.store import Store, assignments, blobs, items
 from broker.synthetic import write_batch
-from broker.validation import BatchContext, BatchReader, validate_file
+from broker.validation import BatchContext, BatchReader
 
 REPO = Path(__file__).resolve().parents[1]
 with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from broker import response_rules
 from broker.errors import InvalidFile
-from broker.validation import BatchContext, BatchReader, validate_any, validate_file
+from broker.read_policy import validate_any, validate_file
+from broker.validation import BatchContext, BatchReader
 
 REPO = Path(__file__).resolve().parents[1]
 with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:

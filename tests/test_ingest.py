@@ -9,8 +9,8 @@ from pathlib import Path
 from daemon_support import make_home
 
 from broker.config import load_config
-from broker.db import make_engine
 from broker.ingest import ingest_batch
+from broker.state_db import make_engine
 from broker.store import Store
 from broker.synthetic import write_batch
 

@@ -26,9 +26,9 @@ from daemon_support import (
 )
 
 from broker.config import load_config
-from broker.db import make_engine
 from broker.errors import InputChanged
 from broker.ingest import ingest_batch
+from broker.state_db import make_engine
 from broker.store import Store, input_files, items
 from broker.synthetic import write_batch
 

@@ -22,13 +22,13 @@ from lxml import etree
 import schemas
 from broker import pic
 from broker.config import Format, load_config
-from broker.db import make_engine
 from broker.errors import InvalidFile
 from broker.ingest import ingest_batch, report_text
 from broker.model import ListEntry, ListType, PersonList
 from broker.release import Releaser
 from broker.render import render_person_list
 from broker.render_csv import CSV_ENCODING
+from broker.state_db import make_engine
 from broker.store import Store
 from broker.validation import BatchContext, BatchReader
 

@@ -25,8 +25,8 @@ from adapters.ssh_policy import HOST_KEY_FILE
 from broker.audit import AuditLog
 from broker.cli import main
 from broker.config import load_config
-from broker.db import make_engine
 from broker.errors import KeyRefused
+from broker.state_db import make_engine
 
 if TYPE_CHECKING:
     from sftp_support import Running

@@ -24,7 +24,8 @@ from broker.batch_chunks import ParallelBatchReader, SplitFailed, plan_chunks
 from broker.errors import InvalidFile
 from broker.model import StoredItem
 from broker.pic import make as make_pic
-from broker.validation import BatchContext, BatchReader, validate_file
+from broker.read_policy import validate_file
+from broker.validation import BatchContext, BatchReader
 
 REPO = Path(__file__).resolve().parents[1]
 with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:

@@ -9,10 +9,10 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 
 from broker.config import Config, load_config
-from broker.db import make_engine
 from broker.fsutil import atomic_writer, temp_path
 from broker.ingest import ingest_batch
 from broker.release import Releaser, ReleaseResult, _Group
+from broker.state_db import make_engine
 from broker.store import Store, assignments, deliveries
 
 REPO = Path(__file__).resolve().parents[1]

@@ -196,7 +196,7 @@ def test_transfer_onward_keeps_every_hop(env: Env) -> None:
 
 def test_notification_show_lists_downloads_from_the_audit_log(env: Env) -> None:
     from broker.audit import AuditEvent, AuditLog
-    from broker.db import make_engine
+    from broker.state_db import make_engine
 
     with env.store.engine.connect() as c:
         file_name = c.execute(select(assignments.c.delivery_id).join(

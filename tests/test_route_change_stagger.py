@@ -17,9 +17,9 @@ from daemon_support import make_home
 from lxml import etree
 
 from broker.config import load_config
-from broker.db import make_engine
 from broker.ingest import ingest_batch, report_text
 from broker.release import Releaser
+from broker.state_db import make_engine
 from broker.store import Store
 from broker.synthetic import write_batch
 

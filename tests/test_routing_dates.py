@@ -15,12 +15,12 @@ from sqlalchemy import text
 
 from broker.cli import main
 from broker.config import load_config
-from broker.db import make_engine
 from broker.errors import ConfigErrors, RoutingError
 from broker.ingest import ingest_batch, report_text
 from broker.model import ALL_TYPES
 from broker.route_table import Route
 from broker.routing import _timeline, decide, route
+from broker.state_db import make_engine
 from broker.store import Store
 from broker.synthetic import write_batch
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, select
 
-from broker.db import make_engine
+from broker.state_db import make_engine
 from broker.store import input_files, stored_time
 
 

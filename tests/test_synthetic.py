@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from broker import pic
 from broker.model import Notification, NotificationType, PersonList
+from broker.read_policy import validate_file
 from broker.synthetic import write_batch, write_batch_of_size
-from broker.validation import BatchContext, BatchReader, validate_file
+from broker.validation import BatchContext, BatchReader
 
 REPO = Path(__file__).resolve().parents[1]
 with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:

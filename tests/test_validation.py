@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from broker.cli import main
 from broker.errors import InvalidFile, Problem
 from broker.model import Notification, PersonList
+from broker.read_policy import validate_any, validate_file
 from broker.schema_messages import plain_message
-from broker.validation import BatchContext, BatchReader, validate_any, validate_file
+from broker.validation import BatchContext, BatchReader
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "contracts" / "examples"
 REPO = Path(__file__).resolve().parents[1]

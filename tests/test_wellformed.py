@@ -22,12 +22,13 @@ from hypothesis import strategies as st
 import broker.batch_chunks as batch_chunks
 from broker import response_rules, xmlsafe
 from broker.config import load_config
-from broker.db import make_engine
 from broker.errors import InvalidFile, Problem
 from broker.ingest import ingest_batch
+from broker.read_policy import validate_any, validate_file
+from broker.state_db import make_engine
 from broker.store import Store
 from broker.synthetic import write_batch
-from broker.validation import BatchContext, BatchReader, validate_any, validate_file
+from broker.validation import BatchContext, BatchReader
 
 REPO = Path(__file__).resolve().parents[1]
 with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:

@@ -10,7 +10,8 @@ from lxml import etree
 
 from broker import xmlsafe
 from broker.errors import InvalidFile
-from broker.validation import BatchContext, validate_any, validate_file
+from broker.read_policy import validate_any, validate_file
+from broker.validation import BatchContext
 
 MARKER = "SECRET-MARKER-7f3a9c"
 

@@ -58,8 +58,8 @@ class Home:
 
     @cached_property
     def store(self) -> Store:
-        from broker.db import make_engine
         from broker.errors import StoreError
+        from broker.state_db import make_engine
         from broker.state_guard import check_state_store
         from broker.store import Store
 

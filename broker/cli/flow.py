@@ -13,8 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from broker import audit
-from broker.audit import AuditEvent
-from broker.audit_anchor import anchor_head
+from broker.audit import AuditEvent, anchor_head
 from broker.cli.common import console, fail, home_of, parse_now
 from broker.config import Config
 from broker.db import writer

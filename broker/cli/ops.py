@@ -127,7 +127,7 @@ def _check_against_store(cfg: Config) -> None:
 
     if database_state(cfg.database) != "ok":
         return
-    from broker.db import make_engine
+    from broker.state_db import make_engine
     from broker.store import Store
 
     problems = removed_with_items(cfg, Store(make_engine(cfg.database)).undelivered_by_org())

@@ -17,7 +17,8 @@ import click
 
 from broker.errors import ConfigError
 from broker.municipalities import load_register, packaged_register_path
-from broker.validation import BatchContext, validate_any
+from broker.read_policy import validate_any
+from broker.validation import BatchContext
 
 DEFAULT_TZ = "Europe/Helsinki"
 
