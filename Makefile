@@ -18,6 +18,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check broker adapters schemas tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # lftp and rclone are clients many municipal integrations script; their end-to-end
 # tests need them (Debian's packages, installed when run as root).
