@@ -15,7 +15,6 @@ import pytest
 from daemon_support import make_home, wait_for
 from sqlalchemy import select
 
-from broker import ingest as ingest_module
 from broker.batch_chunks import ParallelBatchReader, SplitFailed, plan_chunks
 from broker.config import load_config
 from broker.ingest import ingest_batch
@@ -167,7 +166,7 @@ def test_ingest_stores_the_same_on_every_core_as_on_one(
     one, many = make_home(tmp_path / "one"), make_home(tmp_path / "many")
     cfg = load_config(one)
     plain = ingest_batch(batch, config=cfg, store=store_of(one), now=now)
-    monkeypatch.setattr(ingest_module, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("broker.batch_chunks.PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr("broker.batch_chunks.CHUNK_BYTES", PIECE)
     calls = spy_on_parallel_reads(monkeypatch)
     cfg = load_config(many)
@@ -185,7 +184,7 @@ def test_ingest_of_a_bad_big_file_says_what_the_ordinary_reader_says(
     one, many = make_home(tmp_path / "one"), make_home(tmp_path / "many")
     plain = ingest_batch(bad, config=load_config(one),
                          store=store_of(one), now=now)
-    monkeypatch.setattr(ingest_module, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("broker.batch_chunks.PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr("broker.batch_chunks.CHUNK_BYTES", PIECE)
     tried = spy_on_parallel_reads(monkeypatch)
     fast = ingest_batch(bad, config=load_config(many),

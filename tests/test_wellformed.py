@@ -181,7 +181,7 @@ def test_a_cut_big_file_is_rejected_by_the_parallel_ingest(tmp_path: Path, big: 
     home = make_home(tmp_path / "home")
     cfg = load_config(home)
     with parallel_path(), pytest.MonkeyPatch.context() as mp:
-        mp.setattr("broker.ingest.PARALLEL_MIN_BYTES", 0)
+        mp.setattr("broker.batch_chunks.PARALLEL_MIN_BYTES", 0)
         out = ingest_batch(path, config=cfg, store=Store(make_engine(cfg.database)), now=NOW)
     assert out.status == "rejected" and out.new == 0
     check_rejected(out.problems, cut)
