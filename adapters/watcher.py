@@ -8,6 +8,7 @@ consumer dedups (by sha256 in the store), so seeing a file twice is harmless.
 from __future__ import annotations
 
 import logging
+import stat
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -36,11 +37,18 @@ log = logging.getLogger(__name__)
 def complete_files(folder: Path) -> list[Path]:
     """Files in ``folder`` that writers have finished (SPEC 1 naming), oldest first."""
     try:
-        entries = [p for p in folder.iterdir()
-                   if not is_hidden_or_partial(p.name) and p.is_file() and not p.is_symlink()]
+        names = [p for p in folder.iterdir() if not is_hidden_or_partial(p.name)]
     except FileNotFoundError:
         return []
-    return sorted(entries, key=lambda p: (p.stat().st_mtime_ns, p.name))
+    found: list[tuple[int, str, Path]] = []
+    for p in names:
+        try:  # one stat per file; a file taken away meanwhile (the daemon does) is skipped
+            st = p.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):  # not a folder, not a symlink
+            found.append((st.st_mtime_ns, p.name, p))
+    return [p for _, _, p in sorted(found)]
 
 
 class _Handler(FileSystemEventHandler):

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from broker import logs
-from broker.audit import AuditEvent, append_at, timestamp
+from broker.audit import HEAD_FILE, LEGACY_FILE, AuditEvent, append_at, timestamp
 from broker.audit_anchor import Anchor, write_anchor
+from broker.audit_legacy import migrate_legacy
 from broker.db import writer
 
 log = logs.get("broker.audit")
@@ -100,16 +103,33 @@ class AuditWriter:
         pending = [j for j in group if j[2].set_running_or_notify_cancel()]
         if not pending:
             return
-        try:
-            with self._engine.begin() as conn:
-                ids = append_at(conn, [(e, at) for e, at, _ in pending])
-                head_hash = conn.exec_driver_sql(
-                    "SELECT row_hash FROM audit_log WHERE id = ?", (ids[-1],)).scalar_one()
-        except Exception as exc:  # every waiter learns it; the thread goes on
-            log.error("audit: group commit failed", events=len(pending), exc_info=exc)
-            for _, _, future in pending:
-                future.set_exception(exc)
-            return
+        delay, waited, warn_at = 0.05, 0.0, 10.0
+        while True:
+            try:
+                with self._engine.begin() as conn:
+                    ids = append_at(conn, [(e, at) for e, at, _ in pending])
+                    head_hash = conn.exec_driver_sql(
+                        "SELECT row_hash FROM audit_log WHERE id = ?", (ids[-1],)).scalar_one()
+                break
+            except (OperationalError, IntegrityError) as exc:
+                # Busy, not broken: an ingest holds the write lock for as long as it
+                # stores a big batch (seconds), or another process chained first. A
+                # disclosure must never go unrecorded, so wait (the SFTP reply waits too).
+                transient = ("locked" in str(exc) if isinstance(exc, OperationalError)
+                             else "UNIQUE constraint failed: audit_log" in str(exc))
+                if not transient:
+                    self._fail(pending, exc)
+                    return
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 1.0)
+                if waited >= warn_at:
+                    warn_at += 30
+                    log.warning("audit: the state database is busy; still waiting",
+                                seconds=round(waited), events=len(pending))
+            except Exception as exc:
+                self._fail(pending, exc)
+                return
         self.commits += 1
         if self._anchor is not None:
             try:
@@ -119,14 +139,18 @@ class AuditWriter:
         for (_, _, future), row_id in zip(pending, ids, strict=True):
             future.set_result(row_id)
 
+    @staticmethod
+    def _fail(pending: list[_Job], exc: Exception) -> None:
+        """Every waiter learns it; the thread goes on."""
+        log.error("audit: group commit failed", events=len(pending), exc_info=exc)
+        for _, _, future in pending:
+            future.set_exception(exc)
+
 
 def start_trail(engine: Engine, var: Path, now: datetime) -> AuditWriter:
     """At daemon start: move an old ``var/audit.db`` in, then a running writer anchored
     at ``var/audit.head``. Call before the first release pass (the recovery), so that
     the old rows keep their ids and hashes."""
-    from broker.audit import HEAD_FILE, LEGACY_FILE
-    from broker.audit_legacy import migrate_legacy
-
     migrate_legacy(engine, var / LEGACY_FILE, var / HEAD_FILE, now)
     trail = AuditWriter(engine, var / HEAD_FILE)
     trail.start()

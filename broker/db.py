@@ -15,10 +15,15 @@ could race. Read-only work uses the engine itself (deferred, never blocks a writ
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.exc import OperationalError
+
+T = TypeVar("T")
 
 metadata = MetaData()
 
@@ -28,6 +33,23 @@ _BEGIN_OPTION = "sqlite_begin"
 def writer(engine: Engine) -> Engine:
     """The same engine (same pool) whose transactions begin by taking the write lock."""
     return engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+
+
+def while_locked(work: Callable[[], T], *, give_up_after: float = 600.0) -> T:
+    """Run ``work`` (one write transaction), again while the database is locked: an
+    ingest holds the write lock for as long as it stores a big batch, which can be longer
+    than SQLite's busy timeout. Other errors, and a lock held past ``give_up_after``
+    seconds, are raised."""
+    delay, waited = 0.05, 0.0
+    while True:
+        try:
+            return work()
+        except OperationalError as exc:
+            if "locked" not in str(exc) or waited >= give_up_after:
+                raise
+        time.sleep(delay)
+        waited += delay
+        delay = min(delay * 2, 1.0)
 
 
 def open_engine(path: Path) -> Engine:

@@ -56,8 +56,12 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
     # through the same masking and rendering, so the stream stays one format.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        # format_exc_info first: an exception attached to a library's log record is
+        # rendered to text here, so the masking below sees it (not a repr afterwards).
         foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.processors.add_log_level,
-                           structlog.processors.TimeStamper(fmt="iso", utc=True)],
+                           structlog.processors.TimeStamper(fmt="iso", utc=True),
+                           structlog.stdlib.ExtraAdder(),
+                           structlog.processors.format_exc_info],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     mask_identity_codes, renderer]))
     root = logging.getLogger()

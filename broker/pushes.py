@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import Column, Engine, Integer, String, Table, Text, insert, select
 
 from broker.audit import AuditEvent, anchor_head, append
-from broker.db import metadata, writer
+from broker.db import metadata, while_locked, writer
 from broker.fsutil import is_hidden_or_partial
 from broker.store import UTCDateTime
 
@@ -50,11 +50,14 @@ def record(engine: Engine, org: str, file: str, size: int, remote: str, now: dat
            sha256: str | None = None, anchor: Path | None = None) -> None:
     """A file is on the organisation's server: recorded, and on the audit trail in the
     same transaction (a push is a disclosure), the trail's head anchored after."""
-    with writer(engine).begin() as c:
-        done = c.execute(insert(pushes).prefix_with("OR IGNORE").values(
-            organisation=org, file=file, size=size, remote=remote, pushed_at=now)).rowcount
-        if done:
-            append(c, [AuditEvent("push", org, path=file, size=size, sha256=sha256,
-                                  detail=remote)], now)
+    def record_it() -> None:
+        with writer(engine).begin() as c:
+            done = c.execute(insert(pushes).prefix_with("OR IGNORE").values(
+                organisation=org, file=file, size=size, remote=remote, pushed_at=now)).rowcount
+            if done:
+                append(c, [AuditEvent("push", org, path=file, size=size, sha256=sha256,
+                                      detail=remote)], now)
+
+    while_locked(record_it)  # the file is on their server: the record must not be lost
     if anchor is not None:
         anchor_head(engine, anchor)

@@ -271,6 +271,32 @@ def test_writer_stop_drains_and_refuses_later_events(env: Env) -> None:
     assert verify(env.store.engine, anchor_of(env)) == []
 
 
+def test_the_writer_waits_out_a_long_write_lock_instead_of_losing_rows(env: Env) -> None:
+    """An ingest holds the write lock for as long as it stores a big batch, longer than
+    SQLite's busy timeout: the rows wait, they are not lost."""
+    from sqlalchemy import event
+
+    @event.listens_for(env.store.engine, "connect")
+    def _short(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        dbapi_conn.execute("PRAGMA busy_timeout=100")  # the timeout passes quickly here
+
+    env.store.engine.dispose()
+    w = AuditWriter(env.store.engine, anchor_of(env))
+    w.start()
+    holder = sqlite3.connect(env.config.database, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        waiting = w.submit(AuditEvent("download", "pirha", size=7))
+        threading.Event().wait(1.0)  # ten busy timeouts
+        assert not waiting.done()
+        holder.execute("COMMIT")
+        assert waiting.result(timeout=10) > 0
+    finally:
+        holder.close()
+        w.stop()
+    assert verify(env.store.engine, anchor_of(env)) == []
+
+
 def test_a_failed_group_commit_fails_its_waiters_and_the_writer_goes_on(env: Env) -> None:
     """The SFTP reply that awaits the row learns it is not on record (and says so)."""
     w = AuditWriter(env.store.engine, anchor_of(env))

@@ -49,3 +49,16 @@ def test_a_traceback_in_a_log_line_is_masked(capsys) -> None:  # type: ignore[no
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "927T" not in line and "401234567" not in line
     assert "170953-****" in json.loads(line)["exception"]
+
+
+def test_a_library_loggers_exception_is_masked_too(capsys) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    logs.configure(json=True)
+    try:
+        raise ValueError("Matti 010181-900C 040 1234567")
+    except ValueError:
+        logging.getLogger("adapters.watcher").exception("rescan failed")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "900C" not in line and "1234567" not in line, line
+    assert "010181-****" in line
