@@ -10,6 +10,7 @@ loop never waits on SQLite.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -94,10 +95,11 @@ class AuditWriter:
             try:
                 self._commit(group)
             except Exception as exc:  # never die with waiters left hanging
-                log.error("audit: writer failed", exc_info=exc)
                 for _, _, future in group:
                     if not future.done():
                         future.set_exception(exc)
+                with contextlib.suppress(Exception):  # not even if logging fails
+                    log.error("audit: writer failed", exc_info=exc)
 
     def _commit(self, group: list[_Job]) -> None:
         pending = [j for j in group if j[2].set_running_or_notify_cancel()]
@@ -141,10 +143,13 @@ class AuditWriter:
 
     @staticmethod
     def _fail(pending: list[_Job], exc: Exception) -> None:
-        """Every waiter learns it; the thread goes on."""
-        log.error("audit: group commit failed", events=len(pending), exc_info=exc)
+        """Every waiter learns it (first: a failing log call must not hide it); the
+        thread goes on."""
         for _, _, future in pending:
-            future.set_exception(exc)
+            if not future.done():
+                future.set_exception(exc)
+        with contextlib.suppress(Exception):
+            log.error("audit: group commit failed", events=len(pending), exc_info=exc)
 
 
 def start_trail(engine: Engine, var: Path, now: datetime) -> AuditWriter:

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
+import pytest
 import structlog
 
 from broker import logs
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """logs.configure points structlog and the root logger at this test's captured
+    stderr; put them back, so later tests in this worker do not log into a closed file."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:], root.level = handlers, level
 
 
 def test_identity_codes_are_masked_in_every_field(capsys) -> None:  # type: ignore[no-untyped-def]
