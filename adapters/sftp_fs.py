@@ -169,14 +169,14 @@ class JailedSftp(asyncssh.SFTPServer):
         if res.area is not Area.TO_KELA or res.local is None or res.is_area_root:
             raise Denied(f"{res.virtual}: attributes cannot be changed here")
         try:
-            mode = os.lstat(res.local).st_mode
-        except FileNotFoundError:  # taken by the broker already: remembered, not an error
+            if not stat.S_ISREG(os.lstat(res.local).st_mode):
+                raise Denied(f"{res.virtual}: not a file")
+            self._apply_times(res.local, attrs)
+            self.ctx.recent.note_times(res.local, attrs.atime, attrs.mtime)
+        except FileNotFoundError:  # taken by the broker (maybe just now): remembered
             if self.ctx.recent.set_times(res.local, attrs.atime, attrs.mtime, time.monotonic()):
                 return
             raise
-        if not stat.S_ISREG(mode):
-            raise Denied(f"{res.virtual}: not a file")
-        self._apply_times(res.local, attrs)
 
     @guarded
     async def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:

@@ -82,6 +82,16 @@ class RecentUploads:
             entry.mtime = int(mtime)
         return True
 
+    def note_times(self, local: Path, atime: int | None, mtime: int | None) -> None:
+        """SETSTAT applied to the file still on disk: remember it too, so STAT answers
+        the same once the broker has taken the file (the grace does not start)."""
+        entry = self._entries.get(local)
+        if entry is not None:
+            if atime is not None:
+                entry.atime = int(atime)
+            if mtime is not None:
+                entry.mtime = int(mtime)
+
     def _alive(self, local: Path, now: float) -> _Entry | None:
         entry = self._entries.get(local)
         if entry is None:

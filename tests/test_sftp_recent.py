@@ -47,3 +47,13 @@ def test_the_memory_is_bounded(names: list[int]) -> None:
     assert len(recent) <= 8
     if names:
         assert recent.attrs(Path(f"/nonexistent/{names[-1]}"), now=float(len(names))) is not None
+
+
+def test_times_set_while_the_file_is_still_there_are_remembered(tmp_path: Path) -> None:
+    f = tmp_path / "vastaus.xml"
+    f.write_bytes(b"abc")
+    recent = RecentUploads()
+    recent.remember(f, f.stat(), now=0)
+    recent.note_times(f, 1_700_000_000, 1_700_000_000)  # SETSTAT before the broker took it
+    f.unlink()
+    assert recent.attrs(f, now=1).mtime == 1_700_000_000  # type: ignore[union-attr]
