@@ -90,7 +90,7 @@ class SftpOptions:
     bans_path: Path | None = None  # var/bans.json, shared with `kela-broker bans`
     # Resource limits (see sftp_limits): defaults as in broker.config.SftpSettings.
     max_unauthenticated: int = 100
-    max_unauthenticated_per_address: int = 10
+    max_unauthenticated_per_address: int = 30
     max_sessions_total: int = 1000
     max_handles_per_session: int = 64
     upload_quota_bytes: int = 2048 * 1024**2  # waiting in one organisation's /to-kela/
@@ -410,10 +410,10 @@ class SftpService:
     def preauth_garbage(self, address: str, exc: Exception) -> None:
         """A client broke the protocol before logging in (scanners, fuzzers)."""
         self.emit(AuditEvent("preauth_error", None, address, detail=type(exc).__name__))
-        self._count_failure(address, None)
+        self._count_failure(address, None, garbage=True)
 
-    def _count_failure(self, address: str, org: str | None) -> None:
-        ban = self.bans.record_failure(address, org, time.time())
+    def _count_failure(self, address: str, org: str | None, garbage: bool = False) -> None:
+        ban = self.bans.record_failure(address, org, time.time(), garbage=garbage)
         if ban is not None:
             log.warning("sftp: banning %s%s until %s", address, f" as {org}" if org else "",
                         ban.until_text())

@@ -58,6 +58,7 @@ def parse_public_key(data: bytes, source: str = "key") -> PublicKey:
     text = data.decode("utf-8", "replace").strip()
     if not text:
         raise KeyRefused("no key found (the input is empty)", file=source)
+    options = ""  # authorized_keys options (from="10.0.0.0/8", ...): kept, the server honours them
     if not text.startswith("---- BEGIN"):
         lines = [ln.strip() for ln in text.splitlines()
                  if ln.strip() and not ln.lstrip().startswith("#")]
@@ -66,6 +67,7 @@ def parse_public_key(data: bytes, source: str = "key") -> PublicKey:
                              "at a time", file=source)
         match = _KEY_PART.search(lines[0])
         text = match.group(1) if match else lines[0]
+        options = lines[0][:match.start(1)].strip() if match else ""
     try:
         key = asyncssh.import_public_key(text)
     except (asyncssh.KeyImportError, ValueError) as exc:
@@ -82,7 +84,7 @@ def parse_public_key(data: bytes, source: str = "key") -> PublicKey:
         raise KeyRefused(f"{alg}: certificates are not accepted, send the plain public key",
                          file=source)
     line = key.export_public_key("openssh").decode("ascii").strip()
-    return _describe(key, line)
+    return _describe(key, f"{options} {line}" if options else line)
 
 
 def read_keys(path: Path) -> list[PublicKey]:

@@ -6,8 +6,8 @@
 - Download per cipher (informational): why the server lists its ciphers in its order.
 - Peak server RSS while paramiko downloads the 500 MB file with its default
   prefetch (many concurrent reads). Target: growth <= 50 MB.
-- 300 concurrent sessions (asyncssh clients), each downloading a 1 MB file:
-  successes (target 300/300), wall time, peak server RSS.
+- 1000 concurrent sessions (asyncssh clients), each downloading a 1 MB file:
+  successes (target all, peak RSS <= 150 MB), wall time, peak server RSS.
 
 Our server runs in its own process (``python -m bench.sftp_bench serve DIR``) so its
 RSS is its own. sshd needs the openssh-server package (/usr/sbin/sshd); without it

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import threading
@@ -48,7 +49,7 @@ class Ban:
     def message(self) -> str:
         """What the banned client is told (no internal detail, no other party's data)."""
         who = f"{self.address} as {self.org}" if self.org else self.address
-        return (f"{who} is banned until {self.until_text()} after repeated failed logins; "
+        return (f"{who} is banned until {self.until_text()} ({self.reason}); "
                 "ask the broker operator to lift it sooner")
 
 
@@ -110,6 +111,7 @@ class BanStore:
             bans = [b for b in self._read_lenient() if b.until > now
                     and (b.address, b.org) != (ban.address, ban.org)]
             bans.append(ban)
+            bans = sorted(bans, key=lambda b: b.since)[-MAX_STORED_BANS:]
             self._write(bans)
             return bans, self.stamp()
 
@@ -118,8 +120,9 @@ class BanStore:
         Returns the bans lifted (those still in force)."""
         with self._locked():
             stored = self.read()
+            scope = ban_scope(address)
             lifted = [b for b in stored if b.until > now
-                      and b.address == address and (org is None or b.org == org)]
+                      and b.address in (address, scope) and (org is None or b.org == org)]
             keep = [b for b in stored if b.until > now and b not in lifted]
             if keep != stored:
                 self._write(keep)
@@ -130,6 +133,28 @@ class BanStore:
             return self.read()
         except ValueError:
             return []  # the daemon replaces a damaged file rather than never banning
+
+
+# Bans kept on file at most: a flood of new addresses (an IPv6 /64 has 2**64) must not
+# grow the file, and its rewrite on every new ban, without bound. Beyond, the oldest go.
+MAX_STORED_BANS = 2000
+# Protocol errors before login (scanners, health probes of a load balancer) ban an
+# address only at this multiple of the failed-login threshold: a provider's NAT address
+# carries many organisations' logins and must not be locked out by a probe.
+GARBAGE_FACTOR = 4
+
+
+def ban_scope(address: str) -> str:
+    """What a ban covers: the address, or its whole /64 for IPv6 (one host's share)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # ::ffff:10.0.0.1 is 10.0.0.1
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class BanList:
@@ -149,6 +174,7 @@ class BanList:
 
     def banned(self, address: str, org: str | None, now: float) -> Ban | None:
         """The ban that applies to ``address`` (as ``org``, when known), if any."""
+        address = ban_scope(address)
         self._refresh()
         with self._lock:
             for key in ((address, None), (address, org)) if org else ((address, None),):
@@ -157,25 +183,29 @@ class BanList:
                     return ban
         return None
 
-    def record_failure(self, address: str, org: str | None, now: float) -> Ban | None:
-        """Count one failed login (``org`` None: unknown user or pre-login garbage).
-        Returns the ban this failure starts, if it starts one."""
+    def record_failure(self, address: str, org: str | None, now: float,
+                       garbage: bool = False) -> Ban | None:
+        """Count one failed login (``org`` None: an unknown user), or with ``garbage`` a
+        protocol error before login. Returns the ban this failure starts, if any."""
         if self._failures <= 0:
             return None
-        key = (address, org)
+        address = ban_scope(address)
+        key = (address, "\0garbage" if garbage else org)  # counted apart, never a ban key
+        limit = self._failures * (GARBAGE_FACTOR if garbage else 1)
         with self._lock:
             recent = self._recent.setdefault(key, deque())
             recent.append(now)
             while recent and recent[0] <= now - self._window:
                 recent.popleft()
-            if len(recent) < self._failures:
+            if len(recent) < limit:
                 self._prune(now)
                 return None
             del self._recent[key]
-            scope = f"logins as {org}" if org else "logins or connections before login"
+            scope = ("connections that broke the SSH protocol before login" if garbage
+                     else f"failed logins as {org}" if org else "failed logins")
             ban = Ban(address, org, now, now + self._ban_seconds,
-                      f"{self._failures} failed {scope} within {self._window:g}s")
-            self._bans[key] = ban
+                      f"{limit} {scope} within {self._window:g}s")
+            self._bans[(address, org)] = ban
         if self._store is not None:
             try:
                 bans, stamp = self._store.add(ban, now)

@@ -78,7 +78,7 @@ class SftpSettings:
     ban_seconds: float = 900.0
     # Resource limits: no client may exhaust the daemon's descriptors (see README).
     max_unauthenticated: int = 100
-    max_unauthenticated_per_address: int = 10
+    max_unauthenticated_per_address: int = 30
     max_sessions_total: int = 1000
     max_handles_per_session: int = 64
     upload_quota_bytes: int = 2048 * 1024**2  # waiting in one organisation's /to-kela/

@@ -241,3 +241,12 @@ def test_demo_for_one_organisation_routes_everything_to_it(home: Path, org: str)
 def test_demo_for_an_unknown_organisation_is_refused(home: Path) -> None:
     out = cli(home, "demo", "--org", "nobody")
     assert out.exit_code == 1 and "unknown organisation 'nobody'" in out.output
+
+
+def test_key_options_such_as_from_are_kept(home: Path, tmp_path: Path) -> None:
+    key = keygen(tmp_path / "k")
+    line = 'from="10.0.0.0/8" ' + Path(f"{key}.pub").read_text().strip()
+    added = cli(home, "keys", "add", "pirha", "-", stdin=line.encode())
+    assert added.exit_code == 0, added.output
+    stored = (home / "config" / "keys" / "pirha" / "authorized_keys").read_text()
+    assert stored.startswith('from="10.0.0.0/8" ssh-')
