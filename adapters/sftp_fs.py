@@ -15,6 +15,7 @@ refused, whatever asyncssh's default implementation would have done:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -319,7 +320,14 @@ class JailedSftp(asyncssh.SFTPServer):
             raise Denied(f"{res.virtual}: upload directly into /to-kela/")
         flags = os.O_WRONLY
         flags |= os.O_CREAT if pflags & asyncssh.FXF_CREAT else 0
-        flags |= os.O_TRUNC if pflags & asyncssh.FXF_TRUNC else 0
+        if pflags & asyncssh.FXF_TRUNC:
+            # A new upload over an old one gets a file of its own: the broker may be
+            # handling the old one right now, and must not see its bytes change under it.
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(os.lstat(res.local).st_mode) and not self.ctx.is_writing(
+                        res.local):
+                    os.unlink(res.local)
+            flags |= os.O_CREAT
         flags |= os.O_EXCL if pflags & asyncssh.FXF_EXCL else 0
         flags |= os.O_APPEND if pflags & asyncssh.FXF_APPEND else 0
         fd = _open_nofollow(res.local, flags, 0o600)

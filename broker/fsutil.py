@@ -13,6 +13,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -201,3 +202,19 @@ def file_digest(path: Path) -> tuple[str, int]:
     with path.open("rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
         return digest, f.tell()
+
+
+def move_taken(path: Path, target: Path, ino: int | None) -> bool:
+    """Move an input the broker has handled out of its inbox, unless its name now holds
+    another file (the producer published the next one under the same name, or a client
+    uploaded it again, meanwhile): that one is left for its own turn. False when left.
+    The check and the rename are one step apart on the same folder, not atomic; the
+    window is the rename's, not the handling's."""
+    if ino is not None:
+        try:
+            if path.lstat().st_ino != ino:
+                return False
+        except FileNotFoundError:
+            return False
+    shutil.move(str(path), target)
+    return True

@@ -15,7 +15,6 @@ Every input ends in exactly one verdict, whatever happens:
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -26,7 +25,14 @@ from pathlib import Path
 from broker import logs
 from broker.config import Config, Organisation
 from broker.errors import BrokerError, InputChanged
-from broker.fsutil import atomic_write, file_digest, open_for_writing, private_dir, stored_name
+from broker.fsutil import (
+    atomic_write,
+    file_digest,
+    move_taken,
+    open_for_writing,
+    private_dir,
+    stored_name,
+)
 from broker.ingest import ingest_batch, report_text
 from broker.metrics import Metrics
 from broker.response_texts import Finding
@@ -99,7 +105,7 @@ class Inputs:
                                unchanged=lambda: observe(path) == obs)
         self.metrics.files.labels(source="kela", status=outcome.status).inc()
         if outcome.status == "rejected":
-            self._quarantine(path, "kela", now, report_text(outcome))
+            self._quarantine(path, "kela", now, report_text(outcome), ino=obs.ino)
             # Codes and lines only: messages may quote the batch's values (names, phones);
             # the whole findings are in the private quarantine report.
             first = outcome.problems[0] if outcome.problems else None
@@ -107,7 +113,8 @@ class Inputs:
                         first_code=first.code if first else None,
                         first_line=first.line if first else None)
             return
-        self._archive(path, "kela", now, report_text(outcome) if outcome.warnings else None)
+        self._archive(path, "kela", now, report_text(outcome) if outcome.warnings else None,
+                      ino=obs.ino)
         if outcome.warnings:  # e.g. a merged municipality's code routed to its successor
             log.warning("batch accepted with warnings", file=outcome.file,
                         warnings=len(outcome.warnings),
@@ -138,12 +145,12 @@ class Inputs:
             return
         now = utcnow()
         self._attempt(org.id, path, obs, now,
-                      run=lambda: self._take_upload(path, org, now),
+                      run=lambda: self._take_upload(path, org, now, obs.ino),
                       poison=lambda error, n: self._poison_upload(path, org, now, error, n))
 
-    def _take_upload(self, path: Path, org: Organisation, now: datetime) -> None:
+    def _take_upload(self, path: Path, org: Organisation, now: datetime, ino: int) -> None:
         out = process_upload(path, org, config=self.config, store=self.store, now=now)
-        settle_upload(path, out, config=self.config, store=self.store, now=now)
+        settle_upload(path, out, config=self.config, store=self.store, now=now, ino=ino)
         self.metrics.files.labels(source="organisation", status=out.status).inc()
         log.info("response processed", organisation=org.id, file=path.name, status=out.status,
                  problems=len(out.problems))
@@ -232,18 +239,25 @@ class Inputs:
                   error=error)
 
     def _archive(self, path: Path, source: str, now: datetime,
-                 report: str | None = None) -> None:
+                 report: str | None = None, ino: int | None = None) -> None:
         dest = private_dir(self.config.var / "archive" / source / now.strftime("%Y-%m-%d"))
         target = dest / stored_name(now, path.name)
         if report is not None:  # before the move: a crash never leaves it without one
             atomic_write(dest / f"{target.name}.report.txt", report.encode())
-        shutil.move(str(path), target)
-        target.chmod(0o600)  # it arrived with the writer's mode
+        if move_taken(path, target, ino):
+            target.chmod(0o600)  # it arrived with the writer's mode
+        else:
+            log.warning("input replaced under the same name while it was handled; the new "
+                        "one is handled on its own", file=path.name)
 
-    def _quarantine(self, path: Path, source: str, now: datetime, report: str) -> None:
+    def _quarantine(self, path: Path, source: str, now: datetime, report: str,
+                    ino: int | None = None) -> None:
         folder = self.config.var / "quarantine"
         dest = private_dir(folder if source == "kela" else folder / source)
         name = stored_name(now, path.name)
         atomic_write(dest / f"{name}.report.txt", report.encode())
-        shutil.move(str(path), dest / name)
-        (dest / name).chmod(0o600)
+        if move_taken(path, dest / name, ino):
+            (dest / name).chmod(0o600)
+        else:
+            log.warning("input replaced under the same name while it was handled; the new "
+                        "one is handled on its own", file=path.name)

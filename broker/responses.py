@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +37,7 @@ from sqlalchemy.engine import Connection
 from broker import ack
 from broker.config import Config, Organisation
 from broker.errors import Problem, StoreError
-from broker.fsutil import atomic_write, file_digest, private_dir, stored_name
+from broker.fsutil import atomic_write, file_digest, move_taken, private_dir, stored_name
 from broker.response_rules import Plan, RuleContext, check, parse
 from broker.response_store import (
     Unreceipted,
@@ -337,7 +336,7 @@ def mark_settled(store: Store, row_id: int, now: datetime | None) -> None:
 
 
 def settle_upload(path: Path, outcome: ResponseOutcome, *, config: Config, store: Store,
-                  now: datetime) -> Path:
+                  now: datetime, ino: int | None = None) -> Path:
     """Move the upload out of the inbox: var/archive/<org>/<date>/ when accepted or a
     duplicate, var/quarantine/<org>/ with a report when rejected. Returns the new path."""
     org = outcome.organisation
@@ -348,7 +347,8 @@ def settle_upload(path: Path, outcome: ResponseOutcome, *, config: Config, store
     else:
         dest = private_dir(config.var / "archive" / org / now.strftime("%Y-%m-%d"))
         target = dest / stored_name(now, path.name)
-    shutil.move(str(path), target)
+    # ``ino``: the file handled; one uploaded again meanwhile under the name is left alone.
+    move_taken(path, target, ino)
     if outcome.row_id is not None:
         mark_settled(store, outcome.row_id, now)
     return target

@@ -22,6 +22,7 @@ from daemon_support import (
     health,
     make_home,
     metric,
+    set_keys,
     wait_for,
 )
 
@@ -227,3 +228,44 @@ def test_release_due_in_the_future_needs_force_and_is_audited(tmp_path: Path) ->
     assert "forced ahead of the real time; reason: county go-live test" in trail
     cli(home, "release-due")  # the real time: allowed, and on the record too
     assert cli(home, "audit", "show").stdout.count("release-due") == 2
+
+
+def test_a_batch_replaced_under_its_name_while_handled_is_not_archived_unread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The producer publishes the next batch under the same name right after the first
+    was stored: the first is done, the second stays in the inbox for its own turn (it is
+    never moved to the archive unread)."""
+    import broker.inputs as inputs_module
+    from broker.inputs import Inputs
+    from broker.metrics import Metrics
+
+    home = make_home(tmp_path / "home")
+    set_keys(home, "broker", settle_seconds=0)
+    cfg = load_config(home)
+    store = Store(make_engine(cfg.database))
+    inbox = home / "inbox" / "kela"
+    first, second = tmp_path / "first.xml", tmp_path / "second.xml"
+    write_batch(first, count=2, municipalities=["091"], types=["IMMIGRANT"],
+                decision_date=datetime.now(UTC).date(), batch_id="A", seed=1)
+    write_batch(second, count=2, municipalities=["091"], types=["IMMIGRANT"],
+                decision_date=datetime.now(UTC).date(), batch_id="B", seed=2, start_id=50)
+    real = inputs_module.ingest_batch
+
+    def ingest_then_replace(path: Path, **kw):  # type: ignore[no-untyped-def]
+        out = real(path, **kw)
+        shutil.copyfile(second, inbox / ".next.part")
+        (inbox / ".next.part").rename(path)  # the producer's temp-name-and-rename
+        return out
+
+    monkeypatch.setattr(inputs_module, "ingest_batch", ingest_then_replace)
+    shutil.copyfile(first, inbox / "batch.xml")
+    handler = Inputs(cfg, store, Metrics(), later=lambda p, s: None, release=lambda: None)
+    handler.batch(inbox / "batch.xml")
+    assert (inbox / "batch.xml").read_bytes() == second.read_bytes()  # left for its turn
+    archived = list((home / "var" / "archive").rglob("batch.xml*"))
+    assert all(p.read_bytes() != second.read_bytes() for p in archived)
+    monkeypatch.setattr(inputs_module, "ingest_batch", real)
+    handler.batch(inbox / "batch.xml")  # its own turn: taken and archived
+    assert not (inbox / "batch.xml").exists()
+    with store.engine.connect() as c:
+        assert len(c.execute(input_files.select()).all()) == 2

@@ -187,3 +187,23 @@ def test_stale_fragments_are_purged(tmp_path: Path) -> None:
     assert not upload_incomplete(incomplete, "alpha", "old.xml")
     assert sorted(n for _, n, _ in list_incomplete(incomplete)) == ["fresh.xml", "open.xml"]
     assert (inbox / "alpha" / "whole.xml").exists()
+
+
+def test_an_upload_over_an_existing_name_is_a_new_file(sftp_server: Running) -> None:
+    """The broker may be handling the old file: a truncating re-upload must not change
+    its bytes under it, so the new upload gets a file (inode) of its own."""
+    target = sftp_server.inbox("alpha") / "again.xml"
+    t, sftp = sftp_server.paramiko_sftp("alpha")
+    try:
+        with sftp.open("/to-kela/again.xml", "w") as fh:
+            fh.write(b"<first/>")
+        held = target.open("rb")  # the broker reading the first upload
+        first_ino = os.fstat(held.fileno()).st_ino
+        with sftp.open("/to-kela/again.xml", "w") as fh:
+            fh.write(b"<second, longer/>")
+        assert held.read() == b"<first/>"  # what it reads did not change
+        held.close()
+        assert target.stat().st_ino != first_ino
+        assert target.read_bytes() == b"<second, longer/>"
+    finally:
+        t.close()
