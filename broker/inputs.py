@@ -182,8 +182,7 @@ class Inputs:
             return None
         wait = self._not_before.get(path, 0.0) - time.monotonic()
         if settle and wait <= 0:
-            wait = self.gate.wait_time(path, obs, monotonic=time.monotonic(),
-                                       wall=time.time())
+            wait = self.gate.wait_time(path, obs, monotonic=time.monotonic())
         if wait <= 0 and open_for_writing(path):
             wait = max(self.config.settle_seconds, 0.2)
         if wait > 0:

@@ -2,12 +2,13 @@
 
 SPEC 1 asks writers to use a temporary name and rename, but a producer that writes in
 place must not lose data: a file is taken only when its size, mtime and inode have not
-changed for ``settle_seconds``, measured both by the file's own mtime and by how long
-this process has seen it unchanged (a network mount's clock may differ from ours). The
-daemon adds what only the operating system knows (is it open for writing?) and checks
-the file once more right before the ingest commits.
+changed for ``settle_seconds`` as this process has seen it, on its own monotonic clock.
+The file's mtime is not enough on its own: a network mount's clock may lag ours, and a
+file being written would then look old. The daemon adds what only the operating system
+knows (is it open for writing?) and checks the file once more right before the ingest
+commits.
 
-Pure: the caller passes both clocks; nothing here touches the file system.
+Pure: the caller passes the clock; nothing here touches the file system.
 """
 
 from __future__ import annotations
@@ -30,13 +31,12 @@ class SettleGate:
     settle_seconds: float
     _seen: dict[Path, tuple[Observation, float]] = field(default_factory=dict)
 
-    def wait_time(self, path: Path, obs: Observation, *, monotonic: float,
-                  wall: float) -> float:
+    def wait_time(self, path: Path, obs: Observation, *, monotonic: float) -> float:
         """0.0 when the file may be taken now, else how many seconds to wait first."""
         first = self._seen.get(path)
         if first is None or first[0] != obs:
             self._seen[path] = first = (obs, monotonic)
-        stable = max(monotonic - first[1], wall - obs.mtime_ns / 1e9)
+        stable = monotonic - first[1]
         # A nanosecond of tolerance: the clocks are floats, and a file stable for exactly
         # the settle time must not wait for a rounding error.
         short = self.settle_seconds - stable

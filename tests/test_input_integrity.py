@@ -3,6 +3,7 @@ recreated, and operator commands are safe on a live home (issue 11)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -269,3 +270,46 @@ def test_a_batch_replaced_under_its_name_while_handled_is_not_archived_unread(
     assert not (inbox / "batch.xml").exists()
     with store.engine.connect() as c:
         assert len(c.execute(input_files.select()).all()) == 2
+
+
+def test_a_growing_file_waits_for_the_settle_time_where_leases_cannot_tell(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a lease (another user's file, a network mount) only the settle time
+    protects a producer that writes in place: one that never pauses longer than it is
+    taken whole, however often the daemon looks."""
+    import threading
+
+    import broker.inputs as inputs_module
+    from broker.inputs import Inputs
+    from broker.metrics import Metrics
+
+    monkeypatch.setattr(inputs_module, "open_for_writing", lambda path: None)
+    home = make_home(tmp_path / "home")
+    set_keys(home, "broker", settle_seconds=0.6)
+    cfg = load_config(home)
+    store = Store(make_engine(cfg.database))
+    src = tmp_path / "whole.xml"
+    write_batch(src, count=200, municipalities=["091"], types=["IMMIGRANT"],
+                decision_date=datetime.now(UTC).date(), batch_id="SLOW", seed=9)
+    data = src.read_bytes()
+    target = home / "inbox" / "kela" / "slow.xml"
+
+    def produce() -> None:
+        with target.open("wb") as f:
+            for i in range(0, len(data), len(data) // 12 + 1):
+                f.write(data[i:i + len(data) // 12 + 1])
+                f.flush()
+                lagging = time.time() - 3600  # a mount whose clock is an hour behind
+                os.utime(target, (lagging, lagging))
+                time.sleep(0.25)  # pauses shorter than the settle time
+
+    writer = threading.Thread(target=produce)
+    writer.start()
+    handler = Inputs(cfg, store, Metrics(), later=lambda p, s: None, release=lambda: None)
+    while target.exists():
+        handler.batch(target)  # the watcher and the rescan look again and again
+        time.sleep(0.05)
+    writer.join()
+    assert not list((home / "var" / "quarantine").glob("*.report.txt"))
+    with store.engine.connect() as c:
+        assert len(c.execute(items.select()).all()) == 200
