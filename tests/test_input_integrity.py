@@ -285,7 +285,7 @@ def test_a_growing_file_waits_for_the_settle_time_where_leases_cannot_tell(
 
     monkeypatch.setattr(inputs_module, "open_for_writing", lambda path: None)
     home = make_home(tmp_path / "home")
-    set_keys(home, "broker", settle_seconds=0.6)
+    set_keys(home, "broker", settle_seconds=2.0)  # a wide margin over the pauses
     cfg = load_config(home)
     store = Store(make_engine(cfg.database))
     src = tmp_path / "whole.xml"
@@ -301,7 +301,7 @@ def test_a_growing_file_waits_for_the_settle_time_where_leases_cannot_tell(
                 f.flush()
                 lagging = time.time() - 3600  # a mount whose clock is an hour behind
                 os.utime(target, (lagging, lagging))
-                time.sleep(0.25)  # pauses shorter than the settle time
+                time.sleep(0.2)  # pauses much shorter than the settle time
 
     writer = threading.Thread(target=produce)
     writer.start()
