@@ -305,6 +305,7 @@ def test_a_growing_file_waits_for_the_settle_time_where_leases_cannot_tell(
 
     writer = threading.Thread(target=produce)
     writer.start()
+    wait_for(target.exists, what="the producer's file")
     handler = Inputs(cfg, store, Metrics(), later=lambda p, s: None, release=lambda: None)
     while target.exists():
         handler.batch(target)  # the watcher and the rescan look again and again
