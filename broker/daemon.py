@@ -245,6 +245,9 @@ class Daemon:
         now = utcnow()
         found += [f"{name} thread died and was restarted at {at:%H:%M:%S}Z"
                   for name, at in sorted(self._restarts.items()) if now - at < RESTART_REPORTED]
+        for path, why in sorted(self.inputs.stuck.items()):
+            if path.exists():
+                found.append(f"{path.name} failed and could not be set aside: {why}")
         if self.watcher.last_rescan_error:
             found.append(f"inbox rescan: {self.watcher.last_rescan_error}")
         self.metrics.healthy.set(0 if found else 1)

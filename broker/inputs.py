@@ -72,6 +72,9 @@ def describe(exc: BaseException) -> str:
     return type(exc).__name__  # foreign exception text may quote the input's content
 
 
+STUCK_RETRY_SECONDS = 3600.0
+
+
 @dataclass
 class Inputs:
     """See the module doc. ``later(path, seconds)`` asks to be called again for ``path``;
@@ -85,6 +88,9 @@ class Inputs:
     release: Callable[[], None]
     incomplete: Callable[[str, Path], bool] = lambda org, path: False
     gate: SettleGate = field(init=False)
+    # Inputs that failed and could not even be set aside (quarantine unwritable): they
+    # stay in place, are tried again only after STUCK_RETRY_SECONDS, and health says so.
+    stuck: dict[Path, str] = field(default_factory=dict)
     _not_before: dict[Path, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -220,6 +226,7 @@ class Inputs:
         self.store.finish_attempt(key)
         self.gate.forget(path)
         self._not_before.pop(path, None)
+        self.stuck.pop(path, None)
 
     def _set_aside(self, source: str, path: Path, key: str, error: str, attempts: int,
                    poison: Callable[[str, int], None]) -> None:
@@ -228,9 +235,21 @@ class Inputs:
         except Exception:  # even the answer failed: at least move the file out of the way
             log.exception("answering a set-aside file failed; moving it to quarantine",
                           file=path.name)
-            if path.exists():
-                self._quarantine(path, source, utcnow(),
-                                 f"File: {path.name}\nLast error: {error}\n")
+            try:
+                if path.exists():
+                    self._quarantine(path, source, utcnow(),
+                                     f"File: {path.name}\nLast error: {error}\n")
+            except Exception as exc:  # not even that (quarantine unwritable): park it
+                self.stuck[path] = f"{error}; quarantine failed too: {describe(exc)}"
+                self._not_before[path] = time.monotonic() + STUCK_RETRY_SECONDS
+                self.later(path, STUCK_RETRY_SECONDS)
+                self.store.finish_attempt(key)
+                self.metrics.poison.labels(
+                    source="kela" if source == "kela" else "organisation").inc()
+                log.error("input could not be set aside; left in place, tried again later",
+                          file=path.name, retry_seconds=STUCK_RETRY_SECONDS)
+                return
+        self.stuck.pop(path, None)
         self.metrics.poison.labels(source="kela" if source == "kela" else "organisation").inc()
         self.store.finish_attempt(key)
         self._not_before.pop(path, None)

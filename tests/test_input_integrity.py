@@ -314,3 +314,35 @@ def test_a_growing_file_waits_for_the_settle_time_where_leases_cannot_tell(
     assert not list((home / "var" / "quarantine").glob("*.report.txt"))
     with store.engine.connect() as c:
         assert len(c.execute(items.select()).all()) == 200
+
+
+def test_a_failing_input_that_cannot_even_be_set_aside_does_not_loop(
+        tmp_path: Path) -> None:
+    """Archive and quarantine both unusable: the batch is tried max_attempts times, then
+    left in place (counted, reported by health through ``stuck``) and not tried again
+    for an hour, however often the rescan looks."""
+    from broker.inputs import Inputs
+    from broker.metrics import Metrics
+
+    home = make_home(tmp_path / "home")
+    set_keys(home, "broker", settle_seconds=0)
+    cfg = load_config(home)
+    store = Store(make_engine(cfg.database))
+    (home / "var" / "archive").mkdir(parents=True, exist_ok=True)
+    (home / "var" / "archive" / "kela").write_text("an operator's note")
+    shutil.rmtree(home / "var" / "quarantine", ignore_errors=True)
+    (home / "var" / "quarantine").write_text("another note")
+    target = home / "inbox" / "kela" / "stuck.xml"
+    shutil.copyfile(EXAMPLES / "decision-batch.xml", target)
+    metrics = Metrics()
+    handler = Inputs(cfg, store, metrics, later=lambda p, s: None, release=lambda: None)
+    for _ in range(10):  # the rescan keeps looking
+        if target not in handler.stuck:
+            handler._not_before.pop(target, None)  # the retry backoff has passed
+        handler.batch(target)
+    assert target in handler.stuck and "quarantine failed too" in handler.stuck[target]
+    assert target.exists()
+    assert metrics.poison.labels(source="kela")._value.get() == 1
+    with store.engine.connect() as c:
+        attempts = c.exec_driver_sql("select count(*) from input_attempts").scalar()
+    assert attempts == 0  # not counting up on every look
