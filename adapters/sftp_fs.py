@@ -290,7 +290,16 @@ class JailedSftp(asyncssh.SFTPServer):
             raise asyncssh.SFTPFailure(refused)
         try:
             if res.area is Area.FROM_KELA:
-                return self._open_for_read(res, pflags)
+                handle = self._open_for_read(res, pflags)
+                try:
+                    # On record before the first byte can leave: a kill -9 (or a lost
+                    # connection) before CLOSE must not leave a disclosure unrecorded.
+                    await self._record("download_open", res.virtual,
+                                       os.fstat(handle.fd).st_size)
+                except BaseException:
+                    os.close(handle.fd)
+                    raise
+                return handle
             return await self._open_for_write(res, pflags)
         except BaseException:
             self.ctx.handles.release()

@@ -59,6 +59,21 @@ def test_partial_read_with_prefetch_is_recorded_with_the_file_size_and_hash(
     assert event.detail.endswith(f" of {len(BODY)} bytes")
 
 
+def test_a_download_is_on_record_before_its_first_byte(sftp_server: Running) -> None:
+    """Opened for reading: on the trail at once, so a kill -9 or a lost connection
+    before CLOSE never leaves a disclosure unrecorded."""
+    (sftp_server.outbox("alpha") / "big.bin").write_bytes(BODY)
+    t, sftp = sftp_server.paramiko_sftp("alpha")
+    try:
+        fh = sftp.open("/from-kela/big.bin")
+        (opened,) = sftp_server.actions("download_open")
+        assert (opened.path, opened.size) == ("/from-kela/big.bin", len(BODY))
+        assert sftp_server.actions("download") == []  # the full record comes at CLOSE
+        fh.close()
+    finally:
+        t.close()
+
+
 def test_re_reads_are_not_counted_twice(sftp_server: Running) -> None:
     (sftp_server.outbox("alpha") / "big.bin").write_bytes(BODY)
     t, sftp = sftp_server.paramiko_sftp("alpha")
