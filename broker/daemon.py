@@ -25,12 +25,20 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
 from adapters.metrics_http import MetricsServer
-from adapters.sftp_incomplete import CUT, marker_state, purge_incomplete, upload_incomplete
+from adapters.sftp_incomplete import (
+    CUT,
+    list_incomplete,
+    marker_path,
+    marker_state,
+    purge_incomplete,
+    upload_incomplete,
+)
 from adapters.sftp_limits import raise_nofile_limit
 from adapters.sftp_push import SftpPusher
 from adapters.sftp_server import SftpOptions, SftpService
 from adapters.watcher import FolderWatcher
 from broker import logs, pushes
+from broker.ack import ack_name
 from broker.audit import HEAD_FILE, AuditEvent
 from broker.audit_writer import start_trail
 from broker.bans import BANS_FILE
@@ -105,6 +113,7 @@ class Daemon:
         moved = await self._in_worker(hand_over, cfg, self.store)
         recovered = await self._in_worker(self.releaser.recover)
         answered = await self._in_worker(finish_pending, cfg, self.store)
+        answered += await self._in_worker(self._answer_cut_uploads_left)
         if recovered or answered or moved:
             log.warning("finished work left by a crash or a config change",
                         deliveries=recovered, acknowledgements=answered, handed_over=moved)
@@ -381,6 +390,26 @@ class Daemon:
         except Exception:  # the fragment stays marked; a re-upload is answered anyway
             log.exception("answering a cut-off upload failed", organisation=org,
                           file=path.name)
+
+    def _answer_cut_uploads_left(self) -> int:
+        """At start: a crash between marking an upload cut and writing its ack left the
+        client without an answer. Every cut fragment whose ack is missing or older than
+        its marker is answered now."""
+        n = 0
+        for org, name, state in list_incomplete(self._incomplete_dir):
+            if state != CUT or org not in self.config.by_id:
+                continue
+            ack_file = self.config.outbox / org / "acks" / ack_name(name)
+            marker = marker_path(self._incomplete_dir, org, name)
+            try:
+                if ack_file.exists() and ack_file.stat().st_mtime >= marker.stat().st_mtime:
+                    continue
+                size = (self.config.inbox / org / name).stat().st_size
+            except FileNotFoundError:
+                continue
+            self._answer_cut(org, self.config.inbox / org / name, size)
+            n += 1
+        return n
 
     def _answer_cut_now(self, org: str, path: Path, size: int) -> None:
         if marker_state(self._incomplete_dir, org, path) != CUT or not path.exists():

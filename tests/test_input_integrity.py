@@ -346,3 +346,21 @@ def test_a_failing_input_that_cannot_even_be_set_aside_does_not_loop(
     with store.engine.connect() as c:
         attempts = c.exec_driver_sql("select count(*) from input_attempts").scalar()
     assert attempts == 0  # not counting up on every look
+
+
+def test_a_cut_upload_left_without_an_ack_by_a_crash_is_answered_at_start(
+        tmp_path: Path) -> None:
+    from adapters.sftp_incomplete import CUT, mark_incomplete
+
+    home = make_home(tmp_path / "home")
+    fragment = home / "inbox" / "pirha" / "vastaus.xml"
+    fragment.parent.mkdir(parents=True, exist_ok=True)
+    fragment.write_bytes(b"<MunicipalityResponse")  # the part that arrived
+    mark_incomplete(home / "var" / "incomplete", "pirha", fragment, CUT, 21)
+    d = DaemonProcess(home).start()
+    try:
+        ack = home / "outbox" / "pirha" / "acks" / "vastaus.xml.ack.xml"
+        wait_for(ack.exists, what="the cut upload's ack")
+        assert "REJECTED" in ack.read_text() and fragment.exists()  # kept for a resume
+    finally:
+        d.stop()
