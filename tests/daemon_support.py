@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO.parent / "shared" / "contracts" / "examples"
+EXAMPLES = REPO / "contracts" / "examples"
 KELA_BROKER = str(Path(sys.executable).parent / "kela-broker")
 
 

@@ -21,7 +21,7 @@ from broker.store import Store
 from broker.validation import load_schema
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "contracts" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "contracts" / "examples"
 HEL = ZoneInfo("Europe/Helsinki")
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=HEL)  # batch ingested and released
 T1 = T0 + timedelta(hours=1)  # responses arrive

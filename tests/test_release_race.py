@@ -16,7 +16,7 @@ from broker.state_db import make_engine
 from broker.store import Store, assignments, deliveries
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO.parent / "shared" / "contracts" / "examples"
+EXAMPLES = REPO / "contracts" / "examples"
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 

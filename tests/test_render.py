@@ -37,7 +37,7 @@ from broker.render import (
     write_attachments_zip,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "contracts" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "contracts" / "examples"
 NS1 = "urn:fi:kela:etotu:notification-delivery:1"
 NS2 = "urn:fi:kela:etotu:notification-delivery:2"
 NS_BATCH = "urn:fi:kela:etotu:decision-batch:2"

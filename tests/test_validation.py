@@ -21,7 +21,7 @@ from broker.read_policy import validate_any, validate_file
 from broker.schema_messages import plain_message
 from broker.validation import BatchContext, BatchReader
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "contracts" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "contracts" / "examples"
 REPO = Path(__file__).resolve().parents[1]
 with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:
     MUNICIPALITIES = frozenset(row["code"] for row in csv.DictReader(_f))
