@@ -101,8 +101,10 @@ class Releaser:
         self.config = config
         self.store = store
         self.tz = ZoneInfo(config.timezone)  # names, XML and zip times (config checked it)
+        self._note: str | None = None
 
-    def run(self, now: datetime, *, only_org: str | None = None) -> ReleaseResult:
+    def run(self, now: datetime, *, only_org: str | None = None,
+            note: str | None = None) -> ReleaseResult:
         """One full pass as of ``now``; running it twice with the same ``now`` changes nothing.
 
         One organisation never holds up another: a delivery whose files cannot be written
@@ -110,6 +112,9 @@ class Releaser:
         deliveries meanwhile (its items wait, held, to go out together), while every other
         organisation's releases go on.
         """
+        # ``note``: why this pass runs as it does (an operator's forced pass), carried in
+        # every release row of the pass, in the transaction of each release.
+        self._note = note
         result = ReleaseResult()
         self.recover(result, now)
         self.form_plans(now, result)
@@ -331,6 +336,8 @@ class Releaser:
                 refs = tuple(audit.AuditRef(n.id, audit.person_digest(key, n.person.pic))
                              for n in notes)
                 result.notifications += len(notes)
+        if self._note:
+            extra["note"] = self._note
         detail = json.dumps({"delivery": d.id, "type": d.type, "kind": d.kind,
                              "count": len(payloads), **extra}, sort_keys=True)
         event = audit.AuditEvent("release", org.id, path=d.file_name, size=size,

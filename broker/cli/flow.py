@@ -213,7 +213,9 @@ def release_due(ctx: click.Context, now_text: str | None, force: bool,
     if force and not (reason or "").strip():
         fail("--force needs --reason TEXT (it is recorded in the audit trail)", 2)
     trail = home.audit  # an old audit.db moves into state.db before anything is added
-    result = Releaser(home.config, home.store).run(now)
+    note = (f"release-due --now {now.isoformat()} forced ahead of the real time; "
+            f"reason: {reason}") if early else None
+    result = Releaser(home.config, home.store).run(now, note=note)
     for org, type_, total in result.plans:
         click.echo(f"stagger planned: {org} {type_}: {total} notifications")
     for f in result.failures:
