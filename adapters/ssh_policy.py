@@ -1,4 +1,5 @@
-"""SSH policy of the SFTP server: algorithms, host key, client keys, bans.
+"""SSH policy of the SFTP server: algorithms and the host key (client keys are read by
+``sftp_keys``, checked by ``ssh_keys``; bans live in ``broker.bans``).
 
 Kept apart from the server so the security-relevant choices are in one short
 file an auditor can read (and ``ssh-audit`` checks them in the tests).
@@ -7,7 +8,6 @@ file an auditor can read (and ``ssh-audit`` checks them in the tests).
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,50 +119,6 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
 def fingerprint(key: asyncssh.SSHKey) -> str:
     """OpenSSH-style fingerprint, e.g. ``SHA256:abc...`` (what ``ssh`` shows on first use)."""
     return key.get_fingerprint("sha256")
-
-
-@dataclass
-class _KeysEntry:
-    stamp: tuple[int, int, int]  # (inode, size, mtime_ns)
-    keys: asyncssh.SSHAuthorizedKeys | None
-
-
-class AuthorizedKeys:
-    """``<keys_dir>/<org>/authorized_keys``, re-read whenever the file changes.
-
-    Checked on every authentication attempt by (inode, size, mtime), so an
-    operator adds or revokes a key by editing the file; no restart, no reload.
-    """
-
-    def __init__(self, keys_dir: Path) -> None:
-        self._dir = keys_dir
-        self._cache: dict[str, _KeysEntry] = {}
-        self._lock = threading.Lock()
-
-    def path_of(self, org: str) -> Path:
-        return self._dir / org / "authorized_keys"
-
-    def get(self, org: str) -> asyncssh.SSHAuthorizedKeys | None:
-        """The organisation's keys, or None when it has no (valid) file."""
-        path = self.path_of(org)
-        try:
-            st = os.stat(path)
-        except OSError:
-            with self._lock:
-                self._cache.pop(org, None)
-            return None
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._lock:
-            entry = self._cache.get(org)
-            if entry is not None and entry.stamp == stamp:
-                return entry.keys
-        try:
-            keys: asyncssh.SSHAuthorizedKeys | None = asyncssh.read_authorized_keys(str(path))
-        except (OSError, ValueError, asyncssh.KeyImportError):
-            keys = None  # an unreadable file grants nothing
-        with self._lock:
-            self._cache[org] = _KeysEntry(stamp, keys)
-        return keys
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from typing import BinaryIO
 import click
 from rich.table import Table
 
+from adapters.sftp_keys import KeyFiles
 from adapters.ssh_keys import add_key, parse_public_key, read_keys, remove_key
-from adapters.ssh_policy import HOST_KEY_FILE, AuthorizedKeys, host_key_lines, read_host_key
+from adapters.ssh_policy import HOST_KEY_FILE, host_key_lines, read_host_key
 from broker.audit import AuditEvent
 from broker.cli.common import Home, console, fail, home_of
 from broker.errors import KeyRefused
@@ -47,7 +48,7 @@ def keys_add(ctx: click.Context, org: str, source: BinaryIO) -> None:
     """Let ORG log in with the public key in FILE (OpenSSH or PuTTY/RFC 4716; - reads stdin)."""
     home = home_of(ctx)
     _org(home, org)
-    path = AuthorizedKeys(home.config.keys_dir).path_of(org)
+    path = KeyFiles(home.config.keys_dir).path_of(org)
     try:
         key = parse_public_key(source.read(1 << 20), getattr(source, "name", "key"))
         add_key(path, key)
@@ -65,7 +66,7 @@ def keys_list(ctx: click.Context, org: str | None) -> None:
     """The login keys of ORG (of every organisation when left out)."""
     home = home_of(ctx)
     orgs = [_org(home, org)] if org else sorted(home.config.by_id)
-    store = AuthorizedKeys(home.config.keys_dir)
+    store = KeyFiles(home.config.keys_dir)
     table = Table("organisation", "type", "fingerprint", "comment")
     for o in orgs:
         for key in read_keys(store.path_of(o)):
@@ -85,7 +86,7 @@ def keys_remove(ctx: click.Context, org: str, fingerprint: str) -> None:
     home = home_of(ctx)
     _org(home, org)
     try:
-        key = remove_key(AuthorizedKeys(home.config.keys_dir).path_of(org), fingerprint)
+        key = remove_key(KeyFiles(home.config.keys_dir).path_of(org), fingerprint)
     except KeyRefused as exc:
         fail(str(exc))
         return
