@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from broker.metrics import Metrics
+from broker.runtime.metrics import Metrics
 
 
 class MetricsServer:

@@ -24,7 +24,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 import asyncssh
 
 from adapters.sftp_paths import Denied, NotFound, Resolved
-from broker.pic import mask_text
+from broker.domain.pic import mask_text
 
 log = logging.getLogger(__name__)
 

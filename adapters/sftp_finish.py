@@ -28,8 +28,8 @@ import asyncssh.sftp
 
 from adapters.sftp_base import Handle, hash_fd
 from adapters.sftp_incomplete import CUT, clear_incomplete, mark_incomplete
-from broker.audit import AuditEvent
-from broker.pic import mask_text
+from broker.domain.pic import mask_text
+from broker.storage.audit import AuditEvent
 
 if TYPE_CHECKING:
     from pathlib import Path

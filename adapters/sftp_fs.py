@@ -36,8 +36,8 @@ from adapters.sftp_paths import Area, Denied, Jail, NotFound, Resolved
 from adapters.sftp_paths import normalise as normalise_path
 from adapters.sftp_paths import open_nofollow as _open_nofollow
 from adapters.sftp_recent import RecentUploads
-from broker.audit import AuditEvent
-from broker.fsutil import is_hidden_or_partial
+from broker.storage.audit import AuditEvent
+from broker.storage.files import is_hidden_or_partial
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import asyncssh
 
 from adapters.sftp_base import INTERNAL_ERROR
-from broker.audit import AuditEvent
-from broker.pic import mask_text
+from broker.domain.pic import mask_text
+from broker.storage.audit import AuditEvent
 
 log = logging.getLogger(__name__)
 

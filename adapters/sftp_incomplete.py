@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from broker.fsutil import fsync_dir
+from broker.storage.files import fsync_dir
 
 WRITING = "writing"  # a client holds it open (or the daemon died while it did)
 CUT = "cut"  # the connection was lost before CLOSE

@@ -26,7 +26,7 @@ from enum import Enum
 from pathlib import Path
 
 from broker.errors import PathError
-from broker.fsutil import is_hidden_or_partial
+from broker.storage.files import is_hidden_or_partial
 
 FROM_KELA = "from-kela"
 TO_KELA = "to-kela"

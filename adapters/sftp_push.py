@@ -14,7 +14,7 @@ from pathlib import Path
 
 import paramiko
 
-from broker.config import PushTarget
+from broker.config.settings import PushTarget
 from broker.errors import DeliveryError
 
 

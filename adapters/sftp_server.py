@@ -54,8 +54,8 @@ from adapters.ssh_policy import (
     fingerprint,
     load_or_create_host_key,
 )
-from broker.audit import AuditEvent
-from broker.bans import Ban, BanList
+from broker.storage.audit import AuditEvent
+from broker.storage.bans import Ban, BanList
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class SftpOptions:
     ban_seconds: float = 900
     algorithms: str = "modern"  # [sftp] algorithms: "modern" | "compatible"
     bans_path: Path | None = None  # var/bans.json, shared with `kela-broker bans`
-    # Resource limits (see sftp_limits): defaults as in broker.config.SftpSettings.
+    # Resource limits (see sftp_limits): defaults as in broker.config.settings.SftpSettings.
     max_unauthenticated: int = 100
     max_unauthenticated_per_address: int = 30
     max_sessions_total: int = 1000

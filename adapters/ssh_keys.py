@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncssh
 
 from broker.errors import KeyRefused
-from broker.fsutil import atomic_write, private_dir
+from broker.storage.files import atomic_write, private_dir
 
 MIN_RSA_BITS = 2048
 _PRIVATE_MARKERS = (b"PRIVATE KEY", b"PuTTY-User-Key-File", b"SSH2 ENCRYPTED PRIVATE KEY")

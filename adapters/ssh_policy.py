@@ -1,5 +1,5 @@
 """SSH policy of the SFTP server: algorithms and the host key (client keys are read by
-``sftp_keys``, checked by ``ssh_keys``; bans live in ``broker.bans``).
+``sftp_keys``, checked by ``ssh_keys``; bans live in ``broker.storage.bans``).
 
 Kept apart from the server so the security-relevant choices are in one short
 file an auditor can read (and ``ssh-audit`` checks them in the tests).

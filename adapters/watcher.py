@@ -29,7 +29,7 @@ try:  # Linux: watchdog's inotify backend
 except ImportError:  # pragma: no cover - other platforms use other backends
     pass
 
-from broker.fsutil import is_hidden_or_partial
+from broker.storage.files import is_hidden_or_partial
 
 log = logging.getLogger(__name__)
 

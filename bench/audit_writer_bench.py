@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import Row
-from broker.audit import AuditEvent, AuditLog
-from broker.audit_writer import AuditWriter
-from broker.state_db import make_engine
+from broker.storage.audit import AuditEvent, AuditLog
+from broker.storage.audit_writer import AuditWriter
+from broker.storage.state_db import make_engine
 
 SESSIONS = int(os.environ.get("BENCH_AUDIT_SESSIONS", "16"))
 EVENTS = int(os.environ.get("BENCH_AUDIT_EVENTS", "100"))  # per session

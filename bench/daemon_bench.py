@@ -65,7 +65,7 @@ def _ingest_100mb(workdir: Path) -> list[Row]:
 def _latency(workdir: Path, drops: int = 100) -> list[Row]:
     from daemon_support import DaemonProcess
 
-    from broker.synthetic import write_batch
+    from broker.intake.synthetic import write_batch
 
     today = datetime.now(UTC).astimezone(ZoneInfo("Europe/Helsinki")).date()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from broker import xmlsafe
-from broker.batch_rules import NOTIFICATION, NS, PERSON_LIST, ROOT
-from broker.validation import load_schema
+from broker.intake.batch_rules import NOTIFICATION, NS, PERSON_LIST, ROOT
+from broker.xml import safe as xmlsafe
+from broker.xml.schemas import load_schema
 
 
 def parse_only(path: str) -> int:

@@ -20,7 +20,7 @@ from datetime import date
 from pathlib import Path
 
 from bench import Row
-from broker.synthetic import write_batch_of_size
+from broker.intake.synthetic import write_batch_of_size
 
 REPO = Path(__file__).resolve().parents[1]
 XSD = REPO / "schemas" / "decision-batch-2.xsd"

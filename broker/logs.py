@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from broker.pic import mask_text
+from broker.domain.pic import mask_text
 
 # International (+358 40 ...) or national (040-..., 09 ...) numbers of 8+ characters,
 # not inside a word or a dotted/dashed identifier (delivery names, timestamps, sizes).

@@ -11,14 +11,14 @@ from zoneinfo import ZoneInfo
 from lxml import etree
 from sqlalchemy import select
 
-from broker.config import Config, Organisation, load_config
-from broker.db import metadata
-from broker.ingest import ingest_batch
-from broker.release import Releaser
-from broker.responses import ResponseOutcome, process_upload
-from broker.state_db import make_engine
-from broker.store import Store
-from broker.validation import load_schema
+from broker.config.settings import Config, Organisation, load_config
+from broker.delivery.release import Releaser
+from broker.intake.ingest import ingest_batch
+from broker.responses.process import ResponseOutcome, process_upload
+from broker.storage.db import metadata
+from broker.storage.state_db import make_engine
+from broker.storage.store import Store
+from broker.xml.schemas import load_schema
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = Path(__file__).resolve().parents[1] / "contracts" / "examples"
@@ -74,7 +74,7 @@ VERDICT_TABLES = ("response_files", "input_attempts")
 
 def dump(store: Store) -> dict[str, list[tuple[str, ...]]]:
     """Every row of every table but the verdict record, to prove a rejection changed nothing."""
-    import broker.response_store  # noqa: F401  (its tables are on the metadata)
+    import broker.storage.response_store  # noqa: F401  (its tables are on the metadata)
 
     out = {}
     with store.engine.connect() as c:
@@ -88,7 +88,7 @@ def dump(store: Store) -> dict[str, list[tuple[str, ...]]]:
 
 def verdicts(store: Store) -> list[tuple[str, str, str]]:
     """(organisation, upload name, status) of every recorded verdict, in order."""
-    from broker.response_store import response_files as rf
+    from broker.storage.response_store import response_files as rf
 
     with store.engine.connect() as c:
         return [(r.organisation, r.name, r.status) for r in c.execute(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from adapters.sftp_limits import raise_nofile_limit
 from adapters.sftp_server import SftpOptions, SftpService
-from broker.audit import AuditEvent
+from broker.storage.audit import AuditEvent
 
 
 async def main(raw: dict[str, object]) -> None:

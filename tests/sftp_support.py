@@ -20,7 +20,7 @@ import pytest
 from daemon_support import keygen
 
 from adapters.sftp_server import SftpOptions, SftpService
-from broker.audit import AuditEvent
+from broker.storage.audit import AuditEvent
 
 T = TypeVar("T")
 

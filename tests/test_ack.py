@@ -25,11 +25,11 @@ from sqlalchemy import select, update
 from stdnum import iban as stdnum_iban
 from stdnum.exceptions import InvalidChecksum, ValidationError
 
-from broker import ack
 from broker.errors import Problem
-from broker.response_store import response_files
-from broker.response_texts import LANGUAGES, TEXTS
-from broker.responses import finish_pending, settle_upload
+from broker.responses import ack
+from broker.responses.process import finish_pending, settle_upload
+from broker.responses.texts import LANGUAGES, TEXTS
+from broker.storage.response_store import response_files
 
 EXAMPLE = (EXAMPLES / "municipality-response.xml").read_bytes()
 SHA = "9f2c4b7d0c1e3a5b6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # Only the composition roots wire the core to its adapters.
-ROOTS = {"broker/daemon.py"}
+ROOTS = {"broker/runtime/daemon.py"}
 EDGES = ("adapters", "asyncssh", "paramiko", "watchdog", "socket", "http.server")
 
 

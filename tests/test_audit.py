@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from broker.audit import GENESIS, AuditEvent, AuditLog
-from broker.db import metadata
+from broker.storage.audit import GENESIS, AuditEvent, AuditLog
+from broker.storage.db import metadata
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -98,7 +98,7 @@ def test_deleted_row_is_detected(audit: AuditLog, engine: Engine) -> None:
 
 def test_rehashed_row_still_breaks_the_chain(audit: AuditLog, engine: Engine) -> None:
     # A forger who also recomputes the changed row's hash breaks the next row's link.
-    from broker.audit import row_hash
+    from broker.storage.audit import row_hash
 
     (rec,) = [r for r in audit.query() if r.id == 2]
     forged = AuditEvent(rec.action, rec.org, rec.address, rec.path, 1, rec.sha256, rec.detail)

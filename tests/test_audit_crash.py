@@ -14,12 +14,12 @@ from pathlib import Path
 from daemon_support import make_home
 from sqlalchemy import select
 
-from broker.audit import HEAD_FILE, audit_refs, audit_table, verify
-from broker.config import load_config
-from broker.ingest import ingest_batch
-from broker.state_db import make_engine
-from broker.store import Store, deliveries
-from broker.synthetic import write_batch
+from broker.config.settings import load_config
+from broker.intake.ingest import ingest_batch
+from broker.intake.synthetic import write_batch
+from broker.storage.audit import HEAD_FILE, audit_refs, audit_table, verify
+from broker.storage.state_db import make_engine
+from broker.storage.store import Store, deliveries
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
@@ -28,10 +28,10 @@ CHILD = """
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from broker.config import load_config
-from broker.state_db import make_engine
-from broker.release import Releaser
-from broker.store import Store
+from broker.config.settings import load_config
+from broker.storage.state_db import make_engine
+from broker.delivery.release import Releaser
+from broker.storage.store import Store
 cfg = load_config(Path(sys.argv[1]))
 releaser = Releaser(cfg, Store(make_engine(cfg.database)))
 start = datetime.fromisoformat(sys.argv[2])

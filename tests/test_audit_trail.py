@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 from response_support import T0, T1, Env, make_env, response, transfer
 from sqlalchemy import Engine, func, select, text
 
-from broker.audit import (
+from broker.cli import CliState
+from broker.cli.audit import audit_group
+from broker.storage.audit import (
     HEAD_FILE,
     AuditEvent,
     AuditLog,
@@ -31,13 +33,11 @@ from broker.audit import (
     person_digest,
     verify,
 )
-from broker.audit_anchor import Anchor, read_anchor, write_anchor
-from broker.audit_legacy import migrate_legacy
-from broker.audit_writer import AuditWriter
-from broker.cli import CliState
-from broker.cli.audit import audit_group
-from broker.state_db import make_engine
-from broker.store import deliveries
+from broker.storage.audit_anchor import Anchor, read_anchor, write_anchor
+from broker.storage.audit_legacy import migrate_legacy
+from broker.storage.audit_writer import AuditWriter
+from broker.storage.state_db import make_engine
+from broker.storage.store import deliveries
 
 N3, N4 = "N-2026-000000003", "N-2026-000000004"
 PIC4 = "060885V907H"  # N4's person (synthetic, from the contract's example batch)
@@ -148,7 +148,7 @@ def test_tampering_is_detected(trail: AuditLog, env: Env, sql: str) -> None:
 
 def test_an_inserted_row_is_detected(trail: AuditLog, env: Env) -> None:
     """A forged row slipped in after row 8, itself correctly chained to row 8."""
-    from broker.audit import row_hash
+    from broker.storage.audit import row_hash
 
     with env.store.engine.begin() as c:
         c.exec_driver_sql("PRAGMA foreign_keys=OFF")
@@ -426,9 +426,9 @@ def test_early_release_and_its_audit_row_are_one_transaction(tmp_path: Path) -> 
     from response_support import EXAMPLES, REPO
 
     from broker.cli import main
-    from broker.config import load_config
-    from broker.ingest import ingest_batch
-    from broker.store import Store, assignments
+    from broker.config.settings import load_config
+    from broker.intake.ingest import ingest_batch
+    from broker.storage.store import Store, assignments
 
     home = tmp_path / "home"
     shutil.copytree(REPO / "config", home / "config")
@@ -499,7 +499,7 @@ def test_any_single_change_to_any_row_is_detected(events: list[AuditEvent],
 
 def test_rows_without_references_hash_as_the_old_audit_db_did() -> None:
     """The old separate log's formula, written out: migrated rows keep their hashes."""
-    from broker.audit import row_hash
+    from broker.storage.audit import row_hash
 
     e = AuditEvent("download", "pirha", "10.0.0.1", "/from-kela/ä.xml", 5, "ab" * 32, "x")
     at = "2026-11-23T10:00:00.000000+00:00"
@@ -513,7 +513,7 @@ def test_rows_without_references_hash_as_the_old_audit_db_did() -> None:
 
 
 def test_start_trail_moves_the_old_log_in_and_runs(tmp_path: Path) -> None:
-    from broker.audit_writer import start_trail
+    from broker.storage.audit_writer import start_trail
 
     var = tmp_path / "var"
     _legacy(var, 3)

@@ -21,11 +21,11 @@ from daemon_support import wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.audit import AuditEvent, AuditLog
-from broker.bans import GARBAGE_FACTOR, Ban, BanList, BanStore
 from broker.cli import main
-from broker.metrics import Metrics
-from broker.state_db import make_engine
+from broker.runtime.metrics import Metrics
+from broker.storage.audit import AuditEvent, AuditLog
+from broker.storage.bans import GARBAGE_FACTOR, Ban, BanList, BanStore
+from broker.storage.state_db import make_engine
 
 if TYPE_CHECKING:
     from sftp_support import Running
@@ -266,7 +266,7 @@ def test_ban_message_names_no_one_else() -> None:
 
 
 def test_an_ipv6_host_is_banned_by_its_64_and_mapped_ipv4_as_ipv4() -> None:
-    from broker.bans import ban_scope
+    from broker.storage.bans import ban_scope
 
     bans = BanList(2, 60, 600)
     assert bans.record_failure("2001:db8:1:2::10", None, 0) is None
@@ -278,7 +278,7 @@ def test_an_ipv6_host_is_banned_by_its_64_and_mapped_ipv4_as_ipv4() -> None:
 
 
 def test_the_bans_file_stays_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("broker.bans.MAX_STORED_BANS", 20)  # the real cap is 2000
+    monkeypatch.setattr("broker.storage.bans.MAX_STORED_BANS", 20)  # the real cap is 2000
     MAX_STORED_BANS = 20
     store = BanStore(tmp_path / "bans.json")
     for i in range(MAX_STORED_BANS + 50):

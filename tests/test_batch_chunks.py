@@ -1,4 +1,4 @@
-"""Reading a big batch on several cores (broker.batch_chunks): the same items as the
+"""Reading a big batch on several cores (broker.intake.batch_chunks): the same items as the
 ordinary reader, or SplitFailed so that the ordinary reader decides."""
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import pytest
 from daemon_support import make_home, wait_for
 from sqlalchemy import select
 
-from broker.batch_chunks import ParallelBatchReader, SplitFailed, plan_chunks
-from broker.config import load_config
-from broker.ingest import ingest_batch
-from broker.model import StoredItem
-from broker.read_policy import validate_file
-from broker.state_db import make_engine
-from broker.store import Store, assignments, blobs, items
-from broker.synthetic import write_batch
-from broker.validation import BatchContext, BatchReader
+from broker.config.settings import load_config
+from broker.domain.model import StoredItem
+from broker.intake.batch_chunks import ParallelBatchReader, SplitFailed, plan_chunks
+from broker.intake.ingest import ingest_batch
+from broker.intake.read_policy import validate_file
+from broker.intake.synthetic import write_batch
+from broker.intake.validation import BatchContext, BatchReader
+from broker.storage.state_db import make_engine
+from broker.storage.store import Store, assignments, blobs, items
 
 REPO = Path(__file__).resolve().parents[1]
 with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:
@@ -166,8 +166,8 @@ def test_ingest_stores_the_same_on_every_core_as_on_one(
     one, many = make_home(tmp_path / "one"), make_home(tmp_path / "many")
     cfg = load_config(one)
     plain = ingest_batch(batch, config=cfg, store=store_of(one), now=now)
-    monkeypatch.setattr("broker.batch_chunks.PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr("broker.batch_chunks.CHUNK_BYTES", PIECE)
+    monkeypatch.setattr("broker.intake.batch_chunks.PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("broker.intake.batch_chunks.CHUNK_BYTES", PIECE)
     calls = spy_on_parallel_reads(monkeypatch)
     cfg = load_config(many)
     fast = ingest_batch(batch, config=cfg, store=store_of(many), now=now)
@@ -184,8 +184,8 @@ def test_ingest_of_a_bad_big_file_says_what_the_ordinary_reader_says(
     one, many = make_home(tmp_path / "one"), make_home(tmp_path / "many")
     plain = ingest_batch(bad, config=load_config(one),
                          store=store_of(one), now=now)
-    monkeypatch.setattr("broker.batch_chunks.PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr("broker.batch_chunks.CHUNK_BYTES", PIECE)
+    monkeypatch.setattr("broker.intake.batch_chunks.PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("broker.intake.batch_chunks.CHUNK_BYTES", PIECE)
     tried = spy_on_parallel_reads(monkeypatch)
     fast = ingest_batch(bad, config=load_config(many),
                         store=store_of(many), now=now)
@@ -201,8 +201,8 @@ def test_validate_reads_big_files_on_every_core_with_the_same_verdicts(
     bad = edit(batch, tmp_path / "bad.xml", "<Language>", "<Language>xx", last=True)
     exact = validate_file(bad, CTX)
     assert exact and validate_file(batch, CTX) == []
-    monkeypatch.setattr("broker.batch_chunks.PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr("broker.batch_chunks.CHUNK_BYTES", PIECE)
+    monkeypatch.setattr("broker.intake.batch_chunks.PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("broker.intake.batch_chunks.CHUNK_BYTES", PIECE)
     used = spy_on_parallel_reads(monkeypatch)
     assert validate_file(batch, CTX) == []
     assert validate_file(bad, CTX) == exact
@@ -237,8 +237,8 @@ def test_workers_leave_when_the_broker_is_killed(batch: Path, tmp_path: Path) ->
         "import sys, time\n"
         "from datetime import date\n"
         "from pathlib import Path\n"
-        "from broker.batch_chunks import ParallelBatchReader\n"
-        "from broker.validation import BatchContext\n"
+        "from broker.intake.batch_chunks import ParallelBatchReader\n"
+        "from broker.intake.validation import BatchContext\n"
         "if __name__ == '__main__':\n"
         "    ctx = BatchContext(frozenset(sys.argv[2].split(',')), date(2026, 11, 20))\n"
         f"    for _ in ParallelBatchReader(Path(sys.argv[1]), ctx, chunk_bytes={PIECE},\n"

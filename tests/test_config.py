@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from broker.cli import main
-from broker.config import load_config
+from broker.config.municipalities import load_register, packaged_register_path
+from broker.config.routing import explain, route
+from broker.config.sample import render_sample
+from broker.config.settings import load_config
+from broker.domain.model import ALL_TYPES
 from broker.errors import ConfigErrors, RoutingError
-from broker.model import ALL_TYPES
-from broker.municipalities import load_register, packaged_register_path
-from broker.routing import explain, route
-from broker.sample_config import render_sample
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -13,9 +13,9 @@ from pathlib import Path
 from daemon_support import DaemonProcess, make_home, wait_for
 from lxml import etree
 
-from broker.config import load_config
-from broker.model import NotificationType
-from broker.synthetic import write_batch
+from broker.config.settings import load_config
+from broker.domain.model import NotificationType
+from broker.intake.synthetic import write_batch
 
 IMMEDIATE = [NotificationType.IMMIGRANT.value, NotificationType.SOCIAL_WORK_NEED.value,
              NotificationType.UNEMPLOYED_UNDER_25.value]

@@ -24,7 +24,7 @@ from daemon_support import (
 from lxml import etree
 
 import schemas
-from broker.synthetic import write_batch
+from broker.intake.synthetic import write_batch
 
 NS_V2 = "urn:fi:kela:etotu:notification-delivery:2"
 

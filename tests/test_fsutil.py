@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.fsutil import (
+from broker.storage.files import (
     NAME_MAX,
     atomic_write,
     atomic_writer,
@@ -223,7 +223,7 @@ def test_open_for_writing_is_told_by_a_lease(tmp_path: Path) -> None:
 def test_file_digest_is_sha256_and_size_of_one_read(tmp_path: Path) -> None:
     import hashlib
 
-    from broker.fsutil import file_digest
+    from broker.storage.files import file_digest
 
     data = bytes(range(256)) * 5000
     p = tmp_path / "f.bin"

@@ -11,10 +11,10 @@ from daemon_support import EXAMPLES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker import response_rules
 from broker.errors import InvalidFile
-from broker.read_policy import validate_any, validate_file
-from broker.validation import BatchContext, BatchReader
+from broker.intake.read_policy import validate_any, validate_file
+from broker.intake.validation import BatchContext, BatchReader
+from broker.responses import rules as response_rules
 
 REPO = Path(__file__).resolve().parents[1]
 with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from daemon_support import make_home
 
-from broker.config import load_config
-from broker.ingest import ingest_batch
-from broker.state_db import make_engine
-from broker.store import Store
-from broker.synthetic import write_batch
+from broker.config.settings import load_config
+from broker.intake.ingest import ingest_batch
+from broker.intake.synthetic import write_batch
+from broker.storage.state_db import make_engine
+from broker.storage.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:

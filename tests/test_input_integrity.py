@@ -28,12 +28,12 @@ from daemon_support import (
     wait_for,
 )
 
-from broker.config import load_config
+from broker.config.settings import load_config
 from broker.errors import InputChanged
-from broker.ingest import ingest_batch
-from broker.state_db import make_engine
-from broker.store import Store, input_files, items
-from broker.synthetic import write_batch
+from broker.intake.ingest import ingest_batch
+from broker.intake.synthetic import write_batch
+from broker.storage.state_db import make_engine
+from broker.storage.store import Store, input_files, items
 
 
 def status(home: Path) -> dict[str, int]:
@@ -241,9 +241,9 @@ def test_a_batch_replaced_under_its_name_while_handled_is_not_archived_unread(
     """The producer publishes the next batch under the same name right after the first
     was stored: the first is done, the second stays in the inbox for its own turn (it is
     never moved to the archive unread)."""
-    import broker.inputs as inputs_module
-    from broker.inputs import Inputs
-    from broker.metrics import Metrics
+    import broker.runtime.inputs as inputs_module
+    from broker.runtime.inputs import Inputs
+    from broker.runtime.metrics import Metrics
 
     home = make_home(tmp_path / "home")
     set_keys(home, "broker", settle_seconds=0)
@@ -284,9 +284,9 @@ def test_a_growing_file_waits_for_the_settle_time_where_leases_cannot_tell(
     taken whole, however often the daemon looks."""
     import threading
 
-    import broker.inputs as inputs_module
-    from broker.inputs import Inputs
-    from broker.metrics import Metrics
+    import broker.runtime.inputs as inputs_module
+    from broker.runtime.inputs import Inputs
+    from broker.runtime.metrics import Metrics
 
     monkeypatch.setattr(inputs_module, "open_for_writing", lambda path: None)
     home = make_home(tmp_path / "home")
@@ -326,8 +326,8 @@ def test_a_failing_input_that_cannot_even_be_set_aside_does_not_loop(
     """Archive and quarantine both unusable: the batch is tried max_attempts times, then
     left in place (counted, reported by health through ``stuck``) and not tried again
     for an hour, however often the rescan looks."""
-    from broker.inputs import Inputs
-    from broker.metrics import Metrics
+    from broker.runtime.inputs import Inputs
+    from broker.runtime.metrics import Metrics
 
     home = make_home(tmp_path / "home")
     set_keys(home, "broker", settle_seconds=0)

@@ -24,7 +24,7 @@ from daemon_support import (
     wait_for,
 )
 
-from broker.synthetic import write_batch
+from broker.intake.synthetic import write_batch
 
 # 091 Helsinki -> helsinki, 837 Tampere -> pirha, 853 Turku -> varha (sample config)
 ORG_OF = {"091": "helsinki", "837": "pirha", "853": "varha"}

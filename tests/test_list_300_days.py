@@ -20,17 +20,17 @@ from hypothesis import strategies as st
 from lxml import etree
 
 import schemas
-from broker import pic
-from broker.config import Format, load_config
+from broker.config.settings import Format, load_config
+from broker.delivery.release import Releaser
+from broker.delivery.render import render_person_list
+from broker.delivery.render_csv import CSV_ENCODING
+from broker.domain import pic
+from broker.domain.model import ListEntry, ListType, PersonList
 from broker.errors import InvalidFile
-from broker.ingest import ingest_batch, report_text
-from broker.model import ListEntry, ListType, PersonList
-from broker.release import Releaser
-from broker.render import render_person_list
-from broker.render_csv import CSV_ENCODING
-from broker.state_db import make_engine
-from broker.store import Store
-from broker.validation import BatchContext, BatchReader
+from broker.intake.ingest import ingest_batch, report_text
+from broker.intake.validation import BatchContext, BatchReader
+from broker.storage.state_db import make_engine
+from broker.storage.store import Store
 
 NS = "urn:fi:kela:etotu:decision-batch:2"
 NS_OUT = {"xml-v2": "urn:fi:kela:etotu:notification-delivery:2",
@@ -176,7 +176,7 @@ def test_every_list_type_is_in_every_schema(namespace: str, simple_type: str) ->
 
 
 def test_synthetic_batches_carry_valid_300_day_lists(tmp_path: Path) -> None:
-    from broker.synthetic import write_batch
+    from broker.intake.synthetic import write_batch
 
     path = tmp_path / "synthetic.xml"
     write_batch(path, count=3, municipalities=["837"], decision_date=date(2026, 10, 31),

@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 
 from adapters.ssh_keys import parse_public_key
 from adapters.ssh_policy import HOST_KEY_FILE
-from broker.audit import AuditLog
 from broker.cli import main
-from broker.config import load_config
+from broker.config.settings import load_config
 from broker.errors import KeyRefused
-from broker.state_db import make_engine
+from broker.storage.audit import AuditLog
+from broker.storage.state_db import make_engine
 
 if TYPE_CHECKING:
     from sftp_support import Running

@@ -1,4 +1,4 @@
-"""The parallel reader (broker.batch_chunks) gives exactly the ordinary reader's verdict
+"""The parallel reader (broker.intake.batch_chunks) gives exactly the ordinary reader's verdict
 and items, wherever its piece boundaries fall (issue 11).
 
 Pieces are cut at bytes that look like ``<Notification`` or ``<PersonList``; such bytes
@@ -19,13 +19,13 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-import broker.batch_chunks as batch_chunks
-from broker.batch_chunks import ParallelBatchReader, SplitFailed, plan_chunks
+import broker.intake.batch_chunks as batch_chunks
+from broker.domain.model import StoredItem
+from broker.domain.pic import make as make_pic
 from broker.errors import InvalidFile
-from broker.model import StoredItem
-from broker.pic import make as make_pic
-from broker.read_policy import validate_file
-from broker.validation import BatchContext, BatchReader
+from broker.intake.batch_chunks import ParallelBatchReader, SplitFailed, plan_chunks
+from broker.intake.read_policy import validate_file
+from broker.intake.validation import BatchContext, BatchReader
 
 REPO = Path(__file__).resolve().parents[1]
 with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 
-from broker.config import Config, load_config
-from broker.fsutil import atomic_writer, temp_path
-from broker.ingest import ingest_batch
-from broker.release import Releaser, ReleaseResult, _Group
-from broker.state_db import make_engine
-from broker.store import Store, assignments, deliveries
+from broker.config.settings import Config, load_config
+from broker.delivery.release import Releaser, ReleaseResult, _Group
+from broker.intake.ingest import ingest_batch
+from broker.storage.files import atomic_writer, temp_path
+from broker.storage.state_db import make_engine
+from broker.storage.store import Store, assignments, deliveries
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "contracts" / "examples"

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from daemon_support import DaemonProcess, cli, drop, make_home, wait_for
 from lxml import etree
 
-from broker.synthetic import write_batch
+from broker.intake.synthetic import write_batch
 
 HKI = ZoneInfo("Europe/Helsinki")
 

@@ -20,11 +20,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 import schemas
-from broker import pic
-from broker.errors import DeliveryError
-from broker.fsutil import atomic_writer
-from broker.model import Attachment, ListEntry, Notification, Person, PersonList
-from broker.render import (
+from broker.delivery.render import (
     CSV_HEADER,
     Format,
     attachments_zip_name,
@@ -36,6 +32,10 @@ from broker.render import (
     safe_member_names,
     write_attachments_zip,
 )
+from broker.domain import pic
+from broker.domain.model import Attachment, ListEntry, Notification, Person, PersonList
+from broker.errors import DeliveryError
+from broker.storage.files import atomic_writer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "contracts" / "examples"
 NS1 = "urn:fi:kela:etotu:notification-delivery:1"

@@ -32,9 +32,9 @@ from sqlalchemy import select
 
 from broker.cli import CliState
 from broker.cli.notifications import notification_group
-from broker.response_store import payment_demands, response_events
-from broker.responses import process_upload, settle_upload, unreceipted
-from broker.store import assignments, input_files, items
+from broker.responses.process import process_upload, settle_upload, unreceipted
+from broker.storage.response_store import payment_demands, response_events
+from broker.storage.store import assignments, input_files, items
 
 EXAMPLE = (EXAMPLES / "municipality-response.xml").read_bytes()
 N1, N2, N3, N4 = (f"N-2026-00000000{i}" for i in range(1, 5))  # helsinki, vakehyva, pirha x2
@@ -195,8 +195,8 @@ def test_transfer_onward_keeps_every_hop(env: Env) -> None:
 
 
 def test_notification_show_lists_downloads_from_the_audit_log(env: Env) -> None:
-    from broker.audit import AuditEvent, AuditLog
-    from broker.state_db import make_engine
+    from broker.storage.audit import AuditEvent, AuditLog
+    from broker.storage.state_db import make_engine
 
     with env.store.engine.connect() as c:
         file_name = c.execute(select(assignments.c.delivery_id).join(

@@ -5,7 +5,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from broker.retention import purge
+from broker.runtime.retention import purge
 
 
 def test_purge_removes_only_files_retained_longer_than_the_period(tmp_path: Path) -> None:
@@ -38,8 +38,8 @@ def test_every_retention_rule_of_a_home(tmp_path: Path) -> None:
     by stale_upload_hours, complete uploads waiting in /to-kela/ never."""
     import shutil
 
-    from broker.config import load_config
-    from broker.retention import purge_all
+    from broker.config.settings import load_config
+    from broker.runtime.retention import purge_all
 
     home = tmp_path / "home"
     shutil.copytree(Path(__file__).resolve().parents[1] / "config", home / "config",

@@ -16,12 +16,12 @@ from zoneinfo import ZoneInfo
 from daemon_support import make_home
 from lxml import etree
 
-from broker.config import load_config
-from broker.ingest import ingest_batch, report_text
-from broker.release import Releaser
-from broker.state_db import make_engine
-from broker.store import Store
-from broker.synthetic import write_batch
+from broker.config.settings import load_config
+from broker.delivery.release import Releaser
+from broker.intake.ingest import ingest_batch, report_text
+from broker.intake.synthetic import write_batch
+from broker.storage.state_db import make_engine
+from broker.storage.store import Store
 
 HKI = ZoneInfo("Europe/Helsinki")
 

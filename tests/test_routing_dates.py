@@ -14,15 +14,15 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from broker.cli import main
-from broker.config import load_config
+from broker.config.route_table import Route
+from broker.config.routing import _timeline, decide, route
+from broker.config.settings import load_config
+from broker.domain.model import ALL_TYPES
 from broker.errors import ConfigErrors, RoutingError
-from broker.ingest import ingest_batch, report_text
-from broker.model import ALL_TYPES
-from broker.route_table import Route
-from broker.routing import _timeline, decide, route
-from broker.state_db import make_engine
-from broker.store import Store
-from broker.synthetic import write_batch
+from broker.intake.ingest import ingest_batch, report_text
+from broker.intake.synthetic import write_batch
+from broker.storage.state_db import make_engine
+from broker.storage.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "broker.toml"

@@ -7,8 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from broker.errors import BrokerError, ConfigError
-from broker.schedule import (
+from broker.domain.schedule import (
     ScheduleError,
     StaggerPolicy,
     TypeTiming,
@@ -19,6 +18,7 @@ from broker.schedule import (
     release_time,
     slots,
 )
+from broker.errors import BrokerError, ConfigError
 
 HEL = ZoneInfo("Europe/Helsinki")
 NEXT_DAY = TypeTiming("next_day", time(6, 0))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.settle import Observation, SettleGate
+from broker.domain.settle import Observation, SettleGate
 
 P = Path("/inbox/kela/b.xml")
 

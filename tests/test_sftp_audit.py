@@ -25,8 +25,8 @@ from adapters.sftp_hooks import Hooks
 from adapters.sftp_incomplete import upload_incomplete
 from adapters.sftp_keys import KeyFiles, KeyLookup
 from adapters.sftp_paths import Jail
-from broker import pic
-from broker.audit import AuditEvent
+from broker.domain import pic
+from broker.storage.audit import AuditEvent
 
 if TYPE_CHECKING:
     from sftp_support import Running

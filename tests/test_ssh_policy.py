@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from adapters.ssh_policy import PROFILES
-from broker.config import load_config
+from broker.config.settings import load_config
 from broker.errors import ConfigError
 
 if TYPE_CHECKING:

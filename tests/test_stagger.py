@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.schedule import (
+from broker.domain.schedule import (
     Candidate,
     PlannedRelease,
     ScheduleRow,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, select
 
-from broker.state_db import make_engine
-from broker.store import input_files, stored_time
+from broker.storage.state_db import make_engine
+from broker.storage.store import input_files, stored_time
 
 
 @pytest.mark.parametrize("when", [

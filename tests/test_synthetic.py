@@ -12,11 +12,11 @@ from tempfile import TemporaryDirectory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker import pic
-from broker.model import Notification, NotificationType, PersonList
-from broker.read_policy import validate_file
-from broker.synthetic import write_batch, write_batch_of_size
-from broker.validation import BatchContext, BatchReader
+from broker.domain import pic
+from broker.domain.model import Notification, NotificationType, PersonList
+from broker.intake.read_policy import validate_file
+from broker.intake.synthetic import write_batch, write_batch_of_size
+from broker.intake.validation import BatchContext, BatchReader
 
 REPO = Path(__file__).resolve().parents[1]
 with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:

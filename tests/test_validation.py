@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from broker.cli import main
+from broker.domain.model import Notification, PersonList
 from broker.errors import InvalidFile, Problem
-from broker.model import Notification, PersonList
-from broker.read_policy import validate_any, validate_file
-from broker.schema_messages import plain_message
-from broker.validation import BatchContext, BatchReader
+from broker.intake.read_policy import validate_any, validate_file
+from broker.intake.validation import BatchContext, BatchReader
+from broker.xml.schema_messages import plain_message
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "contracts" / "examples"
 REPO = Path(__file__).resolve().parents[1]

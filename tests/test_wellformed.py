@@ -19,16 +19,17 @@ from daemon_support import EXAMPLES, make_home
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import broker.batch_chunks as batch_chunks
-from broker import response_rules, xmlsafe
-from broker.config import load_config
+import broker.intake.batch_chunks as batch_chunks
+from broker.config.settings import load_config
 from broker.errors import InvalidFile, Problem
-from broker.ingest import ingest_batch
-from broker.read_policy import validate_any, validate_file
-from broker.state_db import make_engine
-from broker.store import Store
-from broker.synthetic import write_batch
-from broker.validation import BatchContext, BatchReader
+from broker.intake.ingest import ingest_batch
+from broker.intake.read_policy import validate_any, validate_file
+from broker.intake.synthetic import write_batch
+from broker.intake.validation import BatchContext, BatchReader
+from broker.responses import rules as response_rules
+from broker.storage.state_db import make_engine
+from broker.storage.store import Store
+from broker.xml import safe as xmlsafe
 
 REPO = Path(__file__).resolve().parents[1]
 with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:
@@ -181,7 +182,7 @@ def test_a_cut_big_file_is_rejected_by_the_parallel_ingest(tmp_path: Path, big: 
     home = make_home(tmp_path / "home")
     cfg = load_config(home)
     with parallel_path(), pytest.MonkeyPatch.context() as mp:
-        mp.setattr("broker.batch_chunks.PARALLEL_MIN_BYTES", 0)
+        mp.setattr("broker.intake.batch_chunks.PARALLEL_MIN_BYTES", 0)
         out = ingest_batch(path, config=cfg, store=Store(make_engine(cfg.database)), now=NOW)
     assert out.status == "rejected" and out.new == 0
     check_rejected(out.problems, cut)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from broker import xmlsafe
 from broker.errors import InvalidFile
-from broker.read_policy import validate_any, validate_file
-from broker.validation import BatchContext
+from broker.intake.read_policy import validate_any, validate_file
+from broker.intake.validation import BatchContext
+from broker.xml import safe as xmlsafe
 
 MARKER = "SECRET-MARKER-7f3a9c"
 

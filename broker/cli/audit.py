@@ -71,9 +71,9 @@ def audit_person(ctx: click.Context, code: str, as_json: bool) -> None:
 
     CODE is the identity code in full; it is shown masked.
     """
-    from broker.audit import audit_key
-    from broker.audit_person import person_trail
-    from broker.pic import mask, problem
+    from broker.domain.pic import mask, problem
+    from broker.storage.audit import audit_key
+    from broker.storage.audit_person import person_trail
 
     code = code.strip().upper()
     if (why := problem(code)) is not None:

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import click
 from rich.table import Table
 
-from broker.audit import AuditEvent
-from broker.bans import BANS_FILE, BanStore
 from broker.cli.common import Home, console, fail, home_of
+from broker.storage.audit import AuditEvent
+from broker.storage.bans import BANS_FILE, BanStore
 
 
 def _store(home: Home) -> BanStore:

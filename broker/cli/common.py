@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
-from broker.config import Config, load_config
+from broker.config.settings import Config, load_config
 from broker.errors import ConfigError
 
 if TYPE_CHECKING:
-    from broker.audit import AuditLog
-    from broker.store import Store
+    from broker.storage.audit import AuditLog
+    from broker.storage.store import Store
 
 
 def console() -> Console:
@@ -59,9 +59,9 @@ class Home:
     @cached_property
     def store(self) -> Store:
         from broker.errors import StoreError
-        from broker.state_db import make_engine
-        from broker.state_guard import check_state_store
-        from broker.store import Store
+        from broker.storage.state_db import make_engine
+        from broker.storage.state_guard import check_state_store
+        from broker.storage.store import Store
 
         try:  # never create an empty database in a home that has been used
             check_state_store(self.config)
@@ -72,8 +72,8 @@ class Home:
     @cached_property
     def audit(self) -> AuditLog:
         """The trail in the state database; an old separate var/audit.db is moved in first."""
-        from broker.audit import HEAD_FILE, LEGACY_FILE, AuditLog
-        from broker.audit_legacy import migrate_legacy
+        from broker.storage.audit import HEAD_FILE, LEGACY_FILE, AuditLog
+        from broker.storage.audit_legacy import migrate_legacy
 
         var = self.config.var
         engine = self.store.engine

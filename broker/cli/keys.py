@@ -16,9 +16,9 @@ from rich.table import Table
 from adapters.sftp_keys import KeyFiles
 from adapters.ssh_keys import add_key, parse_public_key, read_keys, remove_key
 from adapters.ssh_policy import HOST_KEY_FILE, host_key_lines, read_host_key
-from broker.audit import AuditEvent
 from broker.cli.common import Home, console, fail, home_of
 from broker.errors import KeyRefused
+from broker.storage.audit import AuditEvent
 
 # Listen addresses that are not a name a client can use.
 _WILDCARDS = {"", "0.0.0.0", "::", "*"}  # noqa: S104

@@ -15,9 +15,9 @@ from zoneinfo import ZoneInfo
 import click
 
 from broker.cli.common import console, fail, home_of
-from broker.model import Notification
-from broker.pic import mask, mask_text
-from broker.response_store import StoryEvent, story
+from broker.domain.model import Notification
+from broker.domain.pic import mask, mask_text
+from broker.storage.response_store import StoryEvent, story
 
 
 @click.group("notification")
@@ -68,7 +68,7 @@ def show(ctx: click.Context, notification_id: str, as_json: bool) -> None:
 def _downloads(home: object, events: list[StoryEvent]) -> list[StoryEvent]:
     """Downloads of the delivery files from the audit log, if this build has one."""
     try:
-        from broker.audit import AuditLog
+        from broker.storage.audit import AuditLog
     except ImportError:  # the audit log is optional for this view
         return []
     audit = getattr(home, "audit", None)

@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 
 from broker.cli.common import fail, home_of
-from broker.config import Config, load_config, parse_host_port
+from broker.config.municipalities import load_register, packaged_register_path
+from broker.config.sample import render_sample
+from broker.config.settings import Config, load_config, parse_host_port
 from broker.errors import ConfigError, ConfigErrors, StoreError
-from broker.municipalities import load_register, packaged_register_path
-from broker.sample_config import render_sample
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -33,7 +33,7 @@ def run(ctx: click.Context, sftp_listen: str | None, metrics_listen: str | None,
         initialise: bool) -> None:
     """Run the broker daemon: watch inboxes, release on schedule, serve SFTP."""
     from broker import logs
-    from broker.daemon import Daemon, Overrides
+    from broker.runtime.daemon import Daemon, Overrides
 
     logs.configure()
     home = home_of(ctx)
@@ -104,7 +104,7 @@ def _route_changes(cfg: Config) -> None:
     """What the dated routes will do: who starts receiving what, and when (SPEC 3, 4)."""
     from collections import defaultdict
 
-    from broker.routing import route_changes
+    from broker.config.routing import route_changes
 
     changes: dict[tuple[str, str], list[str]] = defaultdict(list)
     for c in route_changes(cfg):
@@ -120,15 +120,15 @@ def _route_changes(cfg: Config) -> None:
 
 
 def _check_against_store(cfg: Config) -> None:
-    """An organisation removed while it holds items needs a [handover] (broker.handover).
+    """An organisation removed while it holds items needs a [handover] (broker.delivery.handover).
     Read only: a home without a state database holds nothing yet."""
-    from broker.handover import removed_with_items
-    from broker.state_guard import database_state
+    from broker.delivery.handover import removed_with_items
+    from broker.storage.state_guard import database_state
 
     if database_state(cfg.database) != "ok":
         return
-    from broker.state_db import make_engine
-    from broker.store import Store
+    from broker.storage.state_db import make_engine
+    from broker.storage.store import Store
 
     problems = removed_with_items(cfg, Store(make_engine(cfg.database)).undelivered_by_org())
     if problems:

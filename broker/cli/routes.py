@@ -8,9 +8,9 @@ import click
 from rich.table import Table
 
 from broker.cli.common import console, fail, home_of
-from broker.model import ALL_TYPES
-from broker.routing import explain
-from broker.store import today_in
+from broker.config.routing import explain
+from broker.domain.model import ALL_TYPES
+from broker.storage.store import today_in
 
 
 @click.group("routes")

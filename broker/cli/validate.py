@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
+from broker.config.municipalities import load_register, packaged_register_path
 from broker.errors import ConfigError
-from broker.municipalities import load_register, packaged_register_path
-from broker.read_policy import validate_any
-from broker.validation import BatchContext
+from broker.intake.read_policy import validate_any
+from broker.intake.validation import BatchContext
 
 DEFAULT_TZ = "Europe/Helsinki"
 

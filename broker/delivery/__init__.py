@@ -1,0 +1,2 @@
+"""Delivery: release passes and the files organisations get (XML, CSV, zip).
+"""

@@ -1,0 +1,390 @@
+"""The release pass: decide what is due, write it to the outboxes, exactly once.
+
+Each delivery goes through two commits around one atomic file write:
+1. the delivery row is created ``pending`` and its assignments are claimed;
+2. the files are written (temp name, fsync, rename);
+3. the delivery is marked ``written`` and its assignments ``released``.
+A crash after 1 leaves a pending delivery, which ``recover`` finishes by writing
+the same (deterministic) files, so every notification lands in exactly one file.
+Commit 3 also appends the delivery's ``release`` row to the audit trail (file, sha256,
+size, count and every notification id with its person's digest): the record and the
+act are one transaction, so neither exists without the other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import IO, Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from broker import logs
+from broker.config.settings import Config, Organisation
+from broker.delivery.render import (
+    attachments_zip_name,
+    delivery_file_name,
+    delivery_stem,
+    list_file_name,
+    render_notification_delivery,
+    render_person_list,
+    write_attachments_zip,
+)
+from broker.domain.model import Notification, PersonList
+from broker.domain.schedule import Candidate, plan_first_delivery
+from broker.errors import DeliveryError, StoreError
+from broker.storage import audit
+from broker.storage.audit import anchor_head
+from broker.storage.files import atomic_writer, file_digest, private_dir, temp_path
+from broker.storage.store import Store, deliveries, stagger_plans, stored_time
+
+log = logs.get("broker.delivery.release")
+
+# A delivery whose files cannot be written is retried after 10 s, 20 s, 40 s ... 15 min.
+RETRY_FIRST = timedelta(seconds=10)
+RETRY_MAX = timedelta(minutes=15)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """How long a delivery that failed ``attempts`` times waits before the next try."""
+    return min(RETRY_FIRST * 2 ** max(0, min(attempts - 1, 16)), RETRY_MAX)
+
+
+class _Busy(Exception):
+    """Another process is writing this delivery's file right now."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    delivery_id: str
+    organisation: str
+    error: str
+
+
+@dataclass
+class ReleaseResult:
+    deliveries: list[str] = field(default_factory=list)
+    notifications: int = 0
+    lists: int = 0
+    plans: list[tuple[str, str, int]] = field(default_factory=list)  # org, type, total
+    failures: list[Failure] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Group:
+    organisation: str
+    type: str
+    kind: str
+    portion: int | None
+    assignment_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A delivery whose files are on disk, waiting for commit 3."""
+
+    delivery_id: str
+    sha256: str
+    size: int
+    zip_name: str | None
+    created: datetime
+    event: audit.AuditEvent
+
+
+class Releaser:
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.tz = ZoneInfo(config.timezone)  # names, XML and zip times (config checked it)
+        self._note: str | None = None
+
+    def run(self, now: datetime, *, only_org: str | None = None,
+            note: str | None = None) -> ReleaseResult:
+        """One full pass as of ``now``; running it twice with the same ``now`` changes nothing.
+
+        One organisation never holds up another: a delivery whose files cannot be written
+        stays pending and is retried with backoff, and its organisation gets no new
+        deliveries meanwhile (its items wait, held, to go out together), while every other
+        organisation's releases go on.
+        """
+        # ``note``: why this pass runs as it does (an operator's forced pass), carried in
+        # every release row of the pass, in the transaction of each release.
+        self._note = note
+        result = ReleaseResult()
+        self.recover(result, now)
+        self.form_plans(now, result)
+        try:
+            claimed = self._claim(self.due_groups(now, only_org=only_org), now)
+        except StoreError:
+            # Another process (an operator's release-due beside the daemon) claimed some
+            # of the same rows between our read and our claim; ours rolled back whole.
+            claimed = self._claim(self.due_groups(now, only_org=only_org), now)
+        self._write_and_finish(claimed, result, now)
+        return result
+
+    # -- stagger -------------------------------------------------------------
+    # Driver-level SQL for the per-notification statements below: after a big batch they
+    # touch every row, and SQLAlchemy's per-row compile and bind cost more than SQLite.
+    _FIRST_DELIVERY_SQL = (
+        "SELECT a.id, a.organisation, a.type, i.decision_date, i.seq"
+        " FROM assignments a JOIN items i ON i.seq = a.item_seq"
+        " WHERE a.state = 'held' AND a.planned_at IS NULL AND a.release_at <= ?"
+        " AND a.transferred_from IS NULL AND i.kind = 'notification'"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries d"
+        "  WHERE d.organisation = a.organisation AND d.type = a.type)"
+        " AND NOT EXISTS (SELECT 1 FROM stagger_plans p"
+        "  WHERE p.organisation = a.organisation AND p.type = a.type)"
+        " ORDER BY a.organisation, a.type, i.seq")
+    _PLAN_SQL = "UPDATE assignments SET planned_at = ?, portion = ? WHERE id = ?"
+    # coalesce() keeps SQLite on the primary key: a bare ``state = 'held'`` lures it onto
+    # the state index and a scan of every held row.
+    _CLAIM_SQL = ("UPDATE assignments SET state = 'releasing', delivery_id = ?"
+                  " WHERE id IN (SELECT value FROM json_each(?))"
+                  " AND coalesce(state, '') = 'held'")
+
+    def form_plans(self, now: datetime, result: ReleaseResult) -> None:
+        """A first delivery of a type over the threshold becomes a weekly plan (SPEC 4)."""
+        with self.store.writer.begin() as c:
+            by_pair: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
+            dates: dict[str, date] = {}
+            for aid, org, type_, day, seq in c.exec_driver_sql(self._FIRST_DELIVERY_SQL,
+                                                                (stored_time(now),)):
+                d = dates.get(day) or dates.setdefault(day, date.fromisoformat(day))
+                by_pair[(org, type_)].append(Candidate(id=str(aid), decision_date=d, seq=seq))
+            for (org, type_), cands in by_pair.items():
+                plan = plan_first_delivery(cands, self.config.stagger, now)
+                if plan is None:
+                    continue
+                times = {t: stored_time(t) for t in {p.release_at for p in plan}}
+                c.exec_driver_sql(self._PLAN_SQL, [(times[p.release_at], p.portion, int(p.id))
+                                                   for p in plan])
+                portions = max(p.portion for p in plan) + 1
+                c.execute(insert(stagger_plans).values(organisation=org, type=type_,
+                                                       formed_at=now, total=len(plan),
+                                                       portions=portions))
+                result.plans.append((org, type_, len(plan)))
+
+    # -- what is due ---------------------------------------------------------
+    _DUE_SQL = (
+        "SELECT a.id, a.organisation, a.type, a.portion, i.kind"
+        " FROM assignments a JOIN items i ON i.seq = a.item_seq"
+        " WHERE a.state = 'held' AND coalesce(a.planned_at, a.release_at) <= ?"
+        " AND (? IS NULL OR a.organisation = ?)"
+        " ORDER BY a.organisation, a.type, a.portion, i.seq")
+
+    def due_groups(self, now: datetime, *, only_org: str | None = None) -> list[_Group]:
+        groups: dict[tuple[str, str, int | None], list[int]] = defaultdict(list)
+        out: list[_Group] = []
+        with self.store.engine.connect() as c:
+            for aid, org, type_, portion, kind in c.exec_driver_sql(
+                    self._DUE_SQL, (stored_time(now), only_org, only_org)):
+                if kind == "list":  # a list is delivered whole, one file each (SPEC 2)
+                    out.append(_Group(org, type_, "list", None, (aid,)))
+                else:
+                    groups[(org, type_, portion)].append(aid)
+        out.extend(_Group(org, t, "notification", p, tuple(ids))
+                   for (org, t, p), ids in groups.items())
+        return out
+
+    # -- releasing -------------------------------------------------------------
+    def _claim(self, groups: list[_Group], now: datetime) -> list[str]:
+        """Commit 1: a pending delivery row per group, its assignments claimed."""
+        claimed: list[str] = []
+        with self.store.writer.begin() as c:
+            # Read under the write lock: no other pass can take the same numbers.
+            seq = c.execute(select(func.max(deliveries.c.seq))).scalar() or 0
+            blocked = {r.organisation for r in c.execute(
+                select(deliveries.c.organisation).where(deliveries.c.state == "pending",
+                                                        deliveries.c.attempts > 0))}
+            for group in groups:
+                org = self.config.by_id.get(group.organisation)
+                if org is None or org.id in blocked:
+                    # Removed from the config (config check refuses that while it holds
+                    # items), or its earlier delivery still cannot be written: keep holding.
+                    continue
+                seq += 1
+                if group.kind == "list":
+                    plist = self._lists(c, group.assignment_ids)[0]
+                    name = list_file_name(org.id, plist, now, seq, org.format, self.tz)
+                    delivery_id = Path(name).stem
+                else:
+                    delivery_id = delivery_stem(org.id, group.type, now, seq, self.tz)
+                    name = delivery_file_name(delivery_id)
+                c.execute(insert(deliveries).values(
+                    id=delivery_id, organisation=org.id, type=group.type, kind=group.kind,
+                    file_name=name, created_at=now, count=len(group.assignment_ids),
+                    portion=group.portion, state="pending", seq=seq))
+                n = c.exec_driver_sql(self._CLAIM_SQL, (
+                    delivery_id, _id_list(group.assignment_ids))).rowcount
+                if n != len(group.assignment_ids):  # another process released them first
+                    raise StoreError(f"release of {delivery_id}: assignments changed underneath")
+                claimed.append(delivery_id)
+        return claimed
+
+    def recover(self, result: ReleaseResult | None = None, now: datetime | None = None) -> int:
+        """Finish deliveries a crash (or a failed write) left pending; returns how many were
+        tried. With ``now``, a delivery that failed before waits for its next attempt time;
+        without (at start), every pending delivery is tried at once."""
+        d = deliveries
+        q = select(d.c.id).where(d.c.state == "pending").order_by(d.c.seq)
+        if now is not None:
+            q = q.where((d.c.next_attempt_at.is_(None)) | (d.c.next_attempt_at <= now))
+        with self.store.engine.connect() as c:
+            pending = [r.id for r in c.execute(q)]
+        self._write_and_finish(pending, result or ReleaseResult(), now or datetime.now(UTC))
+        return len(pending)
+
+    def _write_and_finish(self, delivery_ids: list[str], result: ReleaseResult,
+                          now: datetime) -> None:
+        """Step 2 (files) for every delivery, then commit 3 for all of them at once."""
+        if not delivery_ids:
+            return
+        done = []
+        failed: list[Failure] = []
+        for delivery_id in delivery_ids:
+            try:
+                done.append(self._write_files(delivery_id, result))
+            except _Busy:
+                continue  # stays pending; the pass writing it now confirms it
+            except Exception as exc:  # whatever it is, it stays with its organisation
+                failed.append(self._failure(delivery_id, exc))
+        if not done and not failed:
+            return
+        with self.store.writer.begin() as c:
+            if done:
+                c.exec_driver_sql(
+                    "UPDATE deliveries SET state = 'written', sha256 = ?, size = ?,"
+                    " zip_name = ?, next_attempt_at = NULL WHERE id = ?",
+                    [(w.sha256, w.size, w.zip_name, w.delivery_id) for w in done])
+                c.exec_driver_sql(
+                    "UPDATE assignments SET state = 'released', released_at = ?"
+                    " WHERE delivery_id = ?",
+                    [(stored_time(w.created), w.delivery_id) for w in done])
+                audit.append(c, [w.event for w in done], now)
+            for f in failed:
+                tries = (c.execute(select(deliveries.c.attempts)
+                                   .where(deliveries.c.id == f.delivery_id)).scalar() or 0) + 1
+                c.execute(update(deliveries).where(deliveries.c.id == f.delivery_id).values(
+                    attempts=tries, next_attempt_at=now + retry_delay(tries),
+                    last_error=f.error[:2000]))
+        if done:
+            self._anchor()
+        result.deliveries.extend(w.delivery_id for w in done)
+        result.failures.extend(failed)
+
+    def _anchor(self) -> None:
+        try:
+            anchor_head(self.store.engine, self.config.var / audit.HEAD_FILE)
+        except OSError as exc:  # committed; the anchor catches up at the next commit
+            log.error("audit: anchoring the head failed", exc_info=exc)
+
+    def _failure(self, delivery_id: str, exc: Exception) -> Failure:
+        with self.store.engine.connect() as c:
+            org = c.execute(select(deliveries.c.organisation)
+                            .where(deliveries.c.id == delivery_id)).scalar() or "?"
+        if isinstance(exc, OSError):
+            # strerror, not str(exc): the message is shown on /healthz and in status.
+            error = f"{exc.strerror or type(exc).__name__} ({exc.filename or 'outbox'})"
+        elif isinstance(exc, DeliveryError):
+            error = str(exc)
+        else:
+            error = f"unexpected {type(exc).__name__}"
+            log.error("release failed unexpectedly", delivery=delivery_id, exc_info=exc)
+        return Failure(delivery_id, str(org), error)
+
+    def _write_files(self, delivery_id: str, result: ReleaseResult) -> _Written:
+        with self.store.engine.connect() as c:
+            d = c.execute(select(deliveries).where(deliveries.c.id == delivery_id)).one()
+            payloads = [p for (p,) in c.exec_driver_sql(
+                "SELECT items.payload FROM items JOIN assignments"
+                " ON assignments.item_seq = items.seq WHERE assignments.delivery_id = ?"
+                " ORDER BY items.seq", (delivery_id,))]  # oldest first
+            org = self.config.by_id.get(d.organisation)
+            if org is None:
+                raise DeliveryError("organisation is no longer configured",
+                                    key=d.organisation)
+            folder = private_dir(self.config.outbox / org.id)
+            zip_name = None
+            extra: dict[str, object] = {}
+            key = audit.audit_key(self.config.var)
+            if d.kind == "list":
+                plist = PersonList.from_json(payloads[0])
+                digest, size = self._write(folder / d.file_name, lambda f: render_person_list(
+                    f, delivery_id=d.id, organisation=org.id, created=d.created_at,
+                    plist=plist, fmt=org.format, tz=self.tz))
+                refs = tuple(audit.AuditRef(plist.id, audit.person_digest(key, e.pic))
+                             for e in plist.entries)
+                result.lists += 1
+            else:
+                notes = [Notification.from_json(p) for p in payloads]
+                if any(n.attachments for n in notes):
+                    zip_name = attachments_zip_name(d.id)
+                    # The zip goes first: once the XML is visible, everything it names is there.
+                    with self.store.blobs() as open_blob:
+                        zip_sha, zip_size = self._write(
+                            folder / zip_name, lambda f: write_attachments_zip(
+                                f, notes, open_blob, created=d.created_at, tz=self.tz))
+                    extra = {"zip": zip_name, "zip_sha256": zip_sha, "zip_size": zip_size}
+                digest, size = self._write(folder / d.file_name,
+                                           lambda f: self._render_notes(f, d, org, notes,
+                                                                        self.tz))
+                refs = tuple(audit.AuditRef(n.id, audit.person_digest(key, n.person.pic))
+                             for n in notes)
+                result.notifications += len(notes)
+        if self._note:
+            extra["note"] = self._note
+        detail = json.dumps({"delivery": d.id, "type": d.type, "kind": d.kind,
+                             "count": len(payloads), **extra}, sort_keys=True)
+        event = audit.AuditEvent("release", org.id, path=d.file_name, size=size,
+                                 sha256=digest, detail=detail, refs=refs)
+        return _Written(delivery_id, digest, size, zip_name, d.created_at, event)
+
+    @staticmethod
+    def _render_notes(f: IO[bytes], d: Row[Any], org: Organisation,
+                      notes: list[Notification], tz: tzinfo) -> None:
+        render_notification_delivery(
+            f, delivery_id=d.id, organisation=org.id, created=d.created_at,
+            notifications=notes, fmt="xml-v1" if org.format == "xml-v1" else "xml-v2", tz=tz)
+
+    @staticmethod
+    def _write(path: Path, render: Callable[[IO[bytes]], object]) -> tuple[str, int]:
+        """Write via temp + fsync + rename, unless a crash already put the file in place."""
+        try:
+            if not path.exists():
+                with atomic_writer(path, exclusive=True) as f:
+                    render(f)
+            else:
+                # A crash between the link to the real name and the temp's unlink left
+                # both (a pass still writing it would fail at the link: the name is taken).
+                temp_path(path).unlink(missing_ok=True)
+        except (BlockingIOError, FileExistsError, FileNotFoundError):
+            # Another pass (an operator's beside the daemon) is writing the same delivery,
+            # or has just written it: the same bytes either way (rendering is deterministic).
+            if not path.exists():
+                raise _Busy(path) from None
+        return file_digest(path)
+
+    @staticmethod
+    def _payloads(c: Connection, assignment_ids: Sequence[int]) -> list[str]:
+        rows = c.exec_driver_sql(
+            "SELECT items.payload FROM items JOIN assignments"
+            " ON assignments.item_seq = items.seq"
+            " WHERE assignments.id IN (SELECT value FROM json_each(?))"
+            " ORDER BY items.seq",  # oldest first
+            (_id_list(assignment_ids),))
+        return [payload for (payload,) in rows]
+
+    def _lists(self, c: Connection, ids: Sequence[int]) -> list[PersonList]:
+        return [PersonList.from_json(p) for p in self._payloads(c, ids)]
+
+
+def _id_list(ids: Sequence[int]) -> str:
+    """Ids as one JSON array parameter (``IN (SELECT value FROM json_each(?))``): any
+    number of them in one statement, past SQLite's cap on bound parameters."""
+    return json.dumps([int(i) for i in ids])

@@ -1,0 +1,3 @@
+"""Responses: what organisations upload, checked and answered with an
+acknowledgement; accepted content forwarded to Kela.
+"""

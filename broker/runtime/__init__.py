@@ -1,0 +1,2 @@
+"""The runtime: the daemon (the composition root) and what runs inside it.
+"""

@@ -1,0 +1,162 @@
+"""AuditWriter: the daemon's audit events leave the event loop, in group commits.
+
+Downloads, uploads, logins and pushes arrive from many sessions at once. One thread
+takes every event queued so far, appends them all in ONE write transaction (one
+fsync), anchors the new head, and only then resolves each event's Future. The SFTP
+reply awaits that Future (``await asyncio.wrap_future(writer.submit(event))``), so a
+client never sees a success whose audit row a kill -9 could still lose, and the event
+loop never waits on SQLite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from broker import logs
+from broker.storage.audit import HEAD_FILE, LEGACY_FILE, AuditEvent, append_at, timestamp
+from broker.storage.audit_anchor import Anchor, write_anchor
+from broker.storage.audit_legacy import migrate_legacy
+from broker.storage.db import writer
+
+log = logs.get("broker.storage.audit")
+
+_Job = tuple[AuditEvent, str, "Future[int]"]
+
+
+class AuditWriter:
+    """A writer thread: ``submit(event)`` -> Future of the committed row id."""
+
+    MAX_GROUP = 1000  # bounds one transaction's size under a flood of events
+
+    def __init__(self, engine: Engine, anchor_path: Path | None) -> None:
+        self._engine = writer(engine)
+        self._anchor = anchor_path
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+        self.commits = 0  # group commits made (the bench and tests read it)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="audit-writer",
+                                            daemon=True)
+            self._thread.start()
+
+    def submit(self, event: AuditEvent, now: datetime | None = None) -> Future[int]:
+        """Queue ``event`` (stamped ``now``, default the moment of the call)."""
+        future: Future[int] = Future()
+        at = timestamp(now or datetime.now(UTC))
+        with self._lock:
+            if self._thread is None or self._stopping or not self._thread.is_alive():
+                raise RuntimeError("audit writer is not running")
+            self._queue.put((event, at, future))
+        return future
+
+    def stop(self) -> None:
+        """Commit everything submitted so far, then end the thread."""
+        with self._lock:
+            thread, self._stopping = self._thread, True
+            if thread is None:
+                return
+            self._queue.put(None)
+        thread.join()
+        with self._lock:
+            self._thread = None
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            first = self._queue.get()
+            if first is None:
+                break
+            group = [first]
+            while len(group) < self.MAX_GROUP:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    done = True
+                    break
+                group.append(job)
+            try:
+                self._commit(group)
+            except Exception as exc:  # never die with waiters left hanging
+                for _, _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                with contextlib.suppress(Exception):  # not even if logging fails
+                    log.error("audit: writer failed", exc_info=exc)
+
+    def _commit(self, group: list[_Job]) -> None:
+        pending = [j for j in group if j[2].set_running_or_notify_cancel()]
+        if not pending:
+            return
+        delay, waited, warn_at = 0.05, 0.0, 10.0
+        while True:
+            try:
+                with self._engine.begin() as conn:
+                    ids = append_at(conn, [(e, at) for e, at, _ in pending])
+                    head_hash = conn.exec_driver_sql(
+                        "SELECT row_hash FROM audit_log WHERE id = ?", (ids[-1],)).scalar_one()
+                break
+            except (OperationalError, IntegrityError) as exc:
+                # Busy, not broken: an ingest holds the write lock for as long as it
+                # stores a big batch (seconds), or another process chained first. A
+                # disclosure must never go unrecorded, so wait (the SFTP reply waits too).
+                transient = ("locked" in str(exc) if isinstance(exc, OperationalError)
+                             else "UNIQUE constraint failed: audit_log" in str(exc))
+                if not transient:
+                    self._fail(pending, exc)
+                    return
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 1.0)
+                if waited >= warn_at:
+                    warn_at += 30
+                    log.warning("audit: the state database is busy; still waiting",
+                                seconds=round(waited), events=len(pending))
+            except Exception as exc:
+                self._fail(pending, exc)
+                return
+        self.commits += 1
+        if self._anchor is not None:
+            try:
+                write_anchor(self._anchor, Anchor(ids[-1], head_hash))
+            except OSError as exc:  # the rows are committed; the anchor lags until next
+                log.error("audit: anchoring the head failed", exc_info=exc)
+        for (_, _, future), row_id in zip(pending, ids, strict=True):
+            future.set_result(row_id)
+
+    @staticmethod
+    def _fail(pending: list[_Job], exc: Exception) -> None:
+        """Every waiter learns it (first: a failing log call must not hide it); the
+        thread goes on."""
+        for _, _, future in pending:
+            if not future.done():
+                future.set_exception(exc)
+        with contextlib.suppress(Exception):
+            log.error("audit: group commit failed", events=len(pending), exc_info=exc)
+
+
+def start_trail(engine: Engine, var: Path, now: datetime) -> AuditWriter:
+    """At daemon start: move an old ``var/audit.db`` in, then a running writer anchored
+    at ``var/audit.head``. Call before the first release pass (the recovery), so that
+    the old rows keep their ids and hashes."""
+    migrate_legacy(engine, var / LEGACY_FILE, var / HEAD_FILE, now)
+    trail = AuditWriter(engine, var / HEAD_FILE)
+    trail.start()
+    return trail

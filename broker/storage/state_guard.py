@@ -1,0 +1,74 @@
+"""The state store is never silently recreated.
+
+Opening SQLite creates a missing file, so a deleted or lost ``var/state.db`` would
+come back empty: every notification forgotten, every id free for reuse, the next
+release numbering files from 1 again. Before the database is opened, this checks
+whether the home has been used (archived inputs, deliveries in the outboxes, an
+audit trail) and refuses an absent or empty database in a used home, unless the
+operator says ``--initialise``. A file that is not a readable database is refused
+at start; while running, the daemon's health check reports it instead.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from broker.config.settings import Config
+from broker.errors import StoreError
+
+
+class StateMissing(StoreError):
+    """The state database is absent or empty in a home that has been used."""
+
+
+def evidence(config: Config) -> list[str]:
+    """What in the home shows it has been used, one phrase per kind (empty if nothing)."""
+    found: list[str] = []
+
+    def count(paths: list[Path], what: str) -> None:
+        n = sum(1 for p in paths if p.is_file())
+        if n:
+            found.append(f"{n} {what}")
+
+    var = config.var
+    count(list((var / "archive").rglob("*")), "archived input file(s)")
+    count(list((var / "quarantine").rglob("*")), "quarantined file(s)")
+    outboxes = [p for p in config.outbox.glob("*/*") if p.name[:2] in ("D-", "L-")]
+    count(outboxes, "delivery file(s) in the outboxes")
+    count([var / "audit.head", var / "audit.db", var / "audit.db.migrated"],
+          "audit trail file(s)")
+    return found
+
+
+def database_state(path: Path) -> str:
+    """"missing", "empty" (no tables of ours), "unreadable: <why>" or "ok"."""
+    if not path.exists():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty"
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as c:
+            n = c.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                          " AND name = 'input_files'").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        return f"unreadable: {exc}"
+    return "ok" if n else "empty"
+
+
+def check_state_store(config: Config, *, initialise: bool = False) -> None:
+    """Raise StateMissing (or StoreError for an unreadable file) before opening the store."""
+    state = database_state(config.database)
+    if state.startswith("unreadable"):
+        raise StoreError(f"the state database is not readable ({state[12:]}); restore it "
+                         "from the backup, nothing was changed", file=str(config.database))
+    if state == "ok" or initialise:
+        return
+    used = evidence(config)
+    if used:
+        raise StateMissing(
+            f"the state database is {state}, but this home has been used "
+            f"({', '.join(used)}); refusing to start with a new, empty one. Restore "
+            f"{config.database.name} from the backup, or start with --initialise to make a "
+            "new one (every earlier notification is then forgotten)",
+            file=str(config.database))
