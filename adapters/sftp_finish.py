@@ -34,7 +34,7 @@ from broker.storage.audit import AuditEvent
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from adapters.sftp_fs import SessionContext
+    from adapters.sftp_meta import SessionContext
 
 log = logging.getLogger(__name__)
 
