@@ -36,7 +36,7 @@ from broker.domain.model import ALL_TYPES, MANDATE_OF, Mandate
 from broker.errors import ConfigError
 
 if TYPE_CHECKING:
-    from broker.config.settings import _Reader
+    from broker.config.sections import Reader
 
 MergerAction = Literal["successor", "reject"]
 MERGER_ACTIONS: tuple[str, ...] = ("successor", "reject")
@@ -116,7 +116,7 @@ def _day(value: Any) -> date | None:
     return None
 
 
-def _brace_line(r: _Reader, start: int | None, k: int) -> int | None:
+def _brace_line(r: Reader, start: int | None, k: int) -> int | None:
     """The line of the k-th inline table after ``routes =``: one route a line, as written."""
     if start is None:
         return None
@@ -130,7 +130,7 @@ def _brace_line(r: _Reader, start: int | None, k: int) -> int | None:
     return start
 
 
-def parse_routes(r: _Reader, raw: Mapping[str, Any], i: int, oid: str,
+def parse_routes(r: Reader, raw: Mapping[str, Any], i: int, oid: str,
                  munis: frozenset[str], ents: frozenset[Mandate]) -> tuple[Route, ...]:
     """The routes of organisation ``i``; problems go to ``r`` with their line and key."""
     s = "organisation"
@@ -192,7 +192,7 @@ def parse_routes(r: _Reader, raw: Mapping[str, Any], i: int, oid: str,
     return tuple(out)
 
 
-def parse_mergers(r: _Reader, table: Any, register: Register) -> dict[str, Merger]:
+def parse_mergers(r: Reader, table: Any, register: Register) -> dict[str, Merger]:
     """``[[merger]]`` tables: old code -> its successor from a date."""
     if table is None:
         return {}
@@ -244,7 +244,7 @@ def parse_mergers(r: _Reader, table: Any, register: Register) -> dict[str, Merge
     return out
 
 
-def _key_line(r: _Reader, start: int | None, key: str) -> int | None:
+def _key_line(r: Reader, start: int | None, key: str) -> int | None:
     if start is None or not key:
         return start
     for i in range(start, len(r.lines)):
