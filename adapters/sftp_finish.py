@@ -27,9 +27,9 @@ import asyncssh
 import asyncssh.sftp
 
 from adapters.sftp_base import Handle, hash_fd
-from adapters.sftp_incomplete import CUT, clear_incomplete, mark_incomplete
 from broker.domain.pic import mask_text
 from broker.storage.audit import AuditEvent
+from broker.storage.incomplete import CUT, clear_incomplete, mark_incomplete
 
 if TYPE_CHECKING:
     from pathlib import Path

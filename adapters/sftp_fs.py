@@ -28,13 +28,13 @@ import asyncssh
 
 from adapters import sftp_finish
 from adapters.sftp_base import Handle, dir_attrs, guarded, sftp_status
-from adapters.sftp_incomplete import WRITING, mark_incomplete, move_incomplete
 from adapters.sftp_meta import MetadataOps, SessionContext
 from adapters.sftp_paths import Area, Denied, Resolved
 from adapters.sftp_paths import normalise as normalise_path
 from adapters.sftp_paths import open_nofollow as _open_nofollow
 from broker.storage.audit import AuditEvent
 from broker.storage.files import is_hidden_or_partial
+from broker.storage.incomplete import WRITING, mark_incomplete, move_incomplete
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ no passwords.
 
 An upload is complete when its client closes it (``on_upload_closed``); one cut
 off by a lost connection is reported by ``on_upload_cut`` and stays marked
-incomplete on disk until uploaded again (``sftp_finish``, ``sftp_incomplete``).
+incomplete on disk until uploaded again (``sftp_finish``, ``broker.storage.incomplete``).
 Resource caps (unauthenticated connections, sessions, handles, upload quota)
 keep any client from exhausting the daemon's descriptors (``sftp_limits``).
 
@@ -36,7 +36,6 @@ from adapters.asyncssh_tuning import quiet_debug_logging, withdraw_hardlink
 from adapters.sftp_connection import Connection
 from adapters.sftp_fs import JailedSftp
 from adapters.sftp_hooks import Hooks, WritingSet
-from adapters.sftp_incomplete import upload_incomplete
 from adapters.sftp_keys import KeyFiles
 from adapters.sftp_limits import (
     LISTEN_BACKLOG,
@@ -58,6 +57,7 @@ from adapters.ssh_policy import (
 )
 from broker.storage.audit import AuditEvent
 from broker.storage.bans import BanList
+from broker.storage.incomplete import upload_incomplete
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class SftpOptions:
     max_sessions_total: int = 1000
     max_handles_per_session: int = 64
     upload_quota_bytes: int = 2048 * 1024**2  # waiting in one organisation's /to-kela/
-    # Markers of incomplete uploads (sftp_incomplete); None: <retain_dir>/../incomplete.
+    # Markers of incomplete uploads (broker.storage.incomplete); None: <retain_dir>/../incomplete.
     incomplete_dir: Path | None = None
 
     @property
@@ -186,7 +186,7 @@ class SftpService:
 
     def upload_incomplete(self, org: str, path: Path) -> bool:
         """True while ``path`` in ``org``'s inbox is open for writing or is a fragment
-        left by a lost connection (see sftp_incomplete; safe from any thread)."""
+        left by a lost connection (see broker.storage.incomplete; safe from any thread)."""
         return self.is_writing(path) or upload_incomplete(self.options.incomplete_root, org, path)
 
     # -- used by connections and sessions --------------------------------

@@ -355,7 +355,7 @@ def test_a_failing_input_that_cannot_even_be_set_aside_does_not_loop(
 
 def test_a_cut_upload_left_without_an_ack_by_a_crash_is_answered_at_start(
         tmp_path: Path) -> None:
-    from adapters.sftp_incomplete import CUT, mark_incomplete
+    from broker.storage.incomplete import CUT, mark_incomplete
 
     home = make_home(tmp_path / "home")
     fragment = home / "inbox" / "pirha" / "vastaus.xml"

@@ -22,11 +22,11 @@ import pytest
 from daemon_support import keygen
 
 from adapters.sftp_hooks import Hooks
-from adapters.sftp_incomplete import upload_incomplete
 from adapters.sftp_keys import KeyFiles, KeyLookup
 from adapters.sftp_paths import Jail
 from broker.domain import pic
 from broker.storage.audit import AuditEvent
+from broker.storage.incomplete import upload_incomplete
 
 if TYPE_CHECKING:
     from sftp_support import Running

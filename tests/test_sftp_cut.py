@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import paramiko
 import pytest
 
-from adapters.sftp_incomplete import (
+from broker.storage.incomplete import (
     CUT,
     WRITING,
     clear_incomplete,

@@ -25,14 +25,6 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
 from adapters.metrics_http import MetricsServer
-from adapters.sftp_incomplete import (
-    CUT,
-    list_incomplete,
-    marker_path,
-    marker_state,
-    purge_incomplete,
-    upload_incomplete,
-)
 from adapters.sftp_limits import raise_nofile_limit
 from adapters.sftp_push import SftpPusher
 from adapters.sftp_server import SftpOptions, SftpService
@@ -42,9 +34,8 @@ from broker.config.settings import Config, load_config
 from broker.delivery.handover import hand_over, removed_with_items
 from broker.delivery.release import Releaser
 from broker.errors import ConfigError, ConfigErrors
-from broker.responses.ack import ack_name
-from broker.responses.process import finish_pending, reject_unprocessed
-from broker.responses.texts import Finding
+from broker.responses.process import finish_pending
+from broker.runtime.cut_uploads import answer_cut, answer_cuts_left, incomplete_dir
 from broker.runtime.inputs import Inputs
 from broker.runtime.metrics import Metrics
 from broker.runtime.push_runner import PushRunner
@@ -54,6 +45,10 @@ from broker.storage.audit import HEAD_FILE, AuditEvent
 from broker.storage.audit_writer import start_trail
 from broker.storage.bans import BANS_FILE
 from broker.storage.files import atomic_write, file_digest, is_hidden_or_partial, private_dir
+from broker.storage.incomplete import (
+    purge_incomplete,
+    upload_incomplete,
+)
 from broker.storage.state_db import make_engine
 from broker.storage.state_guard import check_state_store
 from broker.storage.store import Store
@@ -114,7 +109,7 @@ class Daemon:
         moved = await self._in_worker(hand_over, cfg, self.store)
         recovered = await self._in_worker(self.releaser.recover)
         answered = await self._in_worker(finish_pending, cfg, self.store)
-        answered += await self._in_worker(self._answer_cut_uploads_left)
+        answered += await self._in_worker(answer_cuts_left, cfg, self.store)
         if recovered or answered or moved:
             log.warning("finished work left by a crash or a config change",
                         deliveries=recovered, acknowledgements=answered, handed_over=moved)
@@ -186,7 +181,7 @@ class Daemon:
         if path == WAKE:
             self.release_pass()
         elif path == PURGE:
-            fragments = purge_incomplete(self._incomplete_dir, cfg.inbox,
+            fragments = purge_incomplete(incomplete_dir(self.config), cfg.inbox,
                                          cfg.stale_upload_hours * 3600, time.time(),
                                          self.sftp.is_writing)
             gone = purge_all(cfg, utcnow()) + len(fragments)
@@ -367,59 +362,18 @@ class Daemon:
         self.metrics.observe_sftp(event)
         return self.audit.submit(event, utcnow())
 
-    @property
-    def _incomplete_dir(self) -> Path:
-        return self.config.var / "incomplete"
-
     def _upload_incomplete(self, org: str, path: Path) -> bool:
         """Still being written, or cut off by a disconnect (a durable marker says so):
         never processed as if whole. Its close, or a rescan after it, brings it back."""
         sftp = getattr(self, "sftp", None)
-        return (upload_incomplete(self._incomplete_dir, org, path)
+        return (upload_incomplete(incomplete_dir(self.config), org, path)
                 or (sftp is not None and sftp.is_writing(path)))
 
     def _upload_cut(self, org: str, path: Path, size: int) -> None:
-        """On the loop: an upload lost its connection before it was closed. The client is
-        told in the ack; the fragment waits (marked) for a resume or a re-upload."""
+        """On the loop: an upload lost its connection before it was closed (cut_uploads)."""
         if is_hidden_or_partial(path.name) or org not in self.config.by_id:
             return  # a temporary name is never processed; the final rename will be
-        self._worker.submit(self._answer_cut, org, path, size)
-
-    def _answer_cut(self, org: str, path: Path, size: int) -> None:
-        try:
-            self._answer_cut_now(org, path, size)
-        except Exception:  # the fragment stays marked; a re-upload is answered anyway
-            log.exception("answering a cut-off upload failed", organisation=org,
-                          file=path.name)
-
-    def _answer_cut_uploads_left(self) -> int:
-        """At start: a crash between marking an upload cut and writing its ack left the
-        client without an answer. Every cut fragment whose ack is missing or older than
-        its marker is answered now."""
-        n = 0
-        for org, name, state in list_incomplete(self._incomplete_dir):
-            if state != CUT or org not in self.config.by_id:
-                continue
-            ack_file = self.config.outbox / org / "acks" / ack_name(name)
-            marker = marker_path(self._incomplete_dir, org, name)
-            try:
-                if ack_file.exists() and ack_file.stat().st_mtime >= marker.stat().st_mtime:
-                    continue
-                size = (self.config.inbox / org / name).stat().st_size
-            except FileNotFoundError:
-                continue
-            self._answer_cut(org, self.config.inbox / org / name, size)
-            n += 1
-        return n
-
-    def _answer_cut_now(self, org: str, path: Path, size: int) -> None:
-        if marker_state(self._incomplete_dir, org, path) != CUT or not path.exists():
-            return  # re-uploaded meanwhile (being written or closed): that upload is answered
-        finding = Finding("NOT_WELL_FORMED", None, "cut_off", {"size": size})
-        reject_unprocessed(path, self.config.by_id[org], finding, config=self.config,
-                           store=self.store, now=utcnow(), record=False)
-        log.warning("upload cut off by a disconnect; not processed", organisation=org,
-                    file=path.name, size=size)
+        self._worker.submit(answer_cut, self.config, self.store, org, path, size)
 
     def _pushed(self, org: str, rel: str, size: int, remote: str) -> None:
         """A push job's thread: one file is on the organisation's server."""
@@ -445,7 +399,7 @@ class Daemon:
             max_unauthenticated_per_address=s.max_unauthenticated_per_address,
             max_sessions_total=s.max_sessions_total,
             max_handles_per_session=s.max_handles_per_session,
-            upload_quota_bytes=s.upload_quota_bytes, incomplete_dir=cfg.var / "incomplete")
+            upload_quota_bytes=s.upload_quota_bytes, incomplete_dir=incomplete_dir(cfg))
 
     def _write_run_file(self, sftp_port: int) -> None:
         """Where the running daemon listens, for operators' tools and tests."""
