@@ -55,7 +55,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from broker.storage.audit_anchor import Anchor, read_anchor, write_anchor
-from broker.storage.db import metadata, writer
+from broker.storage.db import audit_metadata, writer
 from broker.storage.files import atomic_write
 
 GENESIS = "0" * 64
@@ -65,7 +65,7 @@ LEGACY_FILE = "audit.db"
 
 audit_table = Table(
     "audit_log",
-    metadata,
+    audit_metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("at", String(40), nullable=False, index=True),
     Column("action", String(40), nullable=False, index=True),
@@ -83,7 +83,7 @@ audit_table = Table(
 # ``audit person`` is an index lookup, not a scan of every event.
 audit_refs = Table(
     "audit_refs",
-    metadata,
+    audit_metadata,
     Column("id", Integer, primary_key=True),
     Column("event_id", Integer, ForeignKey("audit_log.id"), nullable=False, index=True),
     Column("item", String(64), nullable=True, index=True),
@@ -312,7 +312,7 @@ class AuditLog:
         self._engine = engine
         self._anchor = anchor
         self._lock = threading.Lock()
-        metadata.create_all(engine, tables=[audit_table, audit_refs])
+        audit_metadata.create_all(engine)
 
     @property
     def engine(self) -> Engine:

@@ -1,4 +1,5 @@
-"""The SQLite engine and the one MetaData every table module registers on.
+"""The SQLite engine and the two MetaData objects the table modules register on:
+``metadata`` (the state of the flow) and ``audit_metadata`` (the audit trail).
 
 ``open_engine`` only opens; ``broker.storage.state_db.make_engine`` (which imports every table
 module, so nothing here has to) opens and creates the tables.
@@ -25,7 +26,10 @@ from sqlalchemy.exc import OperationalError
 
 T = TypeVar("T")
 
+# Two schemas in one database file (one backup holds both): the state of the flow, and
+# the audit trail, which only ever grows and is verified on its own.
 metadata = MetaData()
+audit_metadata = MetaData()
 
 _BEGIN_OPTION = "sqlite_begin"
 
