@@ -35,3 +35,28 @@ def test_stored_time_is_sqlalchemys_own_text(tmp_path: Path, when: datetime) -> 
 def test_naive_times_are_refused() -> None:
     with pytest.raises(ValueError):
         stored_time(datetime(2026, 11, 24, 4, 0))
+
+
+@pytest.mark.parametrize(("table", "column"), [
+    ("assignments", "state"), ("deliveries", "state"), ("input_files", "status"),
+    ("response_files", "status"), ("response_files", "state")])
+def test_the_database_refuses_a_state_no_query_looks_for(
+        tmp_path: Path, table: str, column: str) -> None:
+    """Every state column carries a CHECK constraint: a typo in a raw statement fails."""
+    import sqlite3
+
+    make_engine(tmp_path / "state.db").dispose()
+    with sqlite3.connect(tmp_path / "state.db") as c:
+        ddl = c.execute("select sql from sqlite_master where name = ?", (table,)).fetchone()[0]
+    assert f"CHECK ({column} IN (" in ddl, ddl
+
+
+def test_an_unknown_state_cannot_be_written(tmp_path: Path) -> None:
+    import sqlite3
+
+    make_engine(tmp_path / "state.db").dispose()
+    with sqlite3.connect(tmp_path / "state.db") as c, \
+            pytest.raises(sqlite3.IntegrityError, match="CHECK constraint"):
+        c.execute("insert into input_files (source, kind, name, sha256, size, status,"
+                  " received_at, items) values ('kela', 'batch', 'x.xml', 'ab', 1, 'acepted',"
+                  " '2026-01-01 00:00:00', 0)")

@@ -41,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from broker.storage.db import metadata
+from broker.storage.states import DeliveryState, Verdict, state_column_type
 from broker.storage.store import UTCDateTime, assignments, items
 
 response_files = Table(
@@ -52,7 +53,8 @@ response_files = Table(
     Column("name", Text, nullable=False),  # the upload's name
     Column("sha256", String(64), nullable=False),
     Column("size", Integer, nullable=False, default=0),
-    Column("status", String(16), nullable=False, default="accepted"),  # or rejected, duplicate
+    Column("status", state_column_type(Verdict, "response_verdict"), nullable=False,
+           default="accepted"),
     Column("response_id", String(64), nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
     Column("ack_name", Text, nullable=False),
@@ -60,7 +62,7 @@ response_files = Table(
     Column("forward_name", Text),  # accepted only
     Column("forward_xml", LargeBinary),
     Column("report", Text),  # rejected only: the operator's report beside the quarantined file
-    Column("state", String(16), nullable=False),  # pending | written
+    Column("state", state_column_type(DeliveryState, "answer_state"), nullable=False),
     Column("settled_at", UTCDateTime),
 )  # fmt: skip
 Index("ix_response_upload", response_files.c.organisation, response_files.c.name,

@@ -50,6 +50,7 @@ from sqlalchemy.types import TypeDecorator
 from broker.domain.model import StoredItem
 from broker.errors import StoreError
 from broker.storage.db import metadata, writer
+from broker.storage.states import AssignmentState, DeliveryState, Verdict, state_column_type
 
 # SQLAlchemy's text form of a DATETIME in SQLite. Driver-level SQL binds times as this
 # same text: the columns are compared as text, so one form only (a test holds them equal).
@@ -88,7 +89,7 @@ input_files = Table(
     Column("name", Text, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("size", Integer, nullable=False),
-    Column("status", String(16), nullable=False),  # accepted | rejected
+    Column("status", state_column_type(Verdict, "input_verdict"), nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
     Column("batch_id", String(64)),
     Column("items", Integer, nullable=False, default=0),
@@ -121,7 +122,7 @@ assignments = Table(
     Column("planned_at", UTCDateTime),  # set when a stagger plan holds it
     Column("portion", Integer),
     # held -> releasing -> released -> handled | transferred
-    Column("state", String(16), nullable=False),
+    Column("state", state_column_type(AssignmentState, "assignment_state"), nullable=False),
     Column("delivery_id", String(96), ForeignKey("deliveries.id")),
     Column("released_at", UTCDateTime),
     Column("handled_on", Date),
@@ -143,7 +144,7 @@ deliveries = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("count", Integer, nullable=False),
     Column("portion", Integer),
-    Column("state", String(16), nullable=False),  # pending | written
+    Column("state", state_column_type(DeliveryState, "delivery_state"), nullable=False),
     Column("sha256", String(64)),
     Column("size", Integer),
     # Allocated inside the claiming write transaction; unique, so two passes can never
