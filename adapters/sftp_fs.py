@@ -212,14 +212,17 @@ class JailedSftp(MetadataOps, asyncssh.SFTPServer):
             raise Denied(f"{res.virtual}: upload directly into /to-kela/")
         flags = os.O_WRONLY
         flags |= os.O_CREAT if pflags & asyncssh.FXF_CREAT else 0
-        if pflags & asyncssh.FXF_TRUNC:
+        if pflags & asyncssh.FXF_TRUNC and not pflags & asyncssh.FXF_EXCL:
             # A new upload over an old one gets a file of its own: the broker may be
             # handling the old one right now, and must not see its bytes change under it.
+            if self.ctx.is_writing(res.local):
+                raise asyncssh.SFTPFailure(f"{res.virtual}: another session is uploading it")
             with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISREG(os.lstat(res.local).st_mode) and not self.ctx.is_writing(
-                        res.local):
+                if stat.S_ISREG(os.lstat(res.local).st_mode):
                     os.unlink(res.local)
             flags |= os.O_CREAT
+        elif pflags & asyncssh.FXF_TRUNC:
+            flags |= os.O_TRUNC  # with EXCL: an existing file makes the open fail anyway
         flags |= os.O_EXCL if pflags & asyncssh.FXF_EXCL else 0
         flags |= os.O_APPEND if pflags & asyncssh.FXF_APPEND else 0
         fd = _open_nofollow(res.local, flags, 0o600)

@@ -67,3 +67,13 @@ def test_any_mutated_response_gets_a_verdict(data: bytes) -> None:
     parsed, findings = response_rules.parse(data, max_bytes=1 << 20)
     assert (parsed is None) == bool(findings)
     assert all(f.line for f in findings if f.code == "NOT_WELL_FORMED"), findings
+
+
+def test_a_root_named_by_a_bare_colon_is_a_verdict_not_a_traceback(tmp_path: Path) -> None:
+    """Found by the property above: libxml2 lets `<:` through where lxml's QName refuses."""
+    from broker.intake.read_policy import validate_any
+
+    path = tmp_path / "colon.xml"
+    path.write_bytes(b'<:\x01?xml version="1.0"?>\n<DecisionBatch/>\n')
+    for problems in (validate_file(path, CTX), validate_any(path, CTX)):
+        assert problems and all(p.code in ("NOT_WELL_FORMED", "SCHEMA") for p in problems)

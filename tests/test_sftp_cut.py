@@ -207,3 +207,23 @@ def test_an_upload_over_an_existing_name_is_a_new_file(sftp_server: Running) -> 
         assert target.read_bytes() == b"<second, longer/>"
     finally:
         t.close()
+
+
+def test_a_truncating_open_while_another_session_writes_the_name_is_refused(
+        sftp_server: Running) -> None:
+    t1, first = sftp_server.paramiko_sftp("alpha")
+    t2, second = sftp_server.paramiko_sftp("alpha")
+    try:
+        fh = first.open("/to-kela/busy.xml", "w")
+        fh.write(b"<still")
+        fh.flush()
+        with pytest.raises(OSError, match="another session is uploading it"):
+            second.open("/to-kela/busy.xml", "w")
+        fh.write(b"/>")
+        fh.close()
+        assert (sftp_server.inbox("alpha") / "busy.xml").read_bytes() == b"<still/>"
+        with pytest.raises(OSError):  # exclusive create of an existing name still fails
+            second.open("/to-kela/busy.xml", "x")
+    finally:
+        t1.close()
+        t2.close()

@@ -81,10 +81,10 @@ def _wrong_root(file: str, el: Any) -> Problem | None:
         return Problem(file, 1, "NOT_WELL_FORMED", "a DOCTYPE is not allowed")
     if el.tag == ROOT:
         return None
-    q = etree.QName(el)
+    namespace, local = xmlsafe.split_tag(el.tag)
     return Problem(
         file, el.sourceline, "SCHEMA",
-        f"root element is {q.localname} in namespace '{q.namespace or ''}'; "
+        f"root element is {local} in namespace '{namespace or ''}'; "
         f"a decision batch is DecisionBatch in namespace '{NS}'",
     )
 
@@ -293,7 +293,7 @@ def _check_child(el: Any, schema: Any, rules: Rules, problems: list[Problem], fi
         except ShapeError:  # cannot happen for a schema-valid element; say so if it does
             problems.append(Problem(file, el.sourceline, "SCHEMA", "unexpected structure"))
         return
-    name = etree.QName(el).localname if isinstance(el.tag, str) else "node"
+    name = xmlsafe.split_tag(el.tag)[1]
     prefix = f"{name} {el.get('id')}: " if el.get("id") else ""
     problems += schema_problems(file, schema.error_log, prefix, el.sourceline)
 
@@ -305,5 +305,5 @@ def root_namespace(path: Path, ctx: BatchContext) -> tuple[str | None, int | Non
     """Namespace and line of the root element, reading no further than its start tag."""
     with _open_checked(path, ctx) as f:
         for _event, el in xmlsafe.iterparse(f, events=("start",)):
-            return etree.QName(el).namespace, el.sourceline
+            return xmlsafe.split_tag(el.tag)[0], el.sourceline
     return None, None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
+from broker import logs
 from broker.config.settings import Config, Organisation
 from broker.errors import Problem, StoreError
 from broker.responses import ack
@@ -60,6 +62,8 @@ __all__ = ["ResponseOutcome", "Unreceipted", "finish_pending", "mark_settled",
            "unreceipted"]
 
 _STATUS = {"accepted": "ACCEPTED", "rejected": "REJECTED", "duplicate": "DUPLICATE"}
+
+log = logs.get("broker.responses")
 
 
 @dataclass
@@ -336,7 +340,7 @@ def mark_settled(store: Store, row_id: int, now: datetime | None) -> None:
 
 
 def settle_upload(path: Path, outcome: ResponseOutcome, *, config: Config, store: Store,
-                  now: datetime, ino: int | None = None) -> Path:
+                  now: datetime, same: Callable[[], bool] | None = None) -> Path:
     """Move the upload out of the inbox: var/archive/<org>/<date>/ when accepted or a
     duplicate, var/quarantine/<org>/ with a report when rejected. Returns the new path."""
     org = outcome.organisation
@@ -347,8 +351,10 @@ def settle_upload(path: Path, outcome: ResponseOutcome, *, config: Config, store
     else:
         dest = private_dir(config.var / "archive" / org / now.strftime("%Y-%m-%d"))
         target = dest / stored_name(now, path.name)
-    # ``ino``: the file handled; one uploaded again meanwhile under the name is left alone.
-    move_taken(path, target, ino)
+    # ``same``: is it still the file handled? One uploaded again meanwhile is left alone.
+    if not move_taken(path, target, same):
+        log.warning("upload replaced under its name while it was handled; the new one is "
+                    "handled on its own", organisation=org, file=path.name)
     if outcome.row_id is not None:
         mark_settled(store, outcome.row_id, now)
     return target

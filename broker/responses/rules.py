@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
-from lxml import etree
 from stdnum import iban as stdnum_iban
 from stdnum.exceptions import InvalidChecksum, ValidationError
 
@@ -124,8 +123,8 @@ def parse(data: bytes, *, max_bytes: int) -> tuple[Parsed | None, list[Finding]]
         return None, [_parse_problem(p, len(data), max_bytes) for p in exc.problems]
     root = tree.getroot()
     if root.tag != ROOT:
-        q = etree.QName(root) if isinstance(root.tag, str) else None
-        found = f"{q.localname} ({q.namespace or '-'})" if q else "?"
+        namespace, local = xmlsafe.split_tag(root.tag)
+        found = f"{local} ({namespace or '-'})"
         return None, [Finding("SCHEMA", root.sourceline, "wrong_root", {"found": found, "ns": NS})]
     schema = load_schema(NS)
     if not schema.validate(tree):
@@ -147,7 +146,7 @@ def parse(data: bytes, *, max_bytes: int) -> tuple[Parsed | None, list[Finding]]
 
 
 def _demand(el: Any) -> PaymentDemand:
-    kids = {etree.QName(k).localname: k for k in el if isinstance(k.tag, str)}
+    kids = {xmlsafe.split_tag(k.tag)[1]: k for k in el if isinstance(k.tag, str)}
 
     def text(name: str) -> str:
         return (kids[name].text or "").strip()

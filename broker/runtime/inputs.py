@@ -111,7 +111,8 @@ class Inputs:
                                unchanged=lambda: observe(path) == obs)
         self.metrics.files.labels(source="kela", status=outcome.status).inc()
         if outcome.status == "rejected":
-            self._quarantine(path, "kela", now, report_text(outcome), ino=obs.ino)
+            self._quarantine(path, "kela", now, report_text(outcome),
+                             same=lambda: observe(path) == obs)
             # Codes and lines only: messages may quote the batch's values (names, phones);
             # the whole findings are in the private quarantine report.
             first = outcome.problems[0] if outcome.problems else None
@@ -120,7 +121,7 @@ class Inputs:
                         first_line=first.line if first else None)
             return
         self._archive(path, "kela", now, report_text(outcome) if outcome.warnings else None,
-                      ino=obs.ino)
+                      same=lambda: observe(path) == obs)
         if outcome.warnings:  # e.g. a merged municipality's code routed to its successor
             log.warning("batch accepted with warnings", file=outcome.file,
                         warnings=len(outcome.warnings),
@@ -151,12 +152,14 @@ class Inputs:
             return
         now = utcnow()
         self._attempt(org.id, path, obs, now,
-                      run=lambda: self._take_upload(path, org, now, obs.ino),
+                      run=lambda: self._take_upload(path, org, now, obs),
                       poison=lambda error, n: self._poison_upload(path, org, now, error, n))
 
-    def _take_upload(self, path: Path, org: Organisation, now: datetime, ino: int) -> None:
+    def _take_upload(self, path: Path, org: Organisation, now: datetime,
+                     obs: Observation) -> None:
         out = process_upload(path, org, config=self.config, store=self.store, now=now)
-        settle_upload(path, out, config=self.config, store=self.store, now=now, ino=ino)
+        settle_upload(path, out, config=self.config, store=self.store, now=now,
+                      same=lambda: observe(path) == obs)
         self.metrics.files.labels(source="organisation", status=out.status).inc()
         log.info("response processed", organisation=org.id, file=path.name, status=out.status,
                  problems=len(out.problems))
@@ -257,24 +260,25 @@ class Inputs:
                   error=error)
 
     def _archive(self, path: Path, source: str, now: datetime,
-                 report: str | None = None, ino: int | None = None) -> None:
+                 report: str | None = None,
+                 same: Callable[[], bool] | None = None) -> None:
         dest = private_dir(self.config.var / "archive" / source / now.strftime("%Y-%m-%d"))
         target = dest / stored_name(now, path.name)
         if report is not None:  # before the move: a crash never leaves it without one
             atomic_write(dest / f"{target.name}.report.txt", report.encode())
-        if move_taken(path, target, ino):
+        if move_taken(path, target, same):
             target.chmod(0o600)  # it arrived with the writer's mode
         else:
             log.warning("input replaced under the same name while it was handled; the new "
                         "one is handled on its own", file=path.name)
 
     def _quarantine(self, path: Path, source: str, now: datetime, report: str,
-                    ino: int | None = None) -> None:
+                    same: Callable[[], bool] | None = None) -> None:
         folder = self.config.var / "quarantine"
         dest = private_dir(folder if source == "kela" else folder / source)
         name = stored_name(now, path.name)
         atomic_write(dest / f"{name}.report.txt", report.encode())
-        if move_taken(path, dest / name, ino):
+        if move_taken(path, dest / name, same):
             (dest / name).chmod(0o600)
         else:
             log.warning("input replaced under the same name while it was handled; the new "

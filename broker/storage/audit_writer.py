@@ -32,6 +32,10 @@ log = logs.get("broker.storage.audit")
 _Job = tuple[AuditEvent, str, "Future[int]"]
 
 
+# How long a stopping writer still waits for a locked database before it gives up.
+STOP_WAIT_SECONDS = 60.0
+
+
 class AuditWriter:
     """A writer thread: ``submit(event)`` -> Future of the committed row id."""
 
@@ -105,7 +109,7 @@ class AuditWriter:
         pending = [j for j in group if j[2].set_running_or_notify_cancel()]
         if not pending:
             return
-        delay, waited, warn_at = 0.05, 0.0, 10.0
+        delay, started, warn_at = 0.05, time.monotonic(), 10.0
         while True:
             try:
                 with self._engine.begin() as conn:
@@ -122,8 +126,11 @@ class AuditWriter:
                 if not transient:
                     self._fail(pending, exc)
                     return
+                waited = time.monotonic() - started  # each try waits the busy timeout too
+                if self._stopping and waited >= STOP_WAIT_SECONDS:
+                    self._fail(pending, exc)  # shutting down: do not hang on a lock forever
+                    return
                 time.sleep(delay)
-                waited += delay
                 delay = min(delay * 2, 1.0)
                 if waited >= warn_at:
                     warn_at += 30

@@ -219,7 +219,7 @@ class BanList:
     def record_success(self, address: str, org: str) -> None:
         """A good login forgets that address's earlier failures for that organisation."""
         with self._lock:
-            self._recent.pop((address, org), None)
+            self._recent.pop((ban_scope(address), org), None)
 
     def active(self, now: float) -> list[Ban]:
         self._refresh()

@@ -44,15 +44,14 @@ def while_locked(work: Callable[[], T], *, give_up_after: float = 600.0) -> T:
     ingest holds the write lock for as long as it stores a big batch, which can be longer
     than SQLite's busy timeout. Other errors, and a lock held past ``give_up_after``
     seconds, are raised."""
-    delay, waited = 0.05, 0.0
+    delay, deadline = 0.05, time.monotonic() + give_up_after
     while True:
         try:
             return work()
-        except OperationalError as exc:
-            if "locked" not in str(exc) or waited >= give_up_after:
+        except OperationalError as exc:  # each try itself waits the busy timeout
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(delay)
-        waited += delay
         delay = min(delay * 2, 1.0)
 
 

@@ -14,7 +14,7 @@ import fcntl
 import hashlib
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -204,17 +204,14 @@ def file_digest(path: Path) -> tuple[str, int]:
         return digest, f.tell()
 
 
-def move_taken(path: Path, target: Path, ino: int | None) -> bool:
+def move_taken(path: Path, target: Path, same: Callable[[], bool] | None = None) -> bool:
     """Move an input the broker has handled out of its inbox, unless its name now holds
     another file (the producer published the next one under the same name, or a client
-    uploaded it again, meanwhile): that one is left for its own turn. False when left.
-    The check and the rename are one step apart on the same folder, not atomic; the
-    window is the rename's, not the handling's."""
-    if ino is not None:
-        try:
-            if path.lstat().st_ino != ino:
-                return False
-        except FileNotFoundError:
-            return False
+    uploaded it again, meanwhile): ``same()`` compares what is there now with what was
+    handled (inode, size and mtime: an inode number alone may be reused at once). That
+    one is left for its own turn; False when left. The check and the rename are one
+    step apart on the same folder, not atomic; the window is the rename's."""
+    if same is not None and not same():
+        return False
     shutil.move(str(path), target)
     return True

@@ -326,3 +326,15 @@ def parse(
     if has_doctype(tree.getroot()):
         raise InvalidFile(file, [Problem(file, 1, "NOT_WELL_FORMED", "a DOCTYPE is not allowed")])
     return tree
+
+
+def split_tag(tag: object) -> tuple[str | None, str]:
+    """(namespace, local name) of an element's tag, never raising: lxml's QName refuses
+    names that libxml2 let through in a broken document (a root named ":", say), and a
+    verdict about such a file must not become a traceback."""
+    if not isinstance(tag, str):
+        return None, "node"
+    if tag.startswith("{") and "}" in tag:
+        namespace, local = tag[1:].split("}", 1)
+        return namespace or None, local
+    return None, tag
