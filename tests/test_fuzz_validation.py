@@ -77,3 +77,14 @@ def test_a_root_named_by_a_bare_colon_is_a_verdict_not_a_traceback(tmp_path: Pat
     path.write_bytes(b'<:\x01?xml version="1.0"?>\n<DecisionBatch/>\n')
     for problems in (validate_file(path, CTX), validate_any(path, CTX)):
         assert problems and all(p.code in ("NOT_WELL_FORMED", "SCHEMA") for p in problems)
+
+
+def test_an_attribute_with_an_undeclared_prefix_is_not_well_formed(tmp_path: Path) -> None:
+    """Found by fuzzing: libxml2 reports only a namespace error, lxml refuses the name."""
+    from broker.intake.read_policy import validate_any
+
+    path = tmp_path / "prefix.xml"
+    path.write_bytes((EXAMPLES / "decision-batch.xml").read_bytes()
+                     .replace(b"batchId=", b"ba:tchId=", 1))
+    for problems in (validate_file(path, CTX), validate_any(path, CTX)):
+        assert problems and problems[0].code == "NOT_WELL_FORMED" and problems[0].line

@@ -220,6 +220,7 @@ def precise_problems(path: Path, ctx: BatchContext) -> list[Problem]:
         it = xmlsafe.iterparse(src, events=("start", "end"), huge_text=ctx.huge_text)
         depth = 0
         root: Any = None
+        el: Any = None
         root_closed = False
         children = False  # has the root had an element child yet
         wrong: Problem | None = None
@@ -268,6 +269,12 @@ def precise_problems(path: Path, ctx: BatchContext) -> list[Problem]:
         except etree.LxmlError as exc:
             return [Problem(file, xmlsafe.last_line(path), "NOT_WELL_FORMED",
                             f"not well-formed XML: {type(exc).__name__}")]
+        except ValueError as exc:
+            # lxml refuses names libxml2 let through with only a namespace error (an
+            # attribute with an undeclared prefix, say): not namespace-well-formed.
+            line = el.sourceline if el is not None else None
+            return [Problem(file, line or 1, "NOT_WELL_FORMED",
+                            f"not well-formed XML: {exc}")]
         except xmlsafe.UnsafeXml as exc:
             problems.append(exc.problem(file))
             return problems
