@@ -24,7 +24,7 @@ CODES = {"NOT_WELL_FORMED", "SCHEMA", "INVALID_VALUE", "TOO_LARGE"}
 SPLICES = [b"<", b">", b"&", b"&foo;", b"&amp;", b"]]>", b"<![CDATA[", b"<!--", b"-->", b"<?",
            b"?>", b'"', b"'", b"\x00", b"\xff", b"\xc3", b"<Notification>", b"</Notification>",
            b"<DecisionBatch>", b"</DecisionBatch>", b"<!DOCTYPE x>", b"\r", b"text",
-           b"\xef\xbb\xbf"]
+           b"\xef\xbb\xbf", b":", b"<:", b"xmlns=", b"x:", b"{", b"}"]  # names and prefixes
 
 
 @st.composite
