@@ -7,20 +7,12 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from daemon_support import DaemonProcess, cli, drop, make_home, wait_for
+from daemon_support import DaemonProcess, cli, delivered_ids, drop, make_home, wait_for
 from lxml import etree
 
 from broker.intake.synthetic import write_batch
 
 HKI = ZoneInfo("Europe/Helsinki")
-
-
-def delivered_ids(folder: Path) -> list[str]:
-    ids: list[str] = []
-    for path in sorted(folder.glob("D-*.xml")):
-        for _, el in etree.iterparse(str(path), tag="{*}Notification"):
-            ids.append(el.get("id"))
-    return ids
 
 
 def next_monday_0600(today: date) -> datetime:
