@@ -369,3 +369,35 @@ def test_a_cut_upload_left_without_an_ack_by_a_crash_is_answered_at_start(
         assert "REJECTED" in ack.read_text() and fragment.exists()  # kept for a resume
     finally:
         d.stop()
+
+
+def test_an_upload_whose_times_a_client_sets_while_it_is_handled_is_taken_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WinSCP sets the times right after CLOSE, often while the broker handles the file:
+    that is the same file, so it is archived as handled, not left for a second turn
+    (which would answer it DUPLICATE over its ACCEPTED ack)."""
+    import broker.runtime.inputs as inputs_module
+    from broker.runtime.inputs import Inputs
+    from broker.runtime.metrics import Metrics
+
+    home = make_home(tmp_path / "home")
+    cfg = load_config(home)
+    store = Store(make_engine(cfg.database))
+    upload = home / "inbox" / "pirha" / "vastaus.xml"
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    text = (EXAMPLES / "municipality-response.xml").read_text()
+    start, end = text.index("  <Receipt"), text.index("  <PaymentDemand")
+    upload.write_text(text[:start] + text[end:])
+    real = inputs_module.process_upload
+
+    def process_then_setstat(path: Path, *a, **kw):  # type: ignore[no-untyped-def]
+        out = real(path, *a, **kw)
+        os.utime(path, (1_700_000_000, 1_700_000_000))  # the client's SETSTAT
+        return out
+
+    monkeypatch.setattr(inputs_module, "process_upload", process_then_setstat)
+    handler = Inputs(cfg, store, Metrics(), later=lambda p, s: None, release=lambda: None)
+    handler.upload(upload, cfg.by_id["pirha"])
+    assert not upload.exists()  # archived: handled once
+    ack = home / "outbox" / "pirha" / "acks" / "vastaus.xml.ack.xml"
+    assert 'status="ACCEPTED"' in ack.read_text()

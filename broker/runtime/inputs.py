@@ -33,6 +33,7 @@ from broker.runtime.metrics import Metrics
 from broker.storage.files import (
     atomic_write,
     file_digest,
+    held,
     move_taken,
     open_for_writing,
     private_dir,
@@ -107,12 +108,18 @@ class Inputs:
                       poison=lambda error, n: self._poison_batch(path, now, error, n))
 
     def _take_batch(self, path: Path, obs: Observation, now: datetime) -> None:
+        with held(path) as same:
+            if same is None:
+                return  # gone before it was taken (a producer withdrew it): nothing to do
+            self._take_held_batch(path, obs, now, same)
+
+    def _take_held_batch(self, path: Path, obs: Observation, now: datetime,
+                         same: Callable[[], bool]) -> None:
         outcome = ingest_batch(path, config=self.config, store=self.store, now=now,
                                unchanged=lambda: observe(path) == obs)
         self.metrics.files.labels(source="kela", status=outcome.status).inc()
         if outcome.status == "rejected":
-            self._quarantine(path, "kela", now, report_text(outcome),
-                             same=lambda: observe(path) == obs)
+            self._quarantine(path, "kela", now, report_text(outcome), same=same)
             # Codes and lines only: messages may quote the batch's values (names, phones);
             # the whole findings are in the private quarantine report.
             first = outcome.problems[0] if outcome.problems else None
@@ -121,7 +128,7 @@ class Inputs:
                         first_line=first.line if first else None)
             return
         self._archive(path, "kela", now, report_text(outcome) if outcome.warnings else None,
-                      same=lambda: observe(path) == obs)
+                      same=same)
         if outcome.warnings:  # e.g. a merged municipality's code routed to its successor
             log.warning("batch accepted with warnings", file=outcome.file,
                         warnings=len(outcome.warnings),
@@ -157,9 +164,11 @@ class Inputs:
 
     def _take_upload(self, path: Path, org: Organisation, now: datetime,
                      obs: Observation) -> None:
-        out = process_upload(path, org, config=self.config, store=self.store, now=now)
-        settle_upload(path, out, config=self.config, store=self.store, now=now,
-                      same=lambda: observe(path) == obs)
+        with held(path) as same:
+            if same is None:
+                return  # gone before it was taken: nothing to answer
+            out = process_upload(path, org, config=self.config, store=self.store, now=now)
+            settle_upload(path, out, config=self.config, store=self.store, now=now, same=same)
         self.metrics.files.labels(source="organisation", status=out.status).inc()
         log.info("response processed", organisation=org.id, file=path.name, status=out.status,
                  problems=len(out.problems))

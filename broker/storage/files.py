@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -215,3 +216,28 @@ def move_taken(path: Path, target: Path, same: Callable[[], bool] | None = None)
         return False
     shutil.move(str(path), target)
     return True
+
+
+@contextmanager
+def held(path: Path) -> Iterator[Callable[[], bool] | None]:
+    """Hold ``path`` open while the broker handles it; the ``same()`` it yields tells
+    whether the name still holds that very file (None when the file is already gone).
+    The open descriptor keeps the file's inode number from being reused, so the
+    comparison is exact; size and times are not compared, since a client may set times
+    (SETSTAT) after its upload."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        yield None
+        return
+
+    def same() -> bool:
+        try:
+            return os.path.samestat(os.fstat(fd), os.lstat(path))
+        except FileNotFoundError:
+            return False
+
+    try:
+        yield same
+    finally:
+        os.close(fd)
