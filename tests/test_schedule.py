@@ -14,9 +14,7 @@ from broker.domain.schedule import (
     due,
     effective_release,
     local_instant,
-    next_slot,
     release_time,
-    slots,
 )
 from broker.errors import BrokerError, ConfigError
 
@@ -165,8 +163,6 @@ def test_naive_datetimes_refused() -> None:
                      received=datetime(2026, 1, 1, 12), tz="Europe/Helsinki")
     with pytest.raises(ValueError, match="timezone-aware"):
         due(utc(2026, 1, 1), datetime(2026, 1, 1))
-    with pytest.raises(ValueError, match="timezone-aware"):
-        next_slot(datetime(2026, 1, 1), POLICY)
 
 
 def test_unknown_zone_is_a_config_error() -> None:
@@ -209,68 +205,6 @@ def test_local_instant_skipped_and_repeated_hours_give_one_instant() -> None:
     fold = local_instant(date(2026, 10, 25), time(3, 30), HEL)
     assert fold == utc(2026, 10, 25, 0, 30)
     assert local_instant(date(2026, 10, 25), time(3, 30, fold=1), HEL) == fold
-
-
-# --- next_slot / slots ----------------------------------------------------------------
-
-
-def test_next_slot_is_strictly_after() -> None:
-    monday_0600 = hel(2026, 4, 6, 6)
-    assert next_slot(hel(2026, 4, 6, 5, 59), POLICY) == monday_0600
-    assert next_slot(monday_0600, POLICY) == hel(2026, 4, 13, 6)
-    assert next_slot(hel(2026, 4, 6, 6, 0, 1), POLICY) == hel(2026, 4, 13, 6)
-    assert next_slot(hel(2026, 4, 8, 12), POLICY) == hel(2026, 4, 13, 6)
-    assert next_slot(hel(2026, 4, 12, 23, 59), POLICY) == hel(2026, 4, 13, 6)
-    assert next_slot(hel(2026, 4, 6, 6), POLICY).tzinfo is UTC
-
-
-def test_next_slot_uses_local_date_not_utc_date() -> None:
-    # Monday 01:00 Helsinki is still Sunday 22:00 UTC; the slot is that Monday.
-    assert next_slot(utc(2026, 4, 5, 22), POLICY) == utc(2026, 4, 6, 3)
-
-
-@pytest.mark.parametrize(
-    ("start", "expected"),
-    [
-        # Spring 2026: clocks forward Sunday 29 March.
-        (hel(2026, 3, 17), [utc(2026, 3, 23, 4), utc(2026, 3, 30, 3), utc(2026, 4, 6, 3)]),
-        # Autumn 2026: clocks back Sunday 25 October.
-        (hel(2026, 10, 13), [utc(2026, 10, 19, 3), utc(2026, 10, 26, 4), utc(2026, 11, 2, 4)]),
-        # Spring 2027: Sunday 28 March.
-        (hel(2027, 3, 16), [utc(2027, 3, 22, 4), utc(2027, 3, 29, 3), utc(2027, 4, 5, 3)]),
-        # Autumn 2027: Sunday 31 October.
-        (hel(2027, 10, 19), [utc(2027, 10, 25, 3), utc(2027, 11, 1, 4), utc(2027, 11, 8, 4)]),
-    ],
-)
-def test_slots_across_dst_do_not_shift_or_double(
-    start: datetime, expected: list[datetime]
-) -> None:
-    got = slots(start, POLICY, 3)
-    assert got == expected
-    assert len(set(got)) == 3
-    for s in got:
-        local = s.astimezone(HEL)
-        assert (local.weekday(), local.time()) == (0, time(6, 0))
-
-
-def test_slots_from_inside_the_dst_night() -> None:
-    # Asking from the repeated hour of the autumn night still gives the next Monday once.
-    inside = utc(2026, 10, 25, 0, 30)  # 03:30 EEST, first pass of the repeated hour
-    assert slots(inside, POLICY, 2) == [utc(2026, 10, 26, 4), utc(2026, 11, 2, 4)]
-    assert slots(inside + timedelta(hours=1), POLICY, 1) == [utc(2026, 10, 26, 4)]
-
-
-def test_slots_other_policy() -> None:
-    policy = StaggerPolicy(weekday=2, at=time(9, 15), timezone="America/New_York")
-    # US DST 2026 starts Sunday 8 March.
-    got = slots(utc(2026, 3, 1), policy, 3)
-    assert got == [utc(2026, 3, 4, 14, 15), utc(2026, 3, 11, 13, 15), utc(2026, 3, 18, 13, 15)]
-
-
-def test_slots_zero_and_negative() -> None:
-    assert slots(utc(2026, 1, 1), POLICY, 0) == []
-    with pytest.raises(ValueError, match="0 or more"):
-        slots(utc(2026, 1, 1), POLICY, -1)
 
 
 # --- StaggerPolicy validation ---------------------------------------------------------

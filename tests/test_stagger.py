@@ -8,7 +8,7 @@ as the store does by marking rows released in the same transaction.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import pairwise
 from zoneinfo import ZoneInfo
@@ -19,15 +19,13 @@ from hypothesis import strategies as st
 
 from broker.domain.schedule import (
     Candidate,
+    HeldItem,
     PlannedRelease,
-    ScheduleRow,
     StaggerPolicy,
+    due_groups,
     oldest_first,
     plan_first_delivery,
     portion_times,
-    portions_due,
-    slots,
-    summarise_schedule,
 )
 
 HEL = ZoneInfo("Europe/Helsinki")
@@ -59,12 +57,25 @@ def times_by_portion(plan: Sequence[PlannedRelease]) -> dict[int, datetime]:
     return out
 
 
+def due_portions(plan: Sequence[PlannedRelease], now: datetime,
+                 released: Collection[int] = ()) -> list[int]:
+    """The portions a release pass at ``now`` writes, asked the way the daemon asks:
+    storage hands the held rows (a released portion's rows are no longer held) to
+    ``due_groups``, which decides."""
+    items = [HeldItem(k, "tampere", "IMMIGRANT", "notification", utc(2026, 1, 1),
+                      p.release_at, p.portion, k)
+             for k, p in enumerate(plan) if p.portion not in released]
+    groups = due_groups(items, now)
+    assert all(g.kind == "notification" for g in groups)
+    return sorted({g.portion for g in groups if g.portion is not None})
+
+
 def run_passes(plan: Sequence[PlannedRelease], passes: Sequence[datetime]) -> list[list[int]]:
     """Portions released at each pass; each pass sees what earlier passes released."""
     released: set[int] = set()
     out = []
     for now in passes:
-        got = portions_due(plan, now, released=released)
+        got = due_portions(plan, now, released=released)
         released.update(got)
         out.append(got)
     return out
@@ -249,25 +260,25 @@ PLAN_1000 = _plan_1000()
 
 
 def test_portion_0_is_due_at_once() -> None:
-    assert portions_due(PLAN_1000, WED) == [0]
-    assert portions_due(PLAN_1000, WED - timedelta(seconds=1)) == []
+    assert due_portions(PLAN_1000, WED) == [0]
+    assert due_portions(PLAN_1000, WED - timedelta(seconds=1)) == []
 
 
 def test_restart_between_mondays_nothing_new_is_due() -> None:
     # Portion 0 went out on Wednesday; the broker restarts on Friday and Sunday night.
     released = {0}
-    assert portions_due(PLAN_1000, hel(2026, 4, 10, 9), released=released) == []
-    assert portions_due(PLAN_1000, hel(2026, 4, 13, 5, 59, 59), released=released) == []
+    assert due_portions(PLAN_1000, hel(2026, 4, 10, 9), released=released) == []
+    assert due_portions(PLAN_1000, hel(2026, 4, 13, 5, 59, 59), released=released) == []
     # The store passes only unreleased rows: same answer.
     unreleased = [p for p in PLAN_1000 if p.portion != 0]
-    assert portions_due(unreleased, hel(2026, 4, 10, 9)) == []
-    assert portions_due(PLAN_1000, hel(2026, 4, 13, 6), released=released) == [1]
+    assert due_portions(unreleased, hel(2026, 4, 10, 9)) == []
+    assert due_portions(PLAN_1000, hel(2026, 4, 13, 6), released=released) == [1]
 
 
 def test_downtime_over_two_mondays_catches_up_two_portions_once() -> None:
     # Released portion 0 on Wednesday 8th, then down until Tuesday 21st 10:00.
     back = hel(2026, 4, 21, 10)
-    assert portions_due(PLAN_1000, back, released={0}) == [1, 2]
+    assert due_portions(PLAN_1000, back, released={0}) == [1, 2]
     # Never more: portion 3 waits for its own Monday.
     passes = [WED, back, back, back + timedelta(days=2), hel(2026, 4, 27, 6), hel(2026, 5, 4, 6)]
     assert run_passes(PLAN_1000, passes) == [[0], [1, 2], [], [], [3], []]
@@ -280,51 +291,17 @@ def test_downtime_from_before_portion_0() -> None:
 
 def test_same_now_same_answer() -> None:
     now = hel(2026, 4, 20, 6, 30)
-    first = portions_due(PLAN_1000, now, released={0})
-    assert first == portions_due(PLAN_1000, now, released={0}) == [1, 2]
+    first = due_portions(PLAN_1000, now, released={0})
+    assert first == due_portions(PLAN_1000, now, released={0}) == [1, 2]
     assert plan_first_delivery(backlog(1000), POLICY, WED) == PLAN_1000
 
 
 def test_rows_out_of_order_and_repeated_portions_reported_once() -> None:
     shuffled = list(reversed(PLAN_1000))
-    assert portions_due(shuffled, hel(2026, 6, 1)) == [0, 1, 2, 3]
+    assert due_portions(shuffled, hel(2026, 6, 1)) == [0, 1, 2, 3]
 
 
 # --- schedule view -------------------------------------------------------------------------
-
-
-def test_summary_per_portion() -> None:
-    rows = summarise_schedule(PLAN_1000)
-    assert rows == [
-        ScheduleRow(0, 300, utc(2026, 4, 8, 7)),
-        ScheduleRow(1, 300, utc(2026, 4, 13, 3)),
-        ScheduleRow(2, 300, utc(2026, 4, 20, 3)),
-        ScheduleRow(3, 100, utc(2026, 4, 27, 3)),
-    ]
-
-
-def test_summary_mixes_plan_and_normal_times() -> None:
-    unreleased = [p for p in PLAN_1000 if p.portion >= 2]
-    now = hel(2026, 4, 14, 12)
-    normal = [
-        hel(2026, 4, 14, 9), hel(2026, 4, 14, 11),  # past: due now
-        hel(2026, 4, 15, 6), hel(2026, 4, 15, 6), hel(2026, 4, 15, 6),  # next-day type
-    ]
-    rows = summarise_schedule(unreleased, normal, now=now)
-    assert rows == [
-        ScheduleRow(None, 2, now.astimezone(UTC)),
-        ScheduleRow(None, 3, utc(2026, 4, 15, 3)),
-        ScheduleRow(2, 300, utc(2026, 4, 20, 3)),
-        ScheduleRow(3, 100, utc(2026, 4, 27, 3)),
-    ]
-    # Without now, past normal times keep their own rows.
-    assert len(summarise_schedule(normal=normal)) == 3
-    assert summarise_schedule() == []
-
-
-def test_summary_keeps_missed_monday_visible() -> None:
-    rows = summarise_schedule([p for p in PLAN_1000 if p.portion >= 1], now=hel(2026, 4, 21))
-    assert rows[0] == ScheduleRow(1, 300, utc(2026, 4, 13, 3))
 
 
 # --- properties ----------------------------------------------------------------------------
@@ -401,20 +378,6 @@ def test_property_plan_shape(case: tuple[StaggerPolicy, list[Candidate], datetim
         assert times[1] - now <= timedelta(days=8)
 
 
-@settings(max_examples=200, deadline=None)
-@given(policies, instants, st.integers(1, 30))
-def test_property_slots(policy: StaggerPolicy, after: datetime, n: int) -> None:
-    got = slots(after, policy, n)
-    assert len(got) == n and got[0] > after
-    assert all(local_slot_ok(t, policy) for t in got)
-    # Weekly, give or take one DST change; never the same slot twice.
-    for a, b in pairwise(got):
-        assert timedelta(days=7, hours=-1) <= b - a <= timedelta(days=7, hours=1)
-    # No slot is skipped: nothing on the policy weekday/time lies between `after` and got[0].
-    assert slots(got[0] - timedelta(microseconds=1), policy, 1) == [got[0]]
-    assert got[0] - after <= timedelta(days=7, hours=1)
-
-
 @settings(max_examples=100, deadline=None)
 @given(cases(), st.lists(st.integers(0, 60 * 24 * 7 * 12), min_size=1, max_size=25))
 def test_property_passes_release_each_portion_once_in_order(
@@ -430,4 +393,23 @@ def test_property_passes_release_each_portion_once_in_order(
     by = times_by_portion(plan)
     assert set(flat) == {k for k, t in by.items() if t <= passes[-1]}
     # Idempotent: asking again at the last pass with what was released finds nothing.
-    assert portions_due(plan, passes[-1], released=set(flat)) == []
+    assert due_portions(plan, passes[-1], released=set(flat)) == []
+
+
+def test_due_groups_decide_what_a_pass_writes() -> None:
+    """The daemon's release pass asks exactly this: a list alone, notifications per
+    (organisation, type, portion) in arrival order, a plan's time over the normal one."""
+    now = utc(2026, 4, 8, 12)
+    hour, day = timedelta(hours=1), timedelta(days=1)
+    items = [
+        HeldItem(1, "a", "IMMIGRANT", "notification", now - hour, None, None, 5),
+        HeldItem(2, "a", "IMMIGRANT", "notification", now - hour, None, None, 3),
+        HeldItem(3, "a", "LABOUR_MARKET_SUBSIDY_300_DAYS", "list", now, None, None, 4),
+        HeldItem(4, "a", "IMMIGRANT", "notification", now + timedelta(seconds=1), None, None, 1),
+        HeldItem(5, "a", "IMMIGRANT", "notification", now - day, now + day, 1, 2),  # planned
+        HeldItem(6, "b", "IMMIGRANT", "notification", now + day, now, 0, 6),  # plan: now
+    ]
+    got = [(g.organisation, g.kind, g.portion, g.ids) for g in due_groups(items, now)]
+    assert got == [("a", "list", None, (3,)), ("a", "notification", None, (2, 1)),
+                   ("b", "notification", 0, (6,))]
+    assert due_groups(list(reversed(items)), now) == due_groups(items, now)

@@ -37,7 +37,7 @@ from broker.delivery.render import (
     write_attachments_zip,
 )
 from broker.domain.model import Notification, PersonList
-from broker.domain.schedule import Candidate, plan_first_delivery
+from broker.domain.schedule import Candidate, due_groups, plan_first_delivery
 from broker.errors import DeliveryError, StoreError
 from broker.storage import audit
 from broker.storage.audit import anchor_head
@@ -171,26 +171,11 @@ class Releaser:
                 result.plans.append((org, type_, len(plan)))
 
     # -- what is due ---------------------------------------------------------
-    _DUE_SQL = (
-        "SELECT a.id, a.organisation, a.type, a.portion, i.kind"
-        " FROM assignments a JOIN items i ON i.seq = a.item_seq"
-        " WHERE a.state = 'held' AND coalesce(a.planned_at, a.release_at) <= ?"
-        " AND (? IS NULL OR a.organisation = ?)"
-        " ORDER BY a.organisation, a.type, a.portion, i.seq")
-
     def due_groups(self, now: datetime, *, only_org: str | None = None) -> list[_Group]:
-        groups: dict[tuple[str, str, int | None], list[int]] = defaultdict(list)
-        out: list[_Group] = []
-        with self.store.engine.connect() as c:
-            for aid, org, type_, portion, kind in c.exec_driver_sql(
-                    self._DUE_SQL, (stored_time(now), only_org, only_org)):
-                if kind == "list":  # a list is delivered whole, one file each (SPEC 2)
-                    out.append(_Group(org, type_, "list", None, (aid,)))
-                else:
-                    groups[(org, type_, portion)].append(aid)
-        out.extend(_Group(org, t, "notification", p, tuple(ids))
-                   for (org, t, p), ids in groups.items())
-        return out
+        """The pure core decides (domain.schedule.due_groups) from plain rows storage
+        returns: the path the stagger and timing properties are tested on."""
+        return [_Group(g.organisation, g.type, g.kind, g.portion, g.ids)
+                for g in due_groups(self.store.held_items(now, only_org), now)]
 
     # -- releasing -------------------------------------------------------------
     def _claim(self, groups: list[_Group], now: datetime) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
@@ -185,23 +185,6 @@ def _weekly(first: date, policy: StaggerPolicy, n: int) -> list[datetime]:
     return [local_instant(first + timedelta(weeks=k), policy.at, tz) for k in range(n)]
 
 
-def next_slot(after: datetime, policy: StaggerPolicy) -> datetime:
-    """The first weekly slot (policy weekday and time, local) strictly after ``after``."""
-    return slots(after, policy, 1)[0]
-
-
-def slots(after: datetime, policy: StaggerPolicy, n: int) -> list[datetime]:
-    """``n`` successive weekly slots strictly after ``after``, in UTC."""
-    after_utc = _utc(after, "after")
-    if n < 0:
-        raise ValueError(f"number of slots must be 0 or more, got {n}")
-    tz = policy.tzinfo
-    day = _on_weekday(after_utc.astimezone(tz).date(), policy)
-    if local_instant(day, policy.at, tz) <= after_utc:
-        day += timedelta(days=7)
-    return _weekly(day, policy, n)
-
-
 def portion_times(now: datetime, policy: StaggerPolicy, n: int) -> list[datetime]:
     """Release times of ``n`` portions of a plan formed at ``now``, in UTC.
 
@@ -266,64 +249,61 @@ def plan_first_delivery(
     ]
 
 
-def portions_due(
-    plan: Sequence[PlannedRelease], now: datetime, *, released: Collection[int] = ()
-) -> list[int]:
-    """Portion numbers due at ``now`` and not in ``released``, ascending.
-
-    After downtime over two slots both portions are due, each released as its own
-    delivery; the store marks released rows in the same transaction, so giving it
-    the unreleased rows (or ``released``) makes a second pass at the same ``now``
-    find nothing new. Same input, same answer.
-    """
-    now_utc = _utc(now, "now")
-    return sorted(
-        {
-            p.portion
-            for p in plan
-            if p.portion not in released and _utc(p.release_at, "release_at") <= now_utc
-        }
-    )
-
-
 def effective_release(normal: datetime, planned: datetime | None) -> datetime:
     """A stagger plan overrides the normal time; everything else keeps its normal timing."""
     return _utc(planned if planned is not None else normal, "release time")
 
 
-# --- summary for `kela-broker schedule` ---------------------------------------------
+# --- what a release pass writes ------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ScheduleRow:
-    """One line of the schedule view: ``count`` items released at ``release_at``.
+class HeldItem:
+    """A held assignment as storage returns it: plain values, no database in sight."""
 
-    ``portion`` is the stagger portion, or None for items on their normal timing.
-    """
-
+    id: int
+    organisation: str
+    type: str
+    kind: str  # "notification" | "list"
+    release_at: datetime  # its normal time (SPEC 2)
+    planned_at: datetime | None  # its stagger portion's time (SPEC 4), if a plan holds it
     portion: int | None
-    count: int
-    release_at: datetime
+    seq: int  # arrival order
 
 
-def summarise_schedule(
-    planned: Iterable[PlannedRelease] = (),
-    normal: Iterable[datetime] = (),
-    *,
-    now: datetime | None = None,
-) -> list[ScheduleRow]:
-    """Group pending releases per portion (planned) and per release time (normal).
+@dataclass(frozen=True)
+class DueGroup:
+    """One delivery file a pass writes: a list alone (SPEC 2: one file each), or the
+    notifications of one (organisation, type, portion)."""
 
-    With ``now``, normal release times already past are shown as one row due at
-    ``now`` (SPEC 2: a past release time means now). Planned portions keep their
-    own time, so a missed Monday stays visible as such. Rows are in release order.
+    organisation: str
+    type: str
+    kind: str
+    portion: int | None
+    ids: tuple[int, ...]
+
+
+def due_groups(items: Iterable[HeldItem], now: datetime) -> list[DueGroup]:
+    """Which held items a release pass at ``now`` writes, grouped into delivery files.
+
+    An item is due when its effective time (a stagger portion's time overrides the
+    normal one) has come. After downtime over two Mondays both portions are due, each
+    its own file. Notifications keep arrival order within a file; groups come out by
+    organisation, type and portion. Same input, same answer.
     """
-    now_utc = _utc(now, "now") if now is not None else None
-    groups: Counter[tuple[int | None, datetime]] = Counter()
-    for p in planned:
-        groups[(p.portion, _utc(p.release_at, "release_at"))] += 1
-    for t in normal:
-        t_utc = _utc(t, "release time")
-        groups[(None, now_utc if now_utc is not None and t_utc <= now_utc else t_utc)] += 1
-    rows = [ScheduleRow(portion, n, at) for (portion, at), n in groups.items()]
-    return sorted(rows, key=lambda r: (r.release_at, -1 if r.portion is None else r.portion))
+    lists: list[DueGroup] = []
+    groups: dict[tuple[str, str, int | None], list[HeldItem]] = {}
+    for item in items:
+        if not due(effective_release(item.release_at, item.planned_at), now):
+            continue
+        if item.kind == "list":
+            lists.append(DueGroup(item.organisation, item.type, "list", None, (item.id,)))
+        else:
+            groups.setdefault((item.organisation, item.type, item.portion), []).append(item)
+    out = sorted(lists, key=lambda g: (g.organisation, g.type, g.ids))
+    for (org, type_, portion), members in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -1 if kv[0][2] is None
+                                            else kv[0][2])):
+        ordered = sorted(members, key=lambda m: m.seq)
+        out.append(DueGroup(org, type_, "notification", portion, tuple(m.id for m in ordered)))
+    return out

@@ -48,6 +48,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeDecorator
 
 from broker.domain.model import StoredItem
+from broker.domain.schedule import HeldItem
 from broker.errors import StoreError
 from broker.storage.db import metadata, writer
 from broker.storage.states import AssignmentState, DeliveryState, Verdict, state_column_type
@@ -356,6 +357,22 @@ class Store:
         if isinstance(value, str):  # func.min loses the column type in SQLite
             value = datetime.fromisoformat(value)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+    def held_items(self, until: datetime, only_org: str | None = None) -> list[HeldItem]:
+        """Held assignments whose time may have come by ``until``, as plain values for
+        ``domain.schedule.due_groups`` to decide on (the bound only spares reading the
+        items held for weeks; the domain applies the rule)."""
+        a, i = assignments, items
+        effective = func.coalesce(a.c.planned_at, a.c.release_at)
+        q = (select(a.c.id, a.c.organisation, a.c.type, i.c.kind, a.c.release_at,
+                    a.c.planned_at, a.c.portion, i.c.seq)
+             .select_from(a.join(i, i.c.seq == a.c.item_seq))
+             .where(a.c.state == "held", effective <= until))
+        if only_org is not None:
+            q = q.where(a.c.organisation == only_org)
+        with self.engine.connect() as c:
+            return [HeldItem(r.id, r.organisation, r.type, r.kind, r.release_at, r.planned_at,
+                             r.portion, r.seq) for r in c.execute(q)]
 
     def held_summary(self, org: str | None = None) -> list[dict[str, object]]:
         """Held assignments per (organisation, type, portion, due time), for ``schedule``."""
