@@ -174,12 +174,3 @@ async def finish_lost(ctx: SessionContext, handle: Handle) -> None:
     except Exception:
         log.error("sftp: finishing a handle after connection loss failed\n%s",
                   mask_text(traceback.format_exc()))
-
-
-def size_and_hash(path: Path) -> tuple[int, str]:
-    """Size and SHA-256 of a file (blocking: run it in a thread)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        return os.fstat(fd).st_size, hash_fd(fd)
-    finally:
-        os.close(fd)

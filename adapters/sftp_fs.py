@@ -33,7 +33,7 @@ from adapters.sftp_paths import Area, Denied, Resolved
 from adapters.sftp_paths import normalise as normalise_path
 from adapters.sftp_paths import open_nofollow as _open_nofollow
 from broker.storage.audit import AuditEvent
-from broker.storage.files import is_hidden_or_partial
+from broker.storage.files import file_digest, is_hidden_or_partial
 from broker.storage.incomplete import WRITING, mark_incomplete, move_incomplete
 
 log = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ class JailedSftp(MetadataOps, asyncssh.SFTPServer):
                 raise
             # Retain folder on another filesystem: copy then unlink, off the loop.
             await asyncio.to_thread(shutil.move, res.local, target)
-        size, digest = await asyncio.to_thread(sftp_finish.size_and_hash, target)
+        digest, size = await asyncio.to_thread(file_digest, target)
         await self._record("delete", res.virtual, size, digest, "moved to retain")
 
     async def _rename(self, oldpath: bytes, newpath: bytes, overwrite: bool) -> None:

@@ -46,7 +46,6 @@ from broker.storage.response_store import (
     Unreceipted,
     accepted_response,
     demand_hashes,
-    ensure_tables,
     note_states,
     payment_demands,
     response_events,
@@ -108,7 +107,6 @@ def process_upload(path: Path, org: Organisation, *, config: Config, store: Stor
                    now: datetime) -> ResponseOutcome:
     """Decide, apply and acknowledge one complete upload of ``org``; never raises for bad
     input (see the module doc)."""
-    ensure_tables(store.engine)
     limit = size_limit(config)
     data: bytes | None = None
     if path.stat().st_size <= limit:
@@ -313,7 +311,6 @@ def finish_pending(config: Config, store: Store) -> int:
 
     Returns how many uploads had their files finished.
     """
-    ensure_tables(store.engine)
     with store.engine.connect() as c:
         rows = c.execute(select(response_files.c.id, response_files.c.state,
                                 response_files.c.organisation, response_files.c.name,

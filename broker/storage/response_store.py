@@ -17,7 +17,6 @@ A rejected or duplicate upload changes nothing else in the store.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -103,17 +102,6 @@ payment_demands = Table(
     UniqueConstraint("organisation", "demand_id", name="uq_payment_demand"),
 )  # fmt: skip
 
-TABLES = (response_files, response_events, payment_demands)
-_ready: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-def ensure_tables(engine: Engine) -> None:
-    """Create this module's tables if ``make_engine`` ran before this module was imported."""
-    if engine not in _ready:
-        metadata.create_all(engine, tables=list(TABLES), checkfirst=True)
-        _ready.add(engine)
-
-
 @dataclass(frozen=True)
 class NoteState:
     """Where a notification stands now, as far as a response needs to know."""
@@ -194,7 +182,6 @@ class Unreceipted:
 
 
 def unreceipted(engine: Engine, now: datetime) -> list[Unreceipted]:
-    ensure_tables(engine)
     a = assignments
     q = (select(a.c.organisation, func.count().label("n"), func.min(a.c.released_at).label("o"))
          .join(items, items.c.seq == a.c.item_seq)
@@ -241,7 +228,6 @@ def story(engine: Engine, item_id: str, tz: str) -> Story | None:
 
     zone = ZoneInfo(tz)
 
-    ensure_tables(engine)
     with engine.connect() as c:
         item = c.execute(select(items, input_files.c.name.label("file_name"),
                                 input_files.c.batch_id)
