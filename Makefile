@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint clients bench clean
+.PHONY: run test lint clients postgres bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,15 @@ clients:
 		{ [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null 2>&1; } || \
 		echo "note: could not install$$missing; their tests are skipped"; fi
 
-test: lint clients
+# The storage tests also run on PostgreSQL, on a throwaway cluster that the tests start and
+# stop themselves (tests/pg_cluster.py): they need the server's initdb, pg_ctl and postgres
+# (Debian's package, installed when run as root), not a running service.
+postgres:
+	@if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		{ [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null 2>&1; } || \
+		echo "note: could not install PostgreSQL; its test runs are skipped"; fi
+
+test: lint clients postgres
 	$(BIN)/pytest -q -n 2 tests
 
 bench: $(STAMP)

@@ -108,6 +108,18 @@ class ConflictError(StoreError):
     """The same id arrived again with different content."""
 
 
+class StoreBusy(StoreError):
+    """Another writer holds the database (an ingest of a big batch): try again shortly."""
+
+
+class StoreConflict(StoreError):
+    """A concurrent change won (a unique key, a serialisation failure): decide again."""
+
+
+class StoreUnavailable(StoreError):
+    """The database server cannot be reached."""
+
+
 class PathError(BrokerError):
     """A client path tried to leave its root or reach something it may not."""
 

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import storage_support
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "contracts" / "examples"
 KELA_BROKER = str(Path(sys.executable).parent / "kela-broker")
@@ -23,7 +25,7 @@ def make_home(root: Path) -> Path:
     shutil.copytree(REPO / "config", root / "config", ignore=shutil.ignore_patterns("keys"))
     for sub in ("config/keys", "inbox/kela", "outbox", "var"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    return root
+    return storage_support.apply(root)
 
 
 def keygen(path: Path, kind: str = "ed25519") -> Path:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import storage_support
 from lxml import etree
 from sqlalchemy import select
 
@@ -59,8 +60,9 @@ class Env:
 def make_env(tmp_path: Path) -> Env:
     home = tmp_path / "home"
     shutil.copytree(REPO / "config", home / "config")
+    storage_support.apply(home)
     config = load_config(home)
-    env = Env(home, config, Store(make_engine(config.database)))
+    env = Env(home, config, Store(make_engine(config.storage_url)))
     out = ingest_batch(EXAMPLES / "decision-batch.xml", config=config, store=env.store, now=T0)
     assert out.status == "accepted", out.problems
     assert env.release(T0)

@@ -8,19 +8,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from daemon_support import make_home
+from sqlalchemy import Engine, text
 
+from broker.config.settings import load_config
 from broker.storage.audit import GENESIS, AuditEvent, AuditLog
-from broker.storage.db import metadata
+from broker.storage.state_db import make_engine
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 
 
+pytestmark = pytest.mark.both_engines  # conftest.py: SQLite and PostgreSQL
+
+
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
-    eng = create_engine(f"sqlite:///{tmp_path / 'state.db'}", future=True)
-    metadata.create_all(eng)
-    return eng
+    """The state database of a new home, on this run's engine."""
+    return make_engine(load_config(make_home(tmp_path / "home")).storage_url)
 
 
 @pytest.fixture

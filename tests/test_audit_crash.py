@@ -32,8 +32,10 @@ from broker.config.settings import load_config
 from broker.storage.state_db import make_engine
 from broker.delivery.release import Releaser
 from broker.storage.store import Store
+
+pytestmark = pytest.mark.both_engines  # conftest.py: SQLite and PostgreSQL
 cfg = load_config(Path(sys.argv[1]))
-releaser = Releaser(cfg, Store(make_engine(cfg.database)))
+releaser = Releaser(cfg, Store(make_engine(cfg.storage_url)))
 start = datetime.fromisoformat(sys.argv[2])
 for day in range(0, 120):
     releaser.run(start + timedelta(days=day))
@@ -73,7 +75,7 @@ def test_kill_minus_nine_during_release_keeps_deliveries_and_audit_rows_together
 ) -> None:
     home = make_home(tmp_path / "home")
     cfg = load_config(home)
-    store = Store(make_engine(cfg.database))
+    store = Store(make_engine(cfg.storage_url))
     rng = random.Random(11)
     kills, k, took = 0, 0, 2.4
     # A new batch each round, so that every child has work when killed; the moment of

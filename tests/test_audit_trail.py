@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import storage_support
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,6 +39,8 @@ from broker.storage.audit_legacy import migrate_legacy
 from broker.storage.audit_writer import AuditWriter
 from broker.storage.state_db import make_engine
 from broker.storage.store import deliveries
+
+pytestmark = pytest.mark.both_engines  # conftest.py: SQLite and PostgreSQL
 
 N3, N4 = "N-2026-000000003", "N-2026-000000004"
 PIC4 = "060885V907H"  # N4's person (synthetic, from the contract's example batch)
@@ -94,6 +97,7 @@ def _head(engine: Engine) -> tuple[int, str]:
     return last.id, last.row_hash
 
 
+@pytest.mark.sqlite_only
 def test_a_release_whose_audit_row_fails_is_not_released(tmp_path: Path) -> None:
     """The act and its record are one transaction: a failed audit insert rolls back
     the delivery's confirmation too; the next pass writes both."""
@@ -139,6 +143,7 @@ def trail(env: Env) -> AuditLog:
     "DELETE FROM audit_refs WHERE id = 3",
     "DELETE FROM audit_log WHERE id = 7",  # one in the middle
 ])
+@pytest.mark.sqlite_only
 def test_tampering_is_detected(trail: AuditLog, env: Env, sql: str) -> None:
     with env.store.engine.begin() as c:
         c.exec_driver_sql("PRAGMA foreign_keys=OFF")
@@ -146,6 +151,7 @@ def test_tampering_is_detected(trail: AuditLog, env: Env, sql: str) -> None:
     assert trail.verify()
 
 
+@pytest.mark.sqlite_only
 def test_an_inserted_row_is_detected(trail: AuditLog, env: Env) -> None:
     """A forged row slipped in after row 8, itself correctly chained to row 8."""
     from broker.storage.audit import row_hash
@@ -217,6 +223,7 @@ def test_audit_verify_command_exits_1_when_rows_are_cut_off(trail: AuditLog, env
 
 # -- the writer thread -----------------------------------------------------------------
 
+@pytest.mark.sqlite_only
 def test_writer_group_commits_concurrent_events_into_one_chain(env: Env) -> None:
     engine = env.store.engine
     start = len(rows(engine))
@@ -240,7 +247,7 @@ def test_writer_group_commits_concurrent_events_into_one_chain(env: Env) -> None
         for t in threads:
             t.start()
         # Meanwhile an operator's command appends one row its own way.
-        side = threading.Thread(target=AuditLog(make_engine(env.config.database)).record,
+        side = threading.Thread(target=AuditLog(make_engine(env.config.storage_url)).record,
                                 args=(AuditEvent("release-due", None), T1))
         side.start()
         for t in threads:
@@ -271,6 +278,7 @@ def test_writer_stop_drains_and_refuses_later_events(env: Env) -> None:
     assert verify(env.store.engine, anchor_of(env)) == []
 
 
+@pytest.mark.sqlite_only
 def test_the_writer_waits_out_a_long_write_lock_instead_of_losing_rows(env: Env) -> None:
     """An ingest holds the write lock for as long as it stores a big batch, longer than
     SQLite's busy timeout: the rows wait, they are not lost."""
@@ -297,6 +305,7 @@ def test_the_writer_waits_out_a_long_write_lock_instead_of_losing_rows(env: Env)
     assert verify(env.store.engine, anchor_of(env)) == []
 
 
+@pytest.mark.sqlite_only
 def test_a_failed_group_commit_fails_its_waiters_and_the_writer_goes_on(env: Env) -> None:
     """The SFTP reply that awaits the row learns it is not on record (and says so)."""
     w = AuditWriter(env.store.engine, anchor_of(env))
@@ -422,6 +431,7 @@ def test_audit_show_filters_by_action(env: Env) -> None:
 
 # -- operator commands -----------------------------------------------------------------
 
+@pytest.mark.sqlite_only
 def test_early_release_and_its_audit_row_are_one_transaction(tmp_path: Path) -> None:
     from response_support import EXAMPLES, REPO
 
@@ -432,8 +442,8 @@ def test_early_release_and_its_audit_row_are_one_transaction(tmp_path: Path) -> 
 
     home = tmp_path / "home"
     shutil.copytree(REPO / "config", home / "config")
-    config = load_config(home)
-    store = Store(make_engine(config.database))
+    config = load_config(storage_support.apply(home))
+    store = Store(make_engine(config.storage_url))
     assert ingest_batch(EXAMPLES / "decision-batch.xml", config=config, store=store,
                         now=T0).status == "accepted"
     args = ["--home", str(home), "release", "--org", "pirha", "--all", "--reason",

@@ -26,6 +26,8 @@ from lxml import etree
 import schemas
 from broker.intake.synthetic import write_batch
 
+pytestmark = pytest.mark.both_engines  # conftest.py: SQLite and PostgreSQL
+
 NS_V2 = "urn:fi:kela:etotu:notification-delivery:2"
 
 

@@ -18,6 +18,8 @@ import pytest
 from daemon_support import EXAMPLES, DaemonProcess, cli, drop, keygen, make_home, wait_for
 from lxml import etree
 
+pytestmark = pytest.mark.both_engines  # conftest.py: SQLite and PostgreSQL
+
 ACK_NS = "{urn:fi:kela:etotu:acknowledgement:1}"
 
 

@@ -6,6 +6,7 @@ import csv
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import pytest
 from daemon_support import make_home
 
 from broker.config.settings import load_config
@@ -13,6 +14,8 @@ from broker.intake.ingest import ingest_batch
 from broker.intake.synthetic import write_batch
 from broker.storage.state_db import make_engine
 from broker.storage.store import Store
+
+pytestmark = pytest.mark.both_engines  # conftest.py: SQLite and PostgreSQL
 
 REPO = Path(__file__).resolve().parents[1]
 with (REPO / "broker" / "data" / "municipalities.csv").open(encoding="utf-8") as _f:
@@ -24,7 +27,7 @@ NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 def test_conflicts_found_before_a_schema_error_are_reported_with_it(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     config = load_config(home)
-    store = Store(make_engine(config.database))
+    store = Store(make_engine(config.storage_url))
     first = tmp_path / "first.xml"
     write_batch(first, count=600, municipalities=MUNICIPALITIES, decision_date=DAY,
                 batch_id="FIRST", seed=1)

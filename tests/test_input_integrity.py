@@ -88,7 +88,7 @@ def test_a_file_written_in_place_is_taken_only_when_complete(
 def test_a_change_during_reading_stores_nothing_and_rejects_nothing(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     cfg = load_config(home)
-    store = Store(make_engine(cfg.database))
+    store = Store(make_engine(cfg.storage_url))
     for valid in (True, False):
         src = tmp_path / f"b-{valid}.xml"
         shutil.copyfile(EXAMPLES / "decision-batch.xml", src)
@@ -248,7 +248,7 @@ def test_a_batch_replaced_under_its_name_while_handled_is_not_archived_unread(
     home = make_home(tmp_path / "home")
     set_keys(home, "broker", settle_seconds=0)
     cfg = load_config(home)
-    store = Store(make_engine(cfg.database))
+    store = Store(make_engine(cfg.storage_url))
     inbox = home / "inbox" / "kela"
     first, second = tmp_path / "first.xml", tmp_path / "second.xml"
     write_batch(first, count=2, municipalities=["091"], types=["IMMIGRANT"],
@@ -292,7 +292,7 @@ def test_a_growing_file_waits_for_the_settle_time_where_leases_cannot_tell(
     home = make_home(tmp_path / "home")
     set_keys(home, "broker", settle_seconds=2.0)  # a wide margin over the pauses
     cfg = load_config(home)
-    store = Store(make_engine(cfg.database))
+    store = Store(make_engine(cfg.storage_url))
     src = tmp_path / "whole.xml"
     write_batch(src, count=200, municipalities=["091"], types=["IMMIGRANT"],
                 decision_date=datetime.now(UTC).date(), batch_id="SLOW", seed=9)
@@ -332,7 +332,7 @@ def test_a_failing_input_that_cannot_even_be_set_aside_does_not_loop(
     home = make_home(tmp_path / "home")
     set_keys(home, "broker", settle_seconds=0)
     cfg = load_config(home)
-    store = Store(make_engine(cfg.database))
+    store = Store(make_engine(cfg.storage_url))
     (home / "var" / "archive").mkdir(parents=True, exist_ok=True)
     (home / "var" / "archive" / "kela").write_text("an operator's note")
     shutil.rmtree(home / "var" / "quarantine", ignore_errors=True)
@@ -382,7 +382,7 @@ def test_an_upload_whose_times_a_client_sets_while_it_is_handled_is_taken_once(
 
     home = make_home(tmp_path / "home")
     cfg = load_config(home)
-    store = Store(make_engine(cfg.database))
+    store = Store(make_engine(cfg.storage_url))
     upload = home / "inbox" / "pirha" / "vastaus.xml"
     upload.parent.mkdir(parents=True, exist_ok=True)
     text = (EXAMPLES / "municipality-response.xml").read_text()

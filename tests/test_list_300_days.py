@@ -155,7 +155,7 @@ def test_200_day_list_stays_valid(tmp_path: Path) -> None:
 def test_300_day_list_reaches_the_municipality_whole(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     config = load_config(home)
-    store = Store(make_engine(config.database))
+    store = Store(make_engine(config.storage_url))
     path = tmp_path / "l300.xml"
     path.write_text(batch_xml(ENTRIES), encoding="utf-8")
     now = datetime(2026, 11, 1, 3, 0, tzinfo=UTC)

@@ -6,6 +6,8 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+import storage_support
 from sqlalchemy import func, select, update
 
 from broker.config.settings import Config, load_config
@@ -14,6 +16,8 @@ from broker.intake.ingest import ingest_batch
 from broker.storage.files import atomic_writer, temp_path
 from broker.storage.state_db import make_engine
 from broker.storage.store import Store, assignments, deliveries
+
+pytestmark = pytest.mark.both_engines  # conftest.py: SQLite and PostgreSQL
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "contracts" / "examples"
@@ -39,8 +43,8 @@ class RacedReleaser(Releaser):
 def home_with_example(tmp_path: Path) -> tuple[Config, Store]:
     """A home at ``tmp_path`` holding the contract's decision batch, nothing released."""
     shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("keys"))
-    cfg = load_config(tmp_path)
-    store = Store(make_engine(cfg.database))
+    cfg = load_config(storage_support.apply(tmp_path))
+    store = Store(make_engine(cfg.storage_url))
     assert ingest_batch(EXAMPLES / "decision-batch.xml", config=cfg, store=store,
                         now=NOW).status == "accepted"
     return cfg, store
@@ -101,6 +105,7 @@ def test_a_delivery_another_pass_is_writing_is_left_to_it(tmp_path: Path) -> Non
         assert pending.scalars().all() == [busy_id]
 
 
+@pytest.mark.sqlite_only
 def test_cli_says_clearly_when_the_daemon_holds_the_database(tmp_path: Path) -> None:
     import sqlite3
     import subprocess
@@ -108,7 +113,7 @@ def test_cli_says_clearly_when_the_daemon_holds_the_database(tmp_path: Path) -> 
 
     shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("keys"))
     cfg = load_config(tmp_path)
-    make_engine(cfg.database).dispose()
+    make_engine(cfg.storage_url).dispose()
     holder = sqlite3.connect(cfg.database, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # as the daemon does during a long ingest
     try:

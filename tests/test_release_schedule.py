@@ -7,10 +7,13 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 from daemon_support import DaemonProcess, cli, delivered_ids, drop, make_home, wait_for
 from lxml import etree
 
 from broker.intake.synthetic import write_batch
+
+pytestmark = pytest.mark.both_engines  # conftest.py: SQLite and PostgreSQL
 
 HKI = ZoneInfo("Europe/Helsinki")
 

@@ -36,6 +36,8 @@ from broker.responses.process import process_upload, settle_upload, unreceipted
 from broker.storage.response_store import payment_demands, response_events
 from broker.storage.store import assignments, input_files, items
 
+pytestmark = pytest.mark.both_engines  # conftest.py: SQLite and PostgreSQL
+
 EXAMPLE = (EXAMPLES / "municipality-response.xml").read_bytes()
 N1, N2, N3, N4 = (f"N-2026-00000000{i}" for i in range(1, 5))  # helsinki, vakehyva, pirha x2
 

@@ -13,6 +13,7 @@ from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 from daemon_support import make_home
 from lxml import etree
 
@@ -22,6 +23,8 @@ from broker.intake.ingest import ingest_batch, report_text
 from broker.intake.synthetic import write_batch
 from broker.storage.state_db import make_engine
 from broker.storage.store import Store
+
+pytestmark = pytest.mark.both_engines  # conftest.py: SQLite and PostgreSQL
 
 HKI = ZoneInfo("Europe/Helsinki")
 
@@ -43,7 +46,7 @@ def test_reroute_of_1000_immigrant_notifications_is_a_staggered_first_delivery(
         tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     config = load_config(home)
-    store = Store(make_engine(config.database))
+    store = Store(make_engine(config.storage_url))
     releaser = Releaser(config, store)
     pirha, tampere = home / "outbox" / "pirha", home / "outbox" / "tampere"
 

@@ -62,7 +62,7 @@ def test_same_batch_routes_by_decision_date_on_both_sides_of_the_2025_reform(
         tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     config = load_config(home)
-    store = Store(make_engine(config.database))
+    store = Store(make_engine(config.storage_url))
     batch = tmp_path / "across.xml"
     batch_across_2025(batch)
     out = ingest_batch(batch, config=config, store=store,
@@ -223,7 +223,7 @@ def pertunmaa_batch(path: Path, on: date) -> None:
 def test_merged_code_before_the_merger_goes_to_the_successor_quietly(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     config = load_config(home)
-    store = Store(make_engine(config.database))
+    store = Store(make_engine(config.storage_url))
     batch = tmp_path / "b.xml"
     pertunmaa_batch(batch, date(2025, 12, 31))
     out = ingest_batch(batch, config=config, store=store,
@@ -240,7 +240,7 @@ def test_merged_code_before_the_merger_goes_to_the_successor_quietly(tmp_path: P
 def test_merged_code_after_the_merger_is_routed_with_a_warning(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     config = load_config(home)
-    store = Store(make_engine(config.database))
+    store = Store(make_engine(config.storage_url))
     batch = tmp_path / "b.xml"
     pertunmaa_batch(batch, date(2026, 1, 5))
     out = ingest_batch(batch, config=config, store=store,
@@ -259,7 +259,7 @@ def test_merged_code_after_the_merger_is_rejected_when_configured(tmp_path: Path
     path = home / "config" / "broker.toml"
     path.write_text(path.read_text().replace('after = "successor"', 'after = "reject"'))
     config = load_config(home)
-    store = Store(make_engine(config.database))
+    store = Store(make_engine(config.storage_url))
     batch = tmp_path / "b.xml"
     pertunmaa_batch(batch, date(2026, 1, 5))
     out = ingest_batch(batch, config=config, store=store,
@@ -348,7 +348,7 @@ def test_a_transfer_is_routed_by_the_notifications_decision_date(tmp_path: Path)
 
     home = make_home(tmp_path / "home")
     config = load_config(home)
-    env = Env(home, config, Store(make_engine(config.database)))
+    env = Env(home, config, Store(make_engine(config.storage_url)))
     old, new = tmp_path / "2024.xml", tmp_path / "2026.xml"
     write_batch(old, count=1, municipalities=["837"], types=["IMMIGRANT"],
                 decision_date=date(2024, 12, 20), batch_id="T-2024", seed=5)

@@ -1,40 +1,67 @@
-"""The store's driver-level SQL writes times exactly as SQLAlchemy does: SQLite compares
-them as text, so two spellings of one instant would make a due row look not due."""
+"""The storage layer on both engines: times, states, counters, errors, concurrency."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+import storage_support
+from daemon_support import make_home
+from sqlalchemy import insert, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from broker.config.settings import load_config
+from broker.errors import StoreBusy, StoreConflict
+from broker.storage import counters
+from broker.storage.db import writer
+from broker.storage.db_errors import DbFailure, kind_of, retrying, store_error
 from broker.storage.state_db import make_engine
-from broker.storage.store import input_files, stored_time
+from broker.storage.store import Store, input_files
+
+pytestmark = pytest.mark.both_engines  # conftest.py: SQLite and PostgreSQL
+
+
+def _store(tmp_path: Path) -> Store:
+    return Store(make_engine(load_config(make_home(tmp_path / "home")).storage_url))
+
+
+def test_each_run_uses_its_engine(tmp_path: Path, storage: str) -> None:
+    """The harness really points the home at PostgreSQL in a [postgresql] run."""
+    engine = _store(tmp_path).engine
+    assert engine.dialect.name == ("postgresql" if storage_support.is_postgresql()
+                                   else "sqlite")
 
 
 @pytest.mark.parametrize("when", [
-    datetime(2026, 11, 24, 4, 0, tzinfo=UTC),  # whole seconds: the case that differed
+    datetime(2026, 11, 24, 4, 0, tzinfo=UTC),  # whole seconds
     datetime(2026, 11, 24, 6, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2))),
     datetime(2027, 3, 28, 3, 30, tzinfo=timezone(timedelta(hours=3))),
 ])
-def test_stored_time_is_sqlalchemys_own_text(tmp_path: Path, when: datetime) -> None:
-    engine = make_engine(tmp_path / "state.db")
-    with engine.begin() as c:
+def test_times_come_back_as_the_same_instant_and_compare_in_sql(
+        tmp_path: Path, when: datetime) -> None:
+    store = _store(tmp_path)
+    with store.writer.begin() as c:
         c.execute(insert(input_files).values(
             source="kela", kind="batch", name="x", sha256="0" * 64, size=1, status="accepted",
             received_at=when, items=0))
-        text = c.exec_driver_sql("SELECT received_at FROM input_files").scalar()
-        assert text == stored_time(when)
-        # And a driver-level bound instant compares equal to it in SQL.
-        assert c.exec_driver_sql("SELECT count(*) FROM input_files WHERE received_at <= ?",
-                                 (stored_time(when),)).scalar() == 1
-        assert c.execute(select(input_files.c.received_at)).scalar() == when.astimezone(UTC)
+        # Bound through the column type, another spelling of the instant compares equal.
+        other = when.astimezone(timezone(timedelta(hours=-5)))
+        assert c.execute(select(input_files.c.id)
+                         .where(input_files.c.received_at <= other)).scalar() == 1
+        assert c.execute(select(input_files.c.id).where(
+            input_files.c.received_at < other - timedelta(microseconds=1))).scalar() is None
+        back = c.execute(select(input_files.c.received_at)).scalar()
+    assert back == when and back.tzinfo is not None and back.utcoffset() == timedelta(0)
 
 
-def test_naive_times_are_refused() -> None:
-    with pytest.raises(ValueError):
-        stored_time(datetime(2026, 11, 24, 4, 0))
+def test_naive_times_are_refused(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    with pytest.raises(Exception, match="naive datetime"), store.writer.begin() as c:
+        c.execute(insert(input_files).values(
+            source="kela", kind="batch", name="x", sha256="0" * 64, size=1, status="accepted",
+            received_at=datetime(2026, 11, 24, 4, 0), items=0))
 
 
 @pytest.mark.parametrize(("table", "column"), [
@@ -43,20 +70,90 @@ def test_naive_times_are_refused() -> None:
 def test_the_database_refuses_a_state_no_query_looks_for(
         tmp_path: Path, table: str, column: str) -> None:
     """Every state column carries a CHECK constraint: a typo in a raw statement fails."""
-    import sqlite3
+    store = _store(tmp_path)
+    with store.engine.connect() as c:
+        from sqlalchemy import inspect
 
-    make_engine(tmp_path / "state.db").dispose()
-    with sqlite3.connect(tmp_path / "state.db") as c:
-        ddl = c.execute("select sql from sqlite_master where name = ?", (table,)).fetchone()[0]
-    assert f"CHECK ({column} IN (" in ddl, ddl
+        checks = inspect(c).get_check_constraints(table)
+    assert any(column in (ck.get("sqltext") or "") and "IN" in (ck.get("sqltext") or "")
+               for ck in checks), checks
 
 
 def test_an_unknown_state_cannot_be_written(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    with pytest.raises(IntegrityError), store.writer.begin() as c:
+        c.execute(text("insert into input_files (source, kind, name, sha256, size, status,"
+                       " received_at, items) values ('kela', 'batch', 'x.xml', 'ab', 1,"
+                       " 'acepted', :at, 0)"), {"at": datetime(2026, 1, 1, tzinfo=UTC)})
+
+
+def test_counters_hand_out_each_number_once_across_threads(tmp_path: Path) -> None:
+    """Writers in parallel (threads, each its own connection and transaction) never draw
+    the same number, and the numbers have no gaps."""
+    store = _store(tmp_path)
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def draw() -> None:
+        for _ in range(25):
+            def one() -> int:
+                with writer(store.engine).begin() as c:
+                    return counters.take(c, counters.DELIVERIES, 2)
+            first = retrying(one)
+            with lock:
+                got.extend([first, first + 1])
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(1, 201))
+
+
+def test_a_rolled_back_draw_gives_its_numbers_back(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    with pytest.raises(RuntimeError), store.writer.begin() as c:
+        assert counters.take(c, counters.DELIVERIES) == 1
+        raise RuntimeError("the claim lost a race")
+    with store.writer.begin() as c:
+        assert counters.take(c, counters.DELIVERIES) == 1
+
+
+def test_a_unique_violation_is_a_conflict_in_the_error_tree(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    row = dict(source="kela", kind="batch", name="x", sha256="0" * 64, size=1,
+               status="accepted", received_at=datetime(2026, 1, 1, tzinfo=UTC), items=0)
+    with store.writer.begin() as c:
+        c.execute(insert(input_files).values(**row))
+    with pytest.raises(DBAPIError) as caught, store.writer.begin() as c:
+        c.execute(insert(input_files).values(**row))
+    assert kind_of(caught.value) is DbFailure.CONFLICT
+    assert isinstance(store_error(caught.value), StoreConflict)
+
+
+def test_attempts_count_every_handling(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert [store.begin_attempt("k", "kela", "x.xml", now) for _ in range(3)] == [1, 2, 3]
+    store.finish_attempt("k")
+    assert store.begin_attempt("k", "kela", "x.xml", now) == 1
+
+
+@pytest.mark.sqlite_only
+def test_a_held_write_lock_is_busy_in_the_error_tree(tmp_path: Path) -> None:
     import sqlite3
 
-    make_engine(tmp_path / "state.db").dispose()
-    with sqlite3.connect(tmp_path / "state.db") as c, \
-            pytest.raises(sqlite3.IntegrityError, match="CHECK constraint"):
-        c.execute("insert into input_files (source, kind, name, sha256, size, status,"
-                  " received_at, items) values ('kela', 'batch', 'x.xml', 'ab', 1, 'acepted',"
-                  " '2026-01-01 00:00:00', 0)")
+    cfg = load_config(make_home(tmp_path / "home"))
+    Store(make_engine(cfg.storage_url))
+    assert cfg.database is not None
+    holder = sqlite3.connect(cfg.database, isolation_level=None, timeout=0.1)
+    blocked = sqlite3.connect(cfg.database, isolation_level=None, timeout=0.1)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            blocked.execute("BEGIN IMMEDIATE")
+    finally:
+        holder.execute("ROLLBACK")
+    assert kind_of(caught.value) is DbFailure.BUSY
+    assert isinstance(store_error(DBAPIError("BEGIN", None, caught.value)), StoreBusy)

@@ -161,7 +161,7 @@ def test_named_cuts_are_rejected_by_validate_and_ingest(tmp_path: Path, case: st
     check_rejected(validate_any(path, CTX), cut)
     home = make_home(tmp_path / "home")
     cfg = load_config(home)
-    out = ingest_batch(path, config=cfg, store=Store(make_engine(cfg.database)), now=NOW)
+    out = ingest_batch(path, config=cfg, store=Store(make_engine(cfg.storage_url)), now=NOW)
     assert out.status == "rejected" and out.new == 0
     check_rejected(out.problems, cut)
 
@@ -171,7 +171,7 @@ def test_the_uncut_example_is_ingested(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     cfg = load_config(home)
     path = write(tmp_path, example("decision-batch.xml"))
-    out = ingest_batch(path, config=cfg, store=Store(make_engine(cfg.database)), now=NOW)
+    out = ingest_batch(path, config=cfg, store=Store(make_engine(cfg.storage_url)), now=NOW)
     assert (out.status, out.problems) == ("accepted", [])
     assert out.new > 3
 
@@ -183,7 +183,7 @@ def test_a_cut_big_file_is_rejected_by_the_parallel_ingest(tmp_path: Path, big: 
     cfg = load_config(home)
     with parallel_path(), pytest.MonkeyPatch.context() as mp:
         mp.setattr("broker.intake.batch_chunks.PARALLEL_MIN_BYTES", 0)
-        out = ingest_batch(path, config=cfg, store=Store(make_engine(cfg.database)), now=NOW)
+        out = ingest_batch(path, config=cfg, store=Store(make_engine(cfg.storage_url)), now=NOW)
     assert out.status == "rejected" and out.new == 0
     check_rejected(out.problems, cut)
 

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "keys": "broker.cli.keys:keys_group",
     "hostkey": "broker.cli.keys:hostkey",
     "bans": "broker.cli.bans:bans_group",
+    "db": "broker.cli.db:db_group",
 }
 
 
@@ -61,14 +62,21 @@ class LazyGroup(click.Group):
         except Exception as exc:
             from sqlalchemy.exc import DBAPIError  # only now: keeps start-up light
 
+            from broker.storage.db_errors import DbFailure, kind_of
+
             if not isinstance(exc, DBAPIError):
                 raise
-            if "locked" in str(exc.orig):
+            kind = kind_of(exc)
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            if kind is DbFailure.BUSY:
                 # The daemon holds the write lock while it takes in a large file.
                 click.echo("kela-broker: the state database is busy (the daemon is taking in "
                            "a large file); nothing was changed, try again shortly", err=True)
+            elif kind is DbFailure.UNAVAILABLE:
+                click.echo(f"kela-broker: the state database cannot be reached ({first}); "
+                           "nothing was changed", err=True)
             else:  # a damaged file: say so, never a traceback
-                click.echo(f"kela-broker: the state database cannot be read ({exc.orig}); "
+                click.echo(f"kela-broker: the state database cannot be read ({first}); "
                            "nothing was changed. Restore it from the backup.", err=True)
             ctx.exit(1)
 

@@ -65,9 +65,10 @@ class Home:
 
         try:  # never create an empty database in a home that has been used
             check_state_store(self.config)
-        except StoreError as exc:
+            return Store(make_engine(self.config.storage_url))
+        except StoreError as exc:  # also a schema newer than this release
             fail(str(exc))
-        return Store(make_engine(self.config.database))
+            raise
 
     @cached_property
     def audit(self) -> AuditLog:

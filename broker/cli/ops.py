@@ -125,11 +125,11 @@ def _check_against_store(cfg: Config) -> None:
     from broker.delivery.handover import removed_with_items
     from broker.storage.state_guard import database_state
 
-    if database_state(cfg.database) != "ok":
+    if database_state(cfg) != "ok":
         return
     from broker.storage.state_db import make_engine
     from broker.storage.store import Store
 
-    problems = removed_with_items(cfg, Store(make_engine(cfg.database)).undelivered_by_org())
+    problems = removed_with_items(cfg, Store(make_engine(cfg.storage_url)).undelivered_by_org())
     if problems:
         raise ConfigErrors(problems)

@@ -39,7 +39,6 @@ HEADER = """\
 [broker]
 timezone = "Europe/Helsinki"
 register = "municipalities.csv"
-database = "var/state.db"
 rescan_seconds = 2.0        # inbox rescan (no lost watch event strands a file), config check
 retention_days = 90         # how long files deleted by clients are kept under var/retained/
 max_file_mb = 4096          # larger input files are rejected as TOO_LARGE
@@ -49,6 +48,12 @@ max_attempts = 3            # an input whose handling fails this often goes to v
 archive_days = 90           # accepted inputs are kept under var/archive/ this long
 quarantine_days = 90        # refused inputs and their reports under var/quarantine/
 stale_upload_hours = 24     # temporary (.part ...) or cut-off uploads left this long are removed
+
+# The state database. SQLite in var/ needs nothing installed; a national service points
+# this at PostgreSQL instead: url = "postgresql+psycopg://broker@db.example/broker"
+# (the password in ~/.pgpass or PGPASSWORD, never here). `kela-broker db upgrade` migrates.
+[storage]
+url = "sqlite:///var/state.db"
 
 [sftp]
 listen = "127.0.0.1:2222"

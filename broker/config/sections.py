@@ -93,6 +93,37 @@ def parse_positive(r: Reader, table: Mapping[str, Any], key: str, default: int) 
     return value
 
 
+_STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+
+
+def parse_storage(r: Reader, storage: Any, broker: Mapping[str, Any], home: Path) -> str:
+    """``[storage] url``: the state database, as an SQLAlchemy URL. The default is SQLite
+    at ``var/state.db`` (nothing to install); a relative SQLite path is relative to the
+    home. ``[broker] database = "path"`` (releases before the URL) still names a SQLite
+    file. A PostgreSQL URL is given to psycopg (``postgresql+psycopg://...``)."""
+    if not isinstance(storage, dict):
+        r.error("must be a table with url = \"...\"", "storage")
+        storage = {}
+    old = r.get(broker, "broker", "database", str, "")
+    url: str = r.get(storage, "storage", "url", str, "")
+    if url and old:
+        r.error("give the database once: [storage] url (or the older [broker] database)",
+                "storage", "url")
+    if not url:
+        url = f"sqlite:///{old or 'var/state.db'}"
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in _STORAGE_SCHEMES:
+        r.error(f"must be sqlite:///path or postgresql+psycopg://user@host/db, found "
+                f"{url.split('@')[-1]!r}", "storage", "url")  # never echo a password
+        return f"sqlite:///{home / 'var/state.db'}"
+    if scheme == "postgresql":
+        return f"postgresql+psycopg://{rest}"
+    if scheme == "sqlite" and rest.startswith("/") and not rest.startswith("//"):
+        # sqlite:///relative/path (three slashes): relative to the home, not to the cwd
+        return f"sqlite:///{home / rest[1:]}"
+    return url
+
+
 def parse_handover(r: Reader, table: Any, ids: set[str]) -> dict[str, str]:
     """``[handover] old-id = "new-id"``: items of a removed or renamed organisation go on."""
     if not isinstance(table, dict):

@@ -24,6 +24,7 @@ from broker.config.sections import (
     parse_positive,
     parse_sftp,
     parse_stagger,
+    parse_storage,
     parse_timing,
 )
 from broker.config.types import Config, Format, Organisation, PushTarget, SftpSettings
@@ -81,7 +82,7 @@ def load_config(home: Path, path: Path | None = None, *, check_keys: bool = Fals
     config = Config(
         home=home, path=path, timezone=tz, register=register, organisations=orgs,
         timing=timing, stagger=stagger, sftp=sftp,
-        database=home / r.get(broker, "broker", "database", str, "var/state.db"),
+        storage_url=parse_storage(r, data.get("storage", {}), broker, home),
         metrics_host=metrics_host, metrics_port=metrics_port,
         rescan_seconds=float(r.get(broker, "broker", "rescan_seconds", (int, float), 2.0)),
         retention_days=r.get(broker, "broker", "retention_days", int, 90),

@@ -90,7 +90,8 @@ class Config:
     timing: Mapping[str, TypeTiming]
     stagger: StaggerPolicy
     sftp: SftpSettings
-    database: Path
+    # The state database (SQLAlchemy URL): sqlite:////abs/path or postgresql+psycopg://...
+    storage_url: str
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     rescan_seconds: float = 2.0
@@ -128,6 +129,12 @@ class Config:
     def known_codes(self) -> frozenset[str]:
         """Codes a batch may carry: the register's and those merged away."""
         return self.register.codes | frozenset(self.mergers)
+
+    @property
+    def database(self) -> Path | None:
+        """The SQLite file of the state database; None when it is on a server."""
+        scheme, _, rest = self.storage_url.partition(":///")
+        return Path(rest) if scheme == "sqlite" and rest and rest != ":memory:" else None
 
     # Folders of the home, in one place so every part agrees on them.
     @property

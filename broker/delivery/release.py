@@ -14,16 +14,14 @@ act are one transaction, so neither exists without the other.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Row, func, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import Row
 
 from broker import logs
 from broker.config.settings import Config, Organisation
@@ -37,12 +35,12 @@ from broker.delivery.render import (
     write_attachments_zip,
 )
 from broker.domain.model import Notification, PersonList
-from broker.domain.schedule import Candidate, due_groups, plan_first_delivery
-from broker.errors import DeliveryError, StoreError
-from broker.storage import audit
+from broker.domain.schedule import due_groups, plan_first_delivery
+from broker.errors import DeliveryError, StoreConflict
+from broker.storage import audit, releases
 from broker.storage.audit import anchor_head
 from broker.storage.files import atomic_writer, file_digest, private_dir, temp_path
-from broker.storage.store import Store, deliveries, stagger_plans, stored_time
+from broker.storage.store import Store
 
 log = logs.get("broker.delivery.release")
 
@@ -89,12 +87,12 @@ class _Group:
 class _Written:
     """A delivery whose files are on disk, waiting for commit 3."""
 
-    delivery_id: str
-    sha256: str
-    size: int
-    zip_name: str | None
-    created: datetime
+    record: releases.WrittenDelivery
     event: audit.AuditEvent
+
+    @property
+    def delivery_id(self) -> str:
+        return self.record.delivery_id
 
 
 class Releaser:
@@ -121,7 +119,7 @@ class Releaser:
         self.form_plans(now, result)
         try:
             claimed = self._claim(self.due_groups(now, only_org=only_org), now)
-        except StoreError:
+        except StoreConflict:
             # Another process (an operator's release-due beside the daemon) claimed some
             # of the same rows between our read and our claim; ours rolled back whole.
             claimed = self._claim(self.due_groups(now, only_org=only_org), now)
@@ -129,46 +127,13 @@ class Releaser:
         return result
 
     # -- stagger -------------------------------------------------------------
-    # Driver-level SQL for the per-notification statements below: after a big batch they
-    # touch every row, and SQLAlchemy's per-row compile and bind cost more than SQLite.
-    _FIRST_DELIVERY_SQL = (
-        "SELECT a.id, a.organisation, a.type, i.decision_date, i.seq"
-        " FROM assignments a JOIN items i ON i.seq = a.item_seq"
-        " WHERE a.state = 'held' AND a.planned_at IS NULL AND a.release_at <= ?"
-        " AND a.transferred_from IS NULL AND i.kind = 'notification'"
-        " AND NOT EXISTS (SELECT 1 FROM deliveries d"
-        "  WHERE d.organisation = a.organisation AND d.type = a.type)"
-        " AND NOT EXISTS (SELECT 1 FROM stagger_plans p"
-        "  WHERE p.organisation = a.organisation AND p.type = a.type)"
-        " ORDER BY a.organisation, a.type, i.seq")
-    _PLAN_SQL = "UPDATE assignments SET planned_at = ?, portion = ? WHERE id = ?"
-    # coalesce() keeps SQLite on the primary key: a bare ``state = 'held'`` lures it onto
-    # the state index and a scan of every held row.
-    _CLAIM_SQL = ("UPDATE assignments SET state = 'releasing', delivery_id = ?"
-                  " WHERE id IN (SELECT value FROM json_each(?))"
-                  " AND coalesce(state, '') = 'held'")
-
     def form_plans(self, now: datetime, result: ReleaseResult) -> None:
         """A first delivery of a type over the threshold becomes a weekly plan (SPEC 4)."""
         with self.store.writer.begin() as c:
-            by_pair: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
-            dates: dict[str, date] = {}
-            for aid, org, type_, day, seq in c.exec_driver_sql(self._FIRST_DELIVERY_SQL,
-                                                                (stored_time(now),)):
-                d = dates.get(day) or dates.setdefault(day, date.fromisoformat(day))
-                by_pair[(org, type_)].append(Candidate(id=str(aid), decision_date=d, seq=seq))
-            for (org, type_), cands in by_pair.items():
+            for (org, type_), cands in releases.first_delivery_candidates(c, now).items():
                 plan = plan_first_delivery(cands, self.config.stagger, now)
-                if plan is None:
-                    continue
-                times = {t: stored_time(t) for t in {p.release_at for p in plan}}
-                c.exec_driver_sql(self._PLAN_SQL, [(times[p.release_at], p.portion, int(p.id))
-                                                   for p in plan])
-                portions = max(p.portion for p in plan) + 1
-                c.execute(insert(stagger_plans).values(organisation=org, type=type_,
-                                                       formed_at=now, total=len(plan),
-                                                       portions=portions))
-                result.plans.append((org, type_, len(plan)))
+                if plan is not None and releases.save_plan(c, org, type_, plan, now):
+                    result.plans.append((org, type_, len(plan)))
 
     # -- what is due ---------------------------------------------------------
     def due_groups(self, now: datetime, *, only_org: str | None = None) -> list[_Group]:
@@ -182,33 +147,29 @@ class Releaser:
         """Commit 1: a pending delivery row per group, its assignments claimed."""
         claimed: list[str] = []
         with self.store.writer.begin() as c:
-            # Read under the write lock: no other pass can take the same numbers.
-            seq = c.execute(select(func.max(deliveries.c.seq))).scalar() or 0
-            blocked = {r.organisation for r in c.execute(
-                select(deliveries.c.organisation).where(deliveries.c.state == "pending",
-                                                        deliveries.c.attempts > 0))}
+            blocked = releases.blocked_organisations(c)
             for group in groups:
                 org = self.config.by_id.get(group.organisation)
                 if org is None or org.id in blocked:
                     # Removed from the config (config check refuses that while it holds
                     # items), or its earlier delivery still cannot be written: keep holding.
                     continue
-                seq += 1
+                seq = releases.next_delivery_number(c)
                 if group.kind == "list":
-                    plist = self._lists(c, group.assignment_ids)[0]
+                    plist = PersonList.from_json(releases.payloads(c, group.assignment_ids)[0])
                     name = list_file_name(org.id, plist, now, seq, org.format, self.tz)
                     delivery_id = Path(name).stem
                 else:
                     delivery_id = delivery_stem(org.id, group.type, now, seq, self.tz)
                     name = delivery_file_name(delivery_id)
-                c.execute(insert(deliveries).values(
-                    id=delivery_id, organisation=org.id, type=group.type, kind=group.kind,
-                    file_name=name, created_at=now, count=len(group.assignment_ids),
-                    portion=group.portion, state="pending", seq=seq))
-                n = c.exec_driver_sql(self._CLAIM_SQL, (
-                    delivery_id, _id_list(group.assignment_ids))).rowcount
-                if n != len(group.assignment_ids):  # another process released them first
-                    raise StoreError(f"release of {delivery_id}: assignments changed underneath")
+                releases.new_delivery(c, delivery_id=delivery_id, organisation=org.id,
+                                      type_=group.type, kind=group.kind, file_name=name,
+                                      now=now, count=len(group.assignment_ids),
+                                      portion=group.portion, seq=seq)
+                n = releases.claim(c, delivery_id, group.assignment_ids)
+                if n != len(group.assignment_ids):  # another pass claimed some first
+                    raise StoreConflict(f"release of {delivery_id}: assignments changed "
+                                        "underneath")
                 claimed.append(delivery_id)
         return claimed
 
@@ -216,12 +177,8 @@ class Releaser:
         """Finish deliveries a crash (or a failed write) left pending; returns how many were
         tried. With ``now``, a delivery that failed before waits for its next attempt time;
         without (at start), every pending delivery is tried at once."""
-        d = deliveries
-        q = select(d.c.id).where(d.c.state == "pending").order_by(d.c.seq)
-        if now is not None:
-            q = q.where((d.c.next_attempt_at.is_(None)) | (d.c.next_attempt_at <= now))
         with self.store.engine.connect() as c:
-            pending = [r.id for r in c.execute(q)]
+            pending = releases.pending_deliveries(c, now)
         self._write_and_finish(pending, result or ReleaseResult(), now or datetime.now(UTC))
         return len(pending)
 
@@ -243,21 +200,10 @@ class Releaser:
             return
         with self.store.writer.begin() as c:
             if done:
-                c.exec_driver_sql(
-                    "UPDATE deliveries SET state = 'written', sha256 = ?, size = ?,"
-                    " zip_name = ?, next_attempt_at = NULL WHERE id = ?",
-                    [(w.sha256, w.size, w.zip_name, w.delivery_id) for w in done])
-                c.exec_driver_sql(
-                    "UPDATE assignments SET state = 'released', released_at = ?"
-                    " WHERE delivery_id = ?",
-                    [(stored_time(w.created), w.delivery_id) for w in done])
+                releases.mark_written(c, [w.record for w in done])
                 audit.append(c, [w.event for w in done], now)
             for f in failed:
-                tries = (c.execute(select(deliveries.c.attempts)
-                                   .where(deliveries.c.id == f.delivery_id)).scalar() or 0) + 1
-                c.execute(update(deliveries).where(deliveries.c.id == f.delivery_id).values(
-                    attempts=tries, next_attempt_at=now + retry_delay(tries),
-                    last_error=f.error[:2000]))
+                releases.mark_failed(c, f.delivery_id, f.error, now, retry_delay)
         if done:
             self._anchor()
         result.deliveries.extend(w.delivery_id for w in done)
@@ -271,8 +217,7 @@ class Releaser:
 
     def _failure(self, delivery_id: str, exc: Exception) -> Failure:
         with self.store.engine.connect() as c:
-            org = c.execute(select(deliveries.c.organisation)
-                            .where(deliveries.c.id == delivery_id)).scalar() or "?"
+            org = releases.organisation_of(c, delivery_id) or "?"
         if isinstance(exc, OSError):
             # strerror, not str(exc): the message is shown on /healthz and in status.
             error = f"{exc.strerror or type(exc).__name__} ({exc.filename or 'outbox'})"
@@ -285,11 +230,8 @@ class Releaser:
 
     def _write_files(self, delivery_id: str, result: ReleaseResult) -> _Written:
         with self.store.engine.connect() as c:
-            d = c.execute(select(deliveries).where(deliveries.c.id == delivery_id)).one()
-            payloads = [p for (p,) in c.exec_driver_sql(
-                "SELECT items.payload FROM items JOIN assignments"
-                " ON assignments.item_seq = items.seq WHERE assignments.delivery_id = ?"
-                " ORDER BY items.seq", (delivery_id,))]  # oldest first
+            d = releases.delivery(c, delivery_id)
+            payloads = releases.delivery_payloads(c, delivery_id)  # oldest first
             org = self.config.by_id.get(d.organisation)
             if org is None:
                 raise DeliveryError("organisation is no longer configured",
@@ -328,7 +270,8 @@ class Releaser:
                              "count": len(payloads), **extra}, sort_keys=True)
         event = audit.AuditEvent("release", org.id, path=d.file_name, size=size,
                                  sha256=digest, detail=detail, refs=refs)
-        return _Written(delivery_id, digest, size, zip_name, d.created_at, event)
+        return _Written(releases.WrittenDelivery(delivery_id, digest, size, zip_name,
+                                                 d.created_at), event)
 
     @staticmethod
     def _render_notes(f: IO[bytes], d: Row[Any], org: Organisation,
@@ -354,22 +297,3 @@ class Releaser:
             if not path.exists():
                 raise _Busy(path) from None
         return file_digest(path)
-
-    @staticmethod
-    def _payloads(c: Connection, assignment_ids: Sequence[int]) -> list[str]:
-        rows = c.exec_driver_sql(
-            "SELECT items.payload FROM items JOIN assignments"
-            " ON assignments.item_seq = items.seq"
-            " WHERE assignments.id IN (SELECT value FROM json_each(?))"
-            " ORDER BY items.seq",  # oldest first
-            (_id_list(assignment_ids),))
-        return [payload for (payload,) in rows]
-
-    def _lists(self, c: Connection, ids: Sequence[int]) -> list[PersonList]:
-        return [PersonList.from_json(p) for p in self._payloads(c, ids)]
-
-
-def _id_list(ids: Sequence[int]) -> str:
-    """Ids as one JSON array parameter (``IN (SELECT value FROM json_each(?))``): any
-    number of them in one statement, past SQLite's cap on bound parameters."""
-    return json.dumps([int(i) for i in ids])

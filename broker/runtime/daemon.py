@@ -99,7 +99,7 @@ class Daemon:
                   cfg.var / "quarantine"):
             private_dir(d)
         check_state_store(cfg, initialise=self.overrides.initialise)
-        self.store = Store(make_engine(cfg.database))
+        self.store = Store(make_engine(cfg.storage_url))
         self._check_removed(cfg)
         self.audit = start_trail(self.store.engine, cfg.var, utcnow())
         self.releaser = Releaser(cfg, self.store)

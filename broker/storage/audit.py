@@ -52,10 +52,11 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from broker.storage.audit_anchor import Anchor, read_anchor, write_anchor
-from broker.storage.db import audit_metadata, writer
+from broker.storage.db import audit_metadata, serialize, writer
+from broker.storage.db_errors import is_busy, is_conflict
 from broker.storage.files import atomic_write
 
 GENESIS = "0" * 64
@@ -205,8 +206,10 @@ def anchor_head(engine: Engine, path: Path) -> Anchor | None:
 def append_at(conn: Connection, stamped: Iterable[tuple[AuditEvent, str]]) -> list[int]:
     """Chain ``(event, at)`` pairs onto the trail inside the caller's transaction.
 
-    The transaction must hold the write lock (``writer(engine).begin()``) so that the
-    head read here is still the head at commit."""
+    The transaction must be a writer's (``writer(engine).begin()``): on SQLite it holds
+    the write lock; on PostgreSQL the ``audit`` lock is taken here. Either way the head
+    read here is still the head at commit."""
+    serialize(conn, "audit")
     row_id, prev = head(conn)
     ids: list[int] = []
     refs: list[tuple[int, str | None, str | None]] = []
@@ -220,9 +223,9 @@ def append_at(conn: Connection, stamped: Iterable[tuple[AuditEvent, str]]) -> li
         refs.extend((row_id, r.item, r.person) for r in event.refs)
         prev = digest
         ids.append(row_id)
-    if refs:  # a release of a big batch: driver-level executemany, not per-row Core
-        conn.exec_driver_sql(
-            "INSERT INTO audit_refs (event_id, item, person) VALUES (?, ?, ?)", refs)
+    if refs:  # a release of a big batch: one executemany
+        conn.execute(insert(audit_refs), [{"event_id": e, "item": i, "person": p}
+                                          for e, i, p in refs])
     return ids
 
 
@@ -312,7 +315,6 @@ class AuditLog:
         self._engine = engine
         self._anchor = anchor
         self._lock = threading.Lock()
-        audit_metadata.create_all(engine)
 
     @property
     def engine(self) -> Engine:
@@ -330,10 +332,10 @@ class AuditLog:
                     with writer(self._engine).begin() as conn:
                         (row_id,) = append(conn, [event], now)
                     break
-                except IntegrityError:
-                    continue  # a writer that does not lock at BEGIN chained first
-                except OperationalError as exc:
-                    if "locked" not in str(exc):
+                except DBAPIError as exc:
+                    # Busy (an ingest holds SQLite's write lock), or a writer that skipped
+                    # the lock chained first (the UNIQUE prev_hash caught it): again.
+                    if not (is_busy(exc) or is_conflict(exc)):
                         raise
                     time.sleep(0.01)
             else:
@@ -348,13 +350,14 @@ class AuditLog:
     def items(self, ids: Sequence[int]) -> dict[int, list[str]]:
         """The notification/list ids each of the rows ``ids`` carried (releases)."""
         out: dict[int, list[str]] = defaultdict(list)
+        wanted = [int(i) for i in ids]
         with self._engine.connect() as conn:
-            # One JSON parameter: any number of rows, past SQLite's cap on parameters.
-            for event_id, item in conn.exec_driver_sql(
-                    "SELECT event_id, item FROM audit_refs WHERE event_id IN"
-                    " (SELECT value FROM json_each(?)) ORDER BY id",
-                    (json.dumps([int(i) for i in ids]),)):
-                out[event_id].append(item)
+            for n in range(0, len(wanted), 500):  # under SQLite's cap on parameters
+                for event_id, item in conn.execute(
+                        select(audit_refs.c.event_id, audit_refs.c.item)
+                        .where(audit_refs.c.event_id.in_(wanted[n:n + 500]))
+                        .order_by(audit_refs.c.id)):
+                    out[event_id].append(item)
         return out
 
     def query(self, *, org: str | None = None, since: datetime | None = None,

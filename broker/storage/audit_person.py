@@ -11,29 +11,50 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
 from sqlalchemy import Engine, or_, select
+from sqlalchemy.engine import Connection
 
+from broker.domain.model import Notification, PersonList
 from broker.storage.audit import audit_refs, audit_table, person_digest
+from broker.storage.tables import assignments, items
 
 # Actions that hand a delivery file (by name) to an organisation after its release.
 FILE_ACTIONS = ("download", "push")
 
-# The person's items in the store: notifications by their person, lists by an entry.
-_ITEMS_SQL = (
-    "SELECT id FROM items WHERE kind = 'notification'"
-    " AND json_extract(payload, '$.person.pic') = ?1"
-    " UNION SELECT items.id FROM items, json_each(items.payload, '$.entries') e"
-    " WHERE items.kind = 'list' AND json_extract(e.value, '$.pic') = ?1")
 
-_TRANSFERS_SQL = (
-    "SELECT a.created_at, a.organisation, b.organisation, i.id"
-    " FROM assignments a JOIN items i ON i.seq = a.item_seq"
-    " JOIN assignments b ON b.id = a.transferred_from"
-    " WHERE i.id IN (SELECT value FROM json_each(?)) ORDER BY a.created_at")
+def _persons_items(c: Connection, code: str) -> list[str]:
+    """The person's items in the store: notifications by their person, lists by an entry.
+    The text search only narrows (the same on both engines); the payload decides."""
+    found = []
+    rows = c.execute(select(items.c.id, items.c.kind, items.c.payload)
+                     .where(items.c.payload.contains(code, autoescape=True)))
+    for item_id, kind, payload in rows:
+        if kind == "list":
+            if any(e.pic == code for e in PersonList.from_json(payload).entries):
+                found.append(item_id)
+        elif Notification.from_json(payload).person.pic == code:
+            found.append(item_id)
+    return found
+
+
+def _transfers(c: Connection, item_ids: list[str]) -> list[Disclosure]:
+    """Transfers of the person's notifications between organisations, from the store."""
+    a, b = assignments, assignments.alias("b")
+    out: list[Disclosure] = []
+    for n in range(0, len(item_ids), 500):  # under SQLite's cap on parameters
+        q = (select(a.c.created_at, a.c.organisation, b.c.organisation.label("source"),
+                    items.c.id)
+             .select_from(a.join(items, items.c.seq == a.c.item_seq)
+                          .join(b, b.c.id == a.c.transferred_from))
+             .where(items.c.id.in_(item_ids[n:n + 500])))
+        out.extend(Disclosure(at=at, action="transfer", org=to_org, path=None,
+                              detail=f"notification {item} transferred from {from_org}")
+                   for at, to_org, from_org, item in c.execute(q))
+    return out
 
 
 @dataclass(frozen=True)
@@ -77,9 +98,9 @@ def person_trail(engine: Engine, key: bytes, code: str) -> list[Disclosure]:
     """Every recorded disclosure of the person with identity code ``code``, oldest first."""
     t, r = audit_table, audit_refs
     with engine.connect() as c:
-        items = [i for (i,) in c.exec_driver_sql(_ITEMS_SQL, (code.strip().upper(),))]
+        own = _persons_items(c, code.strip().upper())
         refs = select(r.c.event_id).where(or_(r.c.person == person_digest(key, code),
-                                              r.c.item.in_(items)))
+                                              r.c.item.in_(own)))
         events = {row.id: row for row in c.execute(select(t).where(t.c.id.in_(refs)))}
         for rel in [e for e in events.values() if e.action == "release"]:
             names = _file_names(rel)
@@ -89,10 +110,5 @@ def person_trail(engine: Engine, key: bytes, code: str) -> list[Disclosure]:
                 if PurePosixPath(row.path or "").name in names:
                     events[row.id] = row
         out = [_of(row) for row in events.values()]
-        # Driver-level rows give the store's UTC text form of the time.
-        out.extend(Disclosure(at=datetime.fromisoformat(str(at)).replace(tzinfo=UTC),
-                              action="transfer", org=to_org, path=None,
-                              detail=f"notification {item} transferred from {from_org}")
-                   for at, to_org, from_org, item in c.exec_driver_sql(
-                       _TRANSFERS_SQL, (json.dumps(items),)))
+        out.extend(_transfers(c, own))
     return sorted(out, key=lambda d: (d.at, d.event_id or 0))

@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from broker import logs
-from broker.storage.audit import HEAD_FILE, LEGACY_FILE, AuditEvent, append_at, timestamp
+from broker.storage.audit import HEAD_FILE, LEGACY_FILE, AuditEvent, append_at, head, timestamp
 from broker.storage.audit_anchor import Anchor, write_anchor
 from broker.storage.audit_legacy import migrate_legacy
 from broker.storage.db import writer
+from broker.storage.db_errors import is_busy, is_conflict
 
 log = logs.get("broker.storage.audit")
 
@@ -114,16 +115,13 @@ class AuditWriter:
             try:
                 with self._engine.begin() as conn:
                     ids = append_at(conn, [(e, at) for e, at, _ in pending])
-                    head_hash = conn.exec_driver_sql(
-                        "SELECT row_hash FROM audit_log WHERE id = ?", (ids[-1],)).scalar_one()
+                    head_hash = head(conn)[1]
                 break
-            except (OperationalError, IntegrityError) as exc:
+            except DBAPIError as exc:
                 # Busy, not broken: an ingest holds the write lock for as long as it
                 # stores a big batch (seconds), or another process chained first. A
                 # disclosure must never go unrecorded, so wait (the SFTP reply waits too).
-                transient = ("locked" in str(exc) if isinstance(exc, OperationalError)
-                             else "UNIQUE constraint failed: audit_log" in str(exc))
-                if not transient:
+                if not (is_busy(exc) or is_conflict(exc)):
                     self._fail(pending, exc)
                     return
                 waited = time.monotonic() - started  # each try waits the busy timeout too

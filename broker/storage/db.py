@@ -1,64 +1,99 @@
-"""The SQLite engine and the two MetaData objects the table modules register on:
-``metadata`` (the state of the flow) and ``audit_metadata`` (the audit trail).
+"""The engine (SQLite embedded, or PostgreSQL by URL) and the two MetaData objects the
+table modules register on: ``metadata`` (the state of the flow) and ``audit_metadata``
+(the audit trail). Both live in one database, so one backup holds all.
 
-``open_engine`` only opens; ``broker.storage.state_db.make_engine`` (which imports every table
-module, so nothing here has to) opens and creates the tables.
+``open_engine`` only opens; ``broker.storage.state_db.make_engine`` (which imports every
+table module, so nothing here has to) opens and brings the schema to the code's revision.
 
-SQLite in WAL mode: readers (``status``, ``audit show``) never block the daemon,
-and a crash leaves the last committed transaction intact.
-
-Write transactions take the write lock when they begin (``BEGIN IMMEDIATE``, through
-:func:`writer`): a deferred transaction that reads first and writes later fails at
-once with "database is locked" when another writer committed in between (WAL does
-not wait for a snapshot that is out of date), which is how two release passes
-could race. Read-only work uses the engine itself (deferred, never blocks a writer).
+Writers, on each engine:
+- SQLite (WAL): write transactions take the one write lock when they begin (``BEGIN
+  IMMEDIATE``, through :func:`writer`). A deferred transaction that reads first and
+  writes later fails at once with "database is locked" when another writer committed in
+  between, which is how two release passes could race. Readers never block.
+- PostgreSQL (READ COMMITTED): writers run side by side. What must not interleave says
+  so itself: claims lock their rows (``FOR UPDATE SKIP LOCKED``), counters are rows
+  updated in place, and the few read-decide-write steps that span many rows (the audit
+  chain's head, a response's decisions) take a named transaction lock
+  (:func:`serialize`), which SQLite's write lock already is.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import hashlib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, MetaData, Table, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.sql.dml import Insert
 
-T = TypeVar("T")
-
-# Two schemas in one database file (one backup holds both): the state of the flow, and
+# Two schemas in one database (one backup holds both): the state of the flow, and
 # the audit trail, which only ever grows and is verified on its own.
 metadata = MetaData()
 audit_metadata = MetaData()
 
 _BEGIN_OPTION = "sqlite_begin"
+DEFAULT_URL = "sqlite:///var/state.db"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for any other engine (or in-memory)."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def is_sqlite(bind: Engine | Connection) -> bool:
+    return bind.dialect.name == "sqlite"
 
 
 def writer(engine: Engine) -> Engine:
-    """The same engine (same pool) whose transactions begin by taking the write lock."""
-    return engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+    """The same engine (same pool) for write transactions: on SQLite they take the
+    write lock at BEGIN; on PostgreSQL they are plain READ COMMITTED transactions."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+    return engine
 
 
-def while_locked(work: Callable[[], T], *, give_up_after: float = 600.0) -> T:
-    """Run ``work`` (one write transaction), again while the database is locked: an
-    ingest holds the write lock for as long as it stores a big batch, which can be longer
-    than SQLite's busy timeout. Other errors, and a lock held past ``give_up_after``
-    seconds, are raised."""
-    delay, deadline = 0.05, time.monotonic() + give_up_after
-    while True:
-        try:
-            return work()
-        except OperationalError as exc:  # each try itself waits the busy timeout
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+def serialize(conn: Connection, name: str) -> None:
+    """Hold the named lock until this transaction ends: two transactions that read,
+    decide and write the same ``name`` run one after the other. On SQLite a writer
+    already holds the database's one write lock; on PostgreSQL it is a transaction-level
+    advisory lock."""
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
-def open_engine(path: Path) -> Engine:
-    """Open (creating the file if needed) the SQLite database at ``path``."""
+def insert_ignoring(conn: Connection, table: Table) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in the connection's dialect."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+def upsert_adding(conn: Connection, table: Table, keys: list[str], add: dict[str, int],
+                  assign: dict[str, Any]) -> Insert:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE``: an existing row gets ``add`` added to
+    its columns and ``assign`` set; one statement, so two writers count twice."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    changes: dict[str, Any] = {name: table.c[name] + n for name, n in add.items()}
+    return dialect.insert(table).on_conflict_do_update(index_elements=keys,
+                                                       set_={**changes, **assign})
+
+
+def open_engine(url: str | Path) -> Engine:
+    """Open the database at ``url`` (a Path is a SQLite file, made if missing)."""
+    if isinstance(url, Path):
+        url = f"sqlite:///{url}"
+    path = sqlite_path(url)
+    if path is None:
+        # pool_pre_ping: a daemon outlives server restarts; a dropped connection in the
+        # pool is replaced instead of failing the next pass.
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    engine = create_engine(f"sqlite:///{path}", future=True)
+    engine = create_engine(url)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Column, Engine, Integer, String, Table, Text, insert, select
+from sqlalchemy import Column, Engine, Integer, String, Table, Text, select
 
 from broker.storage.audit import AuditEvent, anchor_head, append
-from broker.storage.db import metadata, while_locked, writer
+from broker.storage.db import insert_ignoring, metadata, writer
+from broker.storage.db_errors import retrying
 from broker.storage.files import is_hidden_or_partial
-from broker.storage.store import UTCDateTime
+from broker.storage.tables import UTCDateTime
 
 pushes = Table(
     "pushes", metadata,
@@ -52,12 +53,12 @@ def record(engine: Engine, org: str, file: str, size: int, remote: str, now: dat
     same transaction (a push is a disclosure), the trail's head anchored after."""
     def record_it() -> None:
         with writer(engine).begin() as c:
-            done = c.execute(insert(pushes).prefix_with("OR IGNORE").values(
+            done = c.execute(insert_ignoring(c, pushes).values(
                 organisation=org, file=file, size=size, remote=remote, pushed_at=now)).rowcount
             if done:
                 append(c, [AuditEvent("push", org, path=file, size=size, sha256=sha256,
                                       detail=remote)], now)
 
-    while_locked(record_it)  # the file is on their server: the record must not be lost
+    retrying(record_it)  # the file is on their server: the record must not be lost
     if anchor is not None:
         anchor_head(engine, anchor)

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     Column,
@@ -41,7 +42,7 @@ from sqlalchemy.engine import Connection
 
 from broker.storage.db import metadata
 from broker.storage.states import DeliveryState, Verdict, state_column_type
-from broker.storage.store import UTCDateTime, assignments, items
+from broker.storage.tables import UTCDateTime, assignments, deliveries, input_files, items
 
 response_files = Table(
     "response_files", metadata,
@@ -191,7 +192,7 @@ def unreceipted(engine: Engine, now: datetime) -> list[Unreceipted]:
     with engine.connect() as c:
         for r in c.execute(q):
             oldest = r.o if isinstance(r.o, datetime) else datetime.fromisoformat(str(r.o))
-            oldest = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest
+            oldest = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest.astimezone(UTC)
             out.append(Unreceipted(r.organisation, int(r.n), oldest, now - oldest))
     return out
 
@@ -222,10 +223,6 @@ class Story:
 
 def story(engine: Engine, item_id: str, tz: str) -> Story | None:
     """Everything the store knows about one notification, oldest first (times in ``tz``)."""
-    from zoneinfo import ZoneInfo
-
-    from broker.storage.store import deliveries, input_files
-
     zone = ZoneInfo(tz)
 
     with engine.connect() as c:

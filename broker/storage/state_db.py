@@ -1,8 +1,9 @@
 """The state database with every table: what the daemon, the CLI and the tests open.
 
 The table modules register on ``broker.storage.db.metadata`` (and the audit trail's on
-``audit_metadata``); importing them here (and not from
-``broker.storage.db``, which they import) keeps the imports one-way.
+``audit_metadata``); importing them here (and not from ``broker.storage.db``, which they
+import) keeps the imports one-way. Opening brings the schema to the code's revision
+(``broker.storage.schema``).
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from broker.storage import audit, pushes, response_store, store
-from broker.storage.db import audit_metadata, metadata, open_engine
+from broker.storage import audit, counters, pushes, response_store, store
+from broker.storage.db import open_engine, sqlite_path
+from broker.storage.schema import ensure_schema
 
-TABLE_MODULES = (audit, pushes, response_store, store)  # each defines tables on metadata
+TABLE_MODULES = (audit, counters, pushes, response_store, store)  # each defines tables
 
 
-def make_engine(path: Path) -> Engine:
-    """Open (creating if needed) the state database at ``path`` with every table."""
-    engine = open_engine(path)
-    metadata.create_all(engine)
-    audit_metadata.create_all(engine)
-    if path.exists():
+def make_engine(url: str | Path) -> Engine:
+    """Open the state database at ``url`` (a Path: a SQLite file) with every table, at
+    the schema revision of this code."""
+    engine = open_engine(url)
+    ensure_schema(engine)
+    path = url if isinstance(url, Path) else sqlite_path(url)
+    if path is not None and path.exists():
         path.chmod(0o600)
     return engine

@@ -1,7 +1,8 @@
 """The state store is never silently recreated.
 
-Opening SQLite creates a missing file, so a deleted or lost ``var/state.db`` would
-come back empty: every notification forgotten, every id free for reuse, the next
+Opening SQLite creates a missing file (and a PostgreSQL database restored empty, or
+the wrong database named in ``[storage] url``, looks the same), so a lost state store
+would come back empty: every notification forgotten, every id free for reuse, the next
 release numbering files from 1 again. Before the database is opened, this checks
 whether the home has been used (archived inputs, deliveries in the outboxes, an
 audit trail) and refuses an absent or empty database in a used home, unless the
@@ -14,8 +15,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from sqlalchemy.pool import NullPool
+
 from broker.config.settings import Config
 from broker.errors import StoreError
+from broker.storage.db_errors import store_error
 
 
 class StateMissing(StoreError):
@@ -41,8 +45,11 @@ def evidence(config: Config) -> list[str]:
     return found
 
 
-def database_state(path: Path) -> str:
+def database_state(config: Config) -> str:
     """"missing", "empty" (no tables of ours), "unreadable: <why>" or "ok"."""
+    path = config.database
+    if path is None:
+        return _server_state(config.storage_url)
     if not path.exists():
         return "missing"
     if path.stat().st_size == 0:
@@ -56,12 +63,37 @@ def database_state(path: Path) -> str:
     return "ok" if n else "empty"
 
 
+def _server_state(url: str) -> str:
+    """The same question of a database server (the server itself must be there)."""
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.exc import DBAPIError
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as c:
+            return "ok" if inspect(c).has_table("input_files") else "empty"
+    except DBAPIError as exc:
+        return f"unreadable: {store_error(exc)}"
+    finally:
+        engine.dispose()
+
+
+def store_name(config: Config) -> str:
+    """The state database as an operator knows it: its file, or its URL without secrets."""
+    from sqlalchemy.engine import make_url
+
+    if config.database is not None:
+        return str(config.database)
+    return make_url(config.storage_url).render_as_string(hide_password=True)
+
+
 def check_state_store(config: Config, *, initialise: bool = False) -> None:
     """Raise StateMissing (or StoreError for an unreadable file) before opening the store."""
-    state = database_state(config.database)
+    state = database_state(config)
+    where = store_name(config)
     if state.startswith("unreadable"):
         raise StoreError(f"the state database is not readable ({state[12:]}); restore it "
-                         "from the backup, nothing was changed", file=str(config.database))
+                         "from the backup, nothing was changed", file=where)
     if state == "ok" or initialise:
         return
     used = evidence(config)
@@ -69,6 +101,6 @@ def check_state_store(config: Config, *, initialise: bool = False) -> None:
         raise StateMissing(
             f"the state database is {state}, but this home has been used "
             f"({', '.join(used)}); refusing to start with a new, empty one. Restore "
-            f"{config.database.name} from the backup, or start with --initialise to make a "
+            f"{where} from the backup, or start with --initialise to make a "
             "new one (every earlier notification is then forgotten)",
-            file=str(config.database))
+            file=where)

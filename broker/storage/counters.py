@@ -1,0 +1,43 @@
+"""Numbers the database hands out: item arrival order, delivery file numbers.
+
+A counter is one row, advanced in place (``UPDATE ... RETURNING``) inside the caller's
+transaction: on PostgreSQL the row stays locked until that transaction ends, so two
+passes never draw the same number, and a rolled-back transaction gives its numbers back
+(delivery file numbers have no gaps). On SQLite the writer already holds the database's
+write lock. Never ``max(seq) + 1``: that reads a snapshot another writer may be past.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, String, Table, select, update
+from sqlalchemy.engine import Connection
+
+from broker.storage.db import insert_ignoring, metadata
+
+counters = Table(
+    "counters", metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", BigInteger, nullable=False),  # the last number handed out
+)
+
+ITEMS = "items"  # items.seq: arrival order, for "oldest first"
+DELIVERIES = "deliveries"  # deliveries.seq: the number in every delivery file's name
+
+
+def take(conn: Connection, name: str, n: int = 1) -> int:
+    """Reserve ``n`` consecutive numbers of counter ``name``; returns the first."""
+    if n < 1:
+        raise ValueError("take at least one number")
+    advance = (update(counters).where(counters.c.name == name)
+               .values(value=counters.c.value + n).returning(counters.c.value))
+    last = conn.execute(advance).scalar()
+    if last is None:  # first use in this database
+        conn.execute(insert_ignoring(conn, counters).values(name=name, value=0))
+        last = conn.execute(advance).scalar_one()
+    return int(last) - n + 1
+
+
+def peek(conn: Connection, name: str) -> int:
+    """The last number handed out (0 before the first)."""
+    return int(conn.execute(select(counters.c.value).where(counters.c.name == name))
+               .scalar() or 0)

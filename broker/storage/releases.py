@@ -1,0 +1,156 @@
+"""The release pass's statements (``broker.delivery.release`` decides and writes files).
+
+Every function runs inside the caller's transaction. Safe under concurrency on both
+engines: a claim locks the rows it takes (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on
+SQLite the writer holds the database's write lock) and says how many it got, so a pass
+that lost a race rolls back whole; a stagger plan is its row first (``ON CONFLICT DO
+NOTHING``), so two passes cannot form it twice; delivery numbers come from the
+``deliveries`` counter.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, bindparam, exists, insert, or_, select, update
+from sqlalchemy.engine import Connection
+
+from broker.domain.schedule import Candidate, PlannedRelease
+from broker.storage import counters
+from broker.storage.db import insert_ignoring
+from broker.storage.store import IN_CHUNK
+from broker.storage.tables import assignments, deliveries, items, stagger_plans
+
+a, d, i, p = assignments, deliveries, items, stagger_plans
+
+
+def first_delivery_candidates(c: Connection, now: datetime) -> dict[tuple[str, str],
+                                                                     list[Candidate]]:
+    """Per (organisation, type) never delivered nor planned: its held notifications due
+    by ``now`` under normal timing (a stagger plan may then hold them back), oldest first."""
+    q = (select(a.c.id, a.c.organisation, a.c.type, i.c.decision_date, i.c.seq)
+         .select_from(a.join(i, i.c.seq == a.c.item_seq))
+         .where(a.c.state == "held", a.c.planned_at.is_(None), a.c.release_at <= now,
+                a.c.transferred_from.is_(None), i.c.kind == "notification",
+                ~exists().where(d.c.organisation == a.c.organisation, d.c.type == a.c.type),
+                ~exists().where(p.c.organisation == a.c.organisation, p.c.type == a.c.type))
+         .order_by(a.c.organisation, a.c.type, i.c.seq))
+    out: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
+    for aid, org, type_, day, seq in c.execute(q):
+        out[(org, type_)].append(Candidate(id=str(aid), decision_date=day, seq=seq))
+    return out
+
+
+def save_plan(c: Connection, org: str, type_: str, plan: Sequence[PlannedRelease],
+              now: datetime) -> bool:
+    """Record a stagger plan and hold its notifications to it; False (nothing changed)
+    when another pass formed this plan first."""
+    formed = c.execute(insert_ignoring(c, p).values(
+        organisation=org, type=type_, formed_at=now, total=len(plan),
+        portions=max(x.portion for x in plan) + 1)).rowcount
+    if not formed:
+        return False
+    c.execute(update(a).where(a.c.id == bindparam("aid"))
+              .values(planned_at=bindparam("at"), portion=bindparam("portion")),
+              [{"aid": int(x.id), "at": x.release_at, "portion": x.portion} for x in plan])
+    return True
+
+
+def blocked_organisations(c: Connection) -> set[str]:
+    """Organisations with a delivery that could not be written: they get no new one."""
+    return set(c.execute(select(d.c.organisation).distinct()
+                         .where(d.c.state == "pending", d.c.attempts > 0)).scalars())
+
+
+def next_delivery_number(c: Connection) -> int:
+    return counters.take(c, counters.DELIVERIES)
+
+
+def new_delivery(c: Connection, *, delivery_id: str, organisation: str, type_: str, kind: str,
+                 file_name: str, now: datetime, count: int, portion: int | None,
+                 seq: int) -> None:
+    c.execute(insert(d).values(
+        id=delivery_id, organisation=organisation, type=type_, kind=kind, file_name=file_name,
+        created_at=now, count=count, portion=portion, state="pending", seq=seq))
+
+
+def claim(c: Connection, delivery_id: str, assignment_ids: Sequence[int]) -> int:
+    """Claim the held ``assignment_ids`` for a pending delivery; returns how many were
+    still held and free (fewer: another pass took some, and the caller rolls back)."""
+    claimed = 0
+    for n in range(0, len(assignment_ids), IN_CHUNK):
+        free = (select(a.c.id).where(a.c.id.in_(assignment_ids[n:n + IN_CHUNK]),
+                                     a.c.state == "held")
+                .with_for_update(skip_locked=True)).scalar_subquery()
+        claimed += c.execute(update(a).where(a.c.id.in_(free))
+                             .values(state="releasing", delivery_id=delivery_id)).rowcount
+    return claimed
+
+
+def payloads(c: Connection, assignment_ids: Sequence[int]) -> list[str]:
+    """The items' payloads of ``assignment_ids``, oldest first."""
+    rows: list[tuple[int, str]] = []
+    for n in range(0, len(assignment_ids), IN_CHUNK):
+        rows.extend((r.seq, r.payload) for r in c.execute(
+            select(i.c.seq, i.c.payload).select_from(i.join(a, a.c.item_seq == i.c.seq))
+            .where(a.c.id.in_(assignment_ids[n:n + IN_CHUNK]))))
+    return [payload for _, payload in sorted(rows)]
+
+
+def delivery(c: Connection, delivery_id: str) -> Row[Any]:
+    return c.execute(select(d).where(d.c.id == delivery_id)).one()
+
+
+def delivery_payloads(c: Connection, delivery_id: str) -> list[str]:
+    """The payloads in one delivery, oldest first."""
+    return list(c.execute(select(i.c.payload).select_from(i.join(a, a.c.item_seq == i.c.seq))
+                          .where(a.c.delivery_id == delivery_id).order_by(i.c.seq)).scalars())
+
+
+def pending_deliveries(c: Connection, now: datetime | None) -> list[str]:
+    """Pending deliveries in number order; with ``now``, only those due a (re)try."""
+    q = select(d.c.id).where(d.c.state == "pending").order_by(d.c.seq)
+    if now is not None:
+        q = q.where(or_(d.c.next_attempt_at.is_(None), d.c.next_attempt_at <= now))
+    return list(c.execute(q).scalars())
+
+
+def organisation_of(c: Connection, delivery_id: str) -> str | None:
+    return c.execute(select(d.c.organisation).where(d.c.id == delivery_id)).scalar()
+
+
+@dataclass(frozen=True)
+class WrittenDelivery:
+    delivery_id: str
+    sha256: str
+    size: int
+    zip_name: str | None
+    created: datetime
+
+
+def mark_written(c: Connection, done: Sequence[WrittenDelivery]) -> None:
+    """Commit 3: the deliveries are on disk, their assignments released."""
+    c.execute(update(d).where(d.c.id == bindparam("did"))
+              .values(state="written", sha256=bindparam("sha"), size=bindparam("n"),
+                      zip_name=bindparam("zip"), next_attempt_at=None),
+              [{"did": w.delivery_id, "sha": w.sha256, "n": w.size, "zip": w.zip_name}
+               for w in done])
+    c.execute(update(a).where(a.c.delivery_id == bindparam("did"))
+              .values(state="released", released_at=bindparam("at")),
+              [{"did": w.delivery_id, "at": w.created} for w in done])
+
+
+def mark_failed(c: Connection, delivery_id: str, error: str, now: datetime,
+                delay_for: Callable[[int], timedelta]) -> int:
+    """One more failed attempt, tried again ``delay_for(attempts)`` after ``now``;
+    returns the attempt count."""
+    tries = int(c.execute(update(d).where(d.c.id == delivery_id)
+                          .values(attempts=d.c.attempts + 1, last_error=error[:2000])
+                          .returning(d.c.attempts)).scalar_one())
+    c.execute(update(d).where(d.c.id == delivery_id)
+              .values(next_attempt_at=now + delay_for(tries)))
+    return tries

@@ -1,0 +1,64 @@
+"""The test harness's fixtures: the storage engines, and the throwaway PostgreSQL cluster.
+
+A module (or test) marked ``pytest.mark.both_engines`` runs once on SQLite and once on
+PostgreSQL: its ids end in ``[sqlite]`` and ``[postgresql]``. The cluster starts once per
+worker, only when a PostgreSQL run needs it, and every such test gets a new database,
+dropped after it. Without PostgreSQL's programs (``make postgres`` installs them as
+root) the PostgreSQL runs are skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import storage_support
+from pg_cluster import Cluster, find_pg_bin, start_cluster
+
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_engines: run on SQLite and on PostgreSQL (tests/conftest.py)")
+    config.addinivalue_line(
+        "markers", "sqlite_only: in a both_engines module, a test of SQLite itself")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marked = metafunc.definition.get_closest_marker
+    if marked("both_engines") is None or marked("sqlite_only") is not None:
+        return
+    if "storage" not in metafunc.fixturenames:
+        metafunc.fixturenames.append("storage")
+    metafunc.parametrize("storage", ENGINES, indirect=True, ids=ENGINES)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    if find_pg_bin() is None:
+        pytest.skip("PostgreSQL's programs are not installed (make postgres installs them)")
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def storage(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The engine of this run: "sqlite", or the URL of a fresh PostgreSQL database that
+    every home made in the test uses (storage_support.apply)."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        yield kind
+        return
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    storage_support.current = cluster.create_database(name)
+    try:
+        yield storage_support.current
+    finally:
+        storage_support.current = None
+        cluster.drop_database(name)
