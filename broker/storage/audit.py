@@ -55,6 +55,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from broker.storage.audit_anchor import Anchor, read_anchor, write_anchor
+from broker.storage.bulk import Many
 from broker.storage.db import audit_metadata, serialize, writer
 from broker.storage.db_errors import is_busy, is_conflict
 from broker.storage.files import atomic_write
@@ -224,8 +225,7 @@ def append_at(conn: Connection, stamped: Iterable[tuple[AuditEvent, str]]) -> li
         prev = digest
         ids.append(row_id)
     if refs:  # a release of a big batch: one executemany
-        conn.execute(insert(audit_refs), [{"event_id": e, "item": i, "person": p}
-                                          for e, i, p in refs])
+        Many(conn, audit_refs, ("event_id", "item", "person")).run(refs)
     return ids
 
 

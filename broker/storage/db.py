@@ -104,6 +104,9 @@ def open_engine(url: str | Path) -> Engine:
         cur.execute("PRAGMA synchronous=FULL")  # a committed row survives power loss
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=10000")
+        # 64 MiB of page cache (default 2 MiB): a release after a big batch updates rows
+        # all over the assignments table and its indexes.
+        cur.execute("PRAGMA cache_size=-65536")
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -23,7 +23,8 @@ from broker.domain.model import StoredItem
 from broker.domain.schedule import HeldItem
 from broker.errors import StoreError
 from broker.storage import counters
-from broker.storage.db import insert_ignoring, upsert_adding, writer
+from broker.storage.bulk import Many
+from broker.storage.db import insert_ignoring, is_sqlite, upsert_adding, writer
 from broker.storage.tables import (
     assignments,
     blobs,
@@ -33,6 +34,8 @@ from broker.storage.tables import (
     items,
     stagger_plans,
 )
+
+_ANALYZE_AFTER = 2_000  # items in one file (statistics are cheap next to it)
 
 # Ids asked in one IN list: well under SQLite's cap on bound parameters.
 IN_CHUNK = 500
@@ -137,6 +140,12 @@ class Store:
             tx.flush_blobs()
             c.execute(update(input_files).where(input_files.c.id == file_id)
                       .values(items=tx.count, batch_id=tx.batch_id))
+        if tx.count >= _ANALYZE_AFTER and not is_sqlite(self.engine):
+            # PostgreSQL plans by its statistics, which autovacuum updates only later:
+            # straight after a big batch it would think the tables still small and scan
+            # them for every claim of the release that follows.
+            with self.engine.begin() as c:
+                c.exec_driver_sql("ANALYZE items, assignments")
 
     @contextmanager
     def blobs(self) -> Iterator[Callable[[str], io.BytesIO]]:
@@ -234,6 +243,11 @@ class Store:
             return out
 
 
+_ITEM_COLUMNS = ("seq", "id", "kind", "type", "municipality", "decision_date", "urgent",
+                 "content_hash", "payload", "input_file_id", "received_at")
+_ASSIGNMENT_COLUMNS = ("item_seq", "organisation", "type", "release_at", "state", "created_at")
+
+
 class IngestTx:
     """The open transaction of one input file: blobs and items go in together."""
 
@@ -245,12 +259,14 @@ class IngestTx:
         self.now = now
         self.count = 0
         self.batch_id: str | None = None
-        self._blobs: list[dict[str, Any]] = []
+        self._blobs: list[tuple[str, int, bytes]] = []
         self._blob_bytes = 0
-        # Compiled once per file: executemany then binds rows without building statements.
-        self._insert_items = insert(items)
-        self._insert_assignments = insert(assignments)
-        self._insert_blobs = insert_ignoring(c, blobs)
+        # Compiled once per file for this engine (broker.storage.bulk).
+        self._items = Many(c, items, _ITEM_COLUMNS, repeating=("decision_date",
+                                                                   "received_at"))
+        self._assignments = Many(c, assignments, _ASSIGNMENT_COLUMNS,
+                                       repeating=("release_at", "state", "created_at"))
+        self._blob_rows = Many(c, insert_ignoring(c, blobs), ("sha256", "size", "data"))
         self._days: dict[str, date] = {}
 
     def _day(self, iso: str | None) -> date | None:
@@ -263,14 +279,14 @@ class IngestTx:
         return day
 
     def put_blob(self, sha256: str, data: bytes) -> None:
-        self._blobs.append({"sha256": sha256, "size": len(data), "data": data})
+        self._blobs.append((sha256, len(data), data))
         self._blob_bytes += len(data)
         if self._blob_bytes >= self._BLOB_FLUSH_BYTES:
             self.flush_blobs()
 
     def flush_blobs(self) -> None:
         if self._blobs:
-            self.c.execute(self._insert_blobs, self._blobs)
+            self._blob_rows.run(self._blobs)
             self._blobs, self._blob_bytes = [], 0
 
     def add(self, chunk: Sequence[tuple[StoredItem, NewAssignment]]) -> None:
@@ -279,16 +295,13 @@ class IngestTx:
             return
         c, now, file_id, day = self.c, self.now, self.file_id, self._day
         first = counters.take(c, counters.ITEMS, len(chunk))
-        c.execute(self._insert_items, [{
-            "seq": first + i, "id": it.id, "kind": it.kind, "type": it.type,
-            "municipality": it.municipality, "decision_date": day(it.decision_date),
-            "urgent": it.urgent, "content_hash": it.content_hash, "payload": it.payload,
-            "input_file_id": file_id, "received_at": now,
-        } for i, (it, _) in enumerate(chunk)])
-        c.execute(self._insert_assignments, [{
-            "item_seq": first + i, "organisation": a.organisation, "type": it.type,
-            "release_at": a.release_at, "state": "held", "created_at": now,
-        } for i, (it, a) in enumerate(chunk)])
+        self._items.run([
+            (first + i, it.id, it.kind, it.type, it.municipality, day(it.decision_date),
+             it.urgent, it.content_hash, it.payload, file_id, now)
+            for i, (it, _) in enumerate(chunk)])
+        self._assignments.run([
+            (first + i, a.organisation, it.type, a.release_at, "held", now)
+            for i, (it, a) in enumerate(chunk)])
         self.count += len(chunk)
 
 
