@@ -88,7 +88,23 @@ class DaemonProcess:
         return int(self.info["metrics_port"])  # type: ignore[arg-type]
 
     def log(self) -> str:
+        """The raw log (for failure messages; tests assert on :meth:`events`)."""
         return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def events(self, event: str | None = None, **fields: object) -> list[dict[str, object]]:
+        """The daemon's structured log events (JSON lines), as structlog's capture_logs
+        gives them in-process: those named ``event`` with these ``fields``, in order."""
+        found = []
+        for line in self.log().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a library's plain line (never ours)
+            if event is not None and entry.get("event") != event:
+                continue
+            if all(entry.get(k) == v for k, v in fields.items()):
+                found.append(entry)
+        return found
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

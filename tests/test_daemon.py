@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import urllib.request
 import zipfile
@@ -148,7 +149,8 @@ def test_invalid_config_reload_keeps_the_running_config(daemon: DaemonProcess) -
     home = daemon.home
     cfg = home / "config" / "broker.toml"
     cfg.write_text(cfg.read_text().replace('IMMIGRANT = "immediate"', 'IMMIGRANT = "soon"'))
-    wait_for(lambda: "keeping the running configuration" in daemon.log(), what="reload log")
+    wait_for(lambda: daemon.events(
+        "configuration reload failed; keeping the running configuration"), what="reload log")
     assert daemon.alive()
     drop(home, EXAMPLES / "decision-batch.xml")
     wait_for(lambda: list((home / "outbox" / "helsinki").glob("D-*IMMIGRANT*.xml")),
@@ -188,17 +190,77 @@ def test_sighup_reloads_the_configuration(tmp_path: Path) -> None:
                                                'IMMIGRANT = "next-day 06:00"'))
         assert d.proc is not None
         d.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "configuration reloaded" in d.log(), what="reload on SIGHUP")
+        wait_for(lambda: d.events("configuration reloaded"), what="reload on SIGHUP")
         today = datetime.now(UTC).astimezone(ZoneInfo("Europe/Helsinki")).date()
         batch = tmp_path / "today.xml"
         write_batch(batch, count=4, municipalities=["091"], types=["IMMIGRANT"],
                     decision_date=today, batch_id="HUP-1", seed=1)
         batch.write_text(batch.read_text().replace(' urgent="true"', ""))
         drop(home, batch)
-        wait_for(lambda: "batch accepted" in d.log(), what="batch accepted")
+        wait_for(lambda: d.events("batch accepted"), what="batch accepted")
         status = json.loads(cli(home, "status", "--json").stdout)
         assert [(h["organisation"], h["type"], h["count"]) for h in status["held"]] == \
             [("helsinki", "IMMIGRANT", 4)], "the reloaded timing was not applied"
         assert not list((home / "outbox" / "helsinki").glob("D-*IMMIGRANT*"))
     finally:
         d.stop()
+
+
+def _deliveries(home: Path) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+    """Per organisation: each delivery file as (name without its time, ids in it)."""
+    out: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+    for folder in sorted(p for p in (home / "outbox").iterdir() if p.is_dir()):
+        files = []
+        for path in sorted(folder.glob("[DL]-*")):
+            if path.suffix == ".zip":
+                files.append((re.sub(r"\d{8}T?\d{4,6}", "T", path.name),
+                              tuple(sorted(zipfile.ZipFile(path).namelist()))))
+                continue
+            root = etree.parse(str(path), etree.XMLParser(resolve_entities=False))
+            ids = sorted(el.get("id") for el in root.iter()
+                         if isinstance(el.tag, str) and el.get("id")
+                         and etree.QName(el).localname in ("Notification", "PersonList"))
+            files.append((re.sub(r"\d{8}T?\d{4,6}", "T", path.name), tuple(ids)))
+        if files:
+            out[folder.name] = files
+    return out
+
+
+@pytest.mark.sqlite_only  # it makes one home on each engine itself
+def test_run_then_demo_gives_the_same_deliveries_on_postgresql_as_on_sqlite(
+        tmp_path: Path, pg_cluster) -> None:  # type: ignore[no-untyped-def]
+    import storage_support
+
+    from broker.config.settings import load_config
+
+    homes = {"sqlite": make_home(tmp_path / "sqlite")}
+    storage_support.current = pg_cluster.create_database("same_deliveries")
+    try:
+        homes["postgresql"] = make_home(tmp_path / "postgresql")
+    finally:
+        storage_support.current = None
+    cfg = load_config(homes["sqlite"])
+    batch = tmp_path / "demo.xml"  # what `demo` writes, with a fixed seed
+    today = datetime.now(ZoneInfo(cfg.timezone)).date()
+    write_batch(batch, count=120, municipalities=sorted(cfg.register.codes)[:40],
+                decision_date=today, batch_id="SAME", seed=11, lists=2, attachment_bytes=64)
+    seen = {}
+    for engine, home in homes.items():
+        d = DaemonProcess(home).start()
+        try:
+            drop(home, batch)
+            wait_for(lambda h=home: any((h / "var" / "archive").rglob("*-demo.xml")),
+                     what=f"batch taken on {engine}")
+
+            def settled(h: Path = home) -> bool:
+                status = json.loads(cli(h, "status", "--json").stdout)
+                states = [a["state"] for a in status["assignments"]]
+                counted = sum(a["count"] for a in status["assignments"]
+                              if a["state"] in ("held", "released"))
+                return counted == 122 and "released" in states and "releasing" not in states
+            wait_for(settled, what=f"release settled on {engine}")
+            seen[engine] = _deliveries(home)
+        finally:
+            d.stop()
+    assert seen["sqlite"], "nothing was delivered"
+    assert seen["postgresql"] == seen["sqlite"]

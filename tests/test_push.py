@@ -82,8 +82,9 @@ def test_unknown_host_key_is_refused(tmp_path: Path,
     d = DaemonProcess(home).start()
     try:
         drop(home, EXAMPLES / "decision-batch.xml")
-        wait_for(lambda: "push failed" in d.log(), what="push refused")
+        failed = wait_for(lambda: d.events("push failed", organisation="helsinki"),
+                          what="push refused")
         assert not [p for p in remote.inbox("alpha").iterdir()]
-        assert "cannot connect" in d.log()
+        assert isinstance(failed, list) and "cannot connect" in str(failed[0]["error"])
     finally:
         d.stop()

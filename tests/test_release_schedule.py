@@ -35,8 +35,9 @@ def test_thousand_for_a_new_organisation_go_out_300_a_week(tmp_path: Path) -> No
     daemon = DaemonProcess(home).start()
     try:
         drop(home, batch)
-        wait_for(lambda: '"event": "released"' in daemon.log(), what="the first release")
-        assert "staggered first delivery planned" in daemon.log()
+        wait_for(lambda: daemon.events("released"), what="the first release")
+        assert daemon.events("staggered first delivery planned", organisation="tampere",
+                             type="IMMIGRANT", total=1000, portion=300)
         first = delivered_ids(pirha)
         assert len(first) == 300
         _check_portions(home, pirha, today)
