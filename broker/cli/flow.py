@@ -239,31 +239,17 @@ def release_due(ctx: click.Context, now_text: str | None, force: bool,
 def release(ctx: click.Context, org: str, type_: str | None, everything: bool,
             reason: str) -> None:
     """Release held notifications early, recorded in the audit trail with the reason."""
-    from sqlalchemy import func, select, update
-
-    from broker.storage.store import assignments
+    from broker.storage.releases import release_early
 
     home = home_of(ctx)
     if org not in home.config.by_id:
         fail(f"unknown organisation {org!r}", 2)
     home.audit  # noqa: B018 -- an old audit.db moves into state.db before anything is added
     now = datetime.now(UTC)
-    a = assignments
-    due_at = func.coalesce(a.c.planned_at, a.c.release_at)
-    where = [a.c.state == "held", a.c.organisation == org]
-    if type_:
-        where.append(a.c.type == type_)
-    # The operator's act and its audit row are one transaction (under the write lock, so
-    # the chain head read for the row is the head at commit).
+    # The operator's act and its audit row are one transaction (the audit chain's head
+    # is read under its lock, so it is the head at commit).
     with writer(home.store.engine).begin() as c:
-        if not everything:
-            # Only the earliest held slot of each type: the next staggered portion, or
-            # everything of a type whose held items share one release time.
-            rows = c.execute(select(a.c.id, a.c.type, due_at.label("due")).where(*where)).all()
-            first = {t: min(r.due for r in rows if r.type == t) for t in {r.type for r in rows}}
-            where.append(a.c.id.in_([r.id for r in rows if r.due == first[r.type]]))
-        moved = c.execute(update(a).where(*where).values(
-            planned_at=now - timedelta(microseconds=1))).rowcount
+        moved = release_early(c, org, type_, everything=everything, now=now)
         audit.append(c, [AuditEvent(action="release-early", org=org, detail=(
             f"{moved} held {type_ or 'notifications'}{' (all)' if everything else ''}; "
             f"reason: {reason}"))], now)

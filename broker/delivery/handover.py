@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sqlalchemy import delete, select, update
-
 from broker.config.settings import Config
 from broker.delivery.render import attachments_zip_name
 from broker.errors import ConfigError
-from broker.storage.store import Store, assignments, deliveries
+from broker.storage import releases
+from broker.storage.store import Store
 
 
 def removed_with_items(config: Config, undelivered: Mapping[str, int]) -> list[ConfigError]:
@@ -39,21 +38,15 @@ def hand_over(config: Config, store: Store) -> dict[str, int]:
     for old, new in config.handover.items():
         if not undelivered.get(old):
             continue
-        a, d = assignments, deliveries
         with store.writer.begin() as c:
-            pending = c.execute(select(d.c.id, d.c.file_name)
-                                .where(d.c.organisation == old, d.c.state == "pending")).all()
             folder = config.outbox / old
             n = 0
-            for row in pending:
+            for delivery_id, file_name in releases.pending_of(c, old):
                 # A pending delivery's zip name is recorded only once written: derive it.
-                for name in (row.file_name, attachments_zip_name(row.id)):
+                for name in (file_name, attachments_zip_name(delivery_id)):
                     (folder / name).unlink(missing_ok=True)
                     (folder / f".{name}.part").unlink(missing_ok=True)
-                n += c.execute(update(a).where(a.c.delivery_id == row.id).values(
-                    state="held", delivery_id=None, organisation=new)).rowcount
-                c.execute(delete(d).where(d.c.id == row.id))
-            n += c.execute(update(a).where(a.c.organisation == old, a.c.state == "held")
-                           .values(organisation=new)).rowcount
+                n += releases.undo_delivery(c, delivery_id, to=new)
+            n += releases.move_held(c, old, to=new)
         moved[old] = n
     return moved

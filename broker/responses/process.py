@@ -32,7 +32,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from broker import logs
@@ -41,19 +40,18 @@ from broker.errors import Problem, StoreError
 from broker.responses import ack
 from broker.responses.rules import Plan, RuleContext, check, parse
 from broker.responses.texts import Finding
+from broker.storage import response_store as rs
+from broker.storage.db import serialize
 from broker.storage.files import atomic_write, file_digest, move_taken, private_dir, stored_name
 from broker.storage.response_store import (
     Unreceipted,
     accepted_response,
     demand_hashes,
     note_states,
-    payment_demands,
-    response_events,
-    response_files,
     unsettled_upload,
 )
 from broker.storage.response_store import unreceipted as _unreceipted
-from broker.storage.store import Store, assignments, input_files, today_in
+from broker.storage.store import Store, today_in
 from broker.xml.schemas import SMALL_FILE_LIMIT
 
 __all__ = ["ResponseOutcome", "Unreceipted", "finish_pending", "mark_settled",
@@ -134,6 +132,9 @@ def process_upload(path: Path, org: Organisation, *, config: Config, store: Stor
         if parsed is not None:
             out.response_id = parsed.response_id
             with store.writer.begin() as c:
+                # One response decides at a time (SQLite: the write lock; PostgreSQL: a
+                # lock of this name): the states it checks are still the states it changes.
+                serialize(c, "responses")
                 notes = note_states(c, [r.notification_id for r in parsed.receipts]
                                     + [t.notification_id for t in parsed.transfers])
                 ctx = RuleContext(config=config, org=org, today=today_in(config.timezone, now),
@@ -221,11 +222,11 @@ def _record(c: Connection, out: ResponseOutcome, org: Organisation, config: Conf
     """The verdict row of one upload (and its rendered ack), in the caller's transaction."""
     if out.status == "rejected":
         out.report = report_text(out)
-    return int(c.execute(insert(response_files).values(
-        organisation=org.id, name=out.file, sha256=out.sha256, size=out.size,
+    return rs.record_verdict(
+        c, organisation=org.id, name=out.file, sha256=out.sha256, size=out.size,
         status=out.status, response_id=(out.response_id or "")[:64], received_at=now,
         ack_name=ack.ack_name(out.file), ack_xml=_render_ack(out, config, now),
-        report=out.report, state="pending", **extra)).inserted_primary_key[0])  # type: ignore[index]
+        report=out.report, **extra)
 
 
 def _ack_dir(config: Config, org_id: str) -> Path:
@@ -236,55 +237,30 @@ def _apply(c: Connection, plan: Plan, root: Any, out: ResponseOutcome, org: Orga
            config: Config, now: datetime) -> int:
     """Every change of one accepted upload, inside the caller's transaction."""
     count = len(plan.receipts) + len(plan.transfers) + len(plan.new_demands)
-    file_id = c.execute(insert(input_files).values(
-        source=org.id, kind="response", name=out.file, sha256=out.sha256, size=out.size,
-        status="accepted", received_at=now, batch_id=(out.response_id or "")[:64],
-        items=count)).inserted_primary_key[0]  # type: ignore[index]
+    file_id = rs.record_accepted_input(
+        c, organisation=org.id, name=out.file, sha256=out.sha256, size=out.size, now=now,
+        response_id=(out.response_id or "")[:64], count=count)
     fwd_name = ack.forward_name(org.id, now, out.sha256, config.timezone)
     row_id = _record(c, out, org, config, now, input_file_id=file_id, forward_name=fwd_name,
                      forward_xml=ack.render_forward(root, organisation=org.id,
                                                     sha256=out.sha256, received=now,
                                                     tz=config.timezone, file=out.file))
-    a = assignments
     for r in plan.receipts:
-        changed = c.execute(update(a).where(
-            a.c.id == r.assignment_id, a.c.organisation == org.id,
-            a.c.state.in_(("released", "handled"))).values(
-            state="handled", handled_on=r.receipt.handled)).rowcount
-        _guard(changed, r.receipt.notification_id)
-        c.execute(insert(response_events).values(
-            response_file_id=row_id, assignment_id=r.assignment_id,
-            notification_id=r.receipt.notification_id, organisation=org.id, kind="receipt",
-            line=r.receipt.line, handled_on=r.receipt.handled, at=now))
+        _guard(rs.apply_receipt(c, row_id, r.assignment_id, org.id, r.receipt.notification_id,
+                                r.receipt.line, r.receipt.handled, now),
+               r.receipt.notification_id)
     for t in plan.transfers:
-        changed = c.execute(update(a).where(
-            a.c.id == t.assignment_id, a.c.organisation == org.id, a.c.state == "released")
-            .values(state="transferred")).rowcount
-        _guard(changed, t.transfer.notification_id)
-        new_id = c.execute(insert(a).values(
-            item_seq=t.item_seq, organisation=t.to_organisation, type=t.type, release_at=now,
-            state="held", transferred_from=t.assignment_id,
-            created_at=now)).inserted_primary_key[0]  # type: ignore[index]
-        c.execute(insert(response_events).values(
-            response_file_id=row_id, assignment_id=t.assignment_id,
-            notification_id=t.transfer.notification_id, organisation=org.id, kind="transfer",
-            line=t.transfer.line, to_municipality=t.transfer.to_municipality,
-            to_organisation=t.to_organisation, new_assignment_id=new_id,
-            reason=t.transfer.reason, at=now))
+        _guard(rs.apply_transfer(c, row_id, org.id, t, now), t.transfer.notification_id)
         out.transfers.append((t.transfer.notification_id, t.to_organisation))
     for d in plan.new_demands:
-        c.execute(insert(payment_demands).values(
-            organisation=org.id, demand_id=d.id, response_file_id=row_id, pic=d.pic,
-            municipality=d.municipality, benefit=d.benefit, period_start=d.period_start,
-            period_end=d.period_end, amount=d.amount, payee_iban=d.payee_iban,
-            content_hash=d.content_hash, received_at=now))
+        rs.add_demand(c, row_id, org.id, d, now)
     out.receipts, out.payment_demands = len(plan.receipts), len(plan.new_demands)
     out.forward_path = config.outbox / "kela" / fwd_name
     return row_id
 
 
-def _guard(changed: int, notification_id: str) -> None:
-    if changed != 1:  # another process moved it between the check and the write
+def _guard(changed: bool, notification_id: str) -> None:
+    if not changed:  # another process moved it between the check and the write
         raise StoreError(f"notification {notification_id} changed while the response was "
                          "applied; the upload is retried", key=notification_id)
 
@@ -292,7 +268,7 @@ def _guard(changed: int, notification_id: str) -> None:
 def _finish(config: Config, store: Store, row_id: int) -> None:
     """Write the forward, then the ack (Kela has it before the organisation hears ACCEPTED)."""
     with store.engine.connect() as c:
-        row = c.execute(select(response_files).where(response_files.c.id == row_id)).one()
+        row = rs.verdict(c, row_id)
     if row.state == "written":
         return
     files = [(_ack_dir(config, row.organisation), row.ack_name, row.ack_xml)]
@@ -302,8 +278,7 @@ def _finish(config: Config, store: Store, row_id: int) -> None:
         # Idempotent: the same bytes again if a crash came between a write and the mark.
         atomic_write(private_dir(folder) / name, bytes(data))
     with store.writer.begin() as c:
-        c.execute(update(response_files).where(response_files.c.id == row_id)
-                  .values(state="written"))
+        rs.mark_written(c, row_id)
 
 
 def finish_pending(config: Config, store: Store) -> int:
@@ -312,11 +287,7 @@ def finish_pending(config: Config, store: Store) -> int:
     Returns how many uploads had their files finished.
     """
     with store.engine.connect() as c:
-        rows = c.execute(select(response_files.c.id, response_files.c.state,
-                                response_files.c.organisation, response_files.c.name,
-                                response_files.c.sha256)
-                         .where((response_files.c.state == "pending")
-                                | response_files.c.settled_at.is_(None))).all()
+        rows = rs.unfinished(c)
     finished = 0
     for r in rows:
         if r.state == "pending":
@@ -330,10 +301,7 @@ def finish_pending(config: Config, store: Store) -> int:
 
 def mark_settled(store: Store, row_id: int, now: datetime | None) -> None:
     with store.writer.begin() as c:
-        c.execute(update(response_files).where(response_files.c.id == row_id)
-                  .values(settled_at=now or c.execute(
-                      select(response_files.c.received_at)
-                      .where(response_files.c.id == row_id)).scalar()))
+        rs.settle(c, row_id, now)
 
 
 def settle_upload(path: Path, outcome: ResponseOutcome, *, config: Config, store: Store,

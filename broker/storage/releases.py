@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import Row, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -167,3 +167,47 @@ def mark_failed(c: Connection, delivery_id: str, error: str, now: datetime,
     c.execute(update(d).where(d.c.id == delivery_id)
               .values(next_attempt_at=now + delay_for(tries)))
     return tries
+
+
+def release_early(c: Connection, org: str, type_: str | None, *, everything: bool,
+                  now: datetime) -> int:
+    """An operator's early release: the held items of ``org`` (of ``type_``) become due
+    just before ``now``; all of them, or only the earliest held slot of each type (the
+    next staggered portion). Returns how many."""
+    due_at = func.coalesce(a.c.planned_at, a.c.release_at)
+    where = [a.c.state == "held", a.c.organisation == org]
+    if type_:
+        where.append(a.c.type == type_)
+    if not everything:
+        rows = c.execute(select(a.c.id, a.c.type, due_at.label("due")).where(*where)).all()
+        first = {t: min(r.due for r in rows if r.type == t) for t in {r.type for r in rows}}
+        chosen = [r.id for r in rows if r.due == first[r.type]]
+        moved = 0
+        for n in range(0, len(chosen), IN_CHUNK):
+            moved += c.execute(update(a).where(*where, a.c.id.in_(chosen[n:n + IN_CHUNK]))
+                               .values(planned_at=now - timedelta(microseconds=1))).rowcount
+        return moved
+    return int(c.execute(update(a).where(*where)
+                         .values(planned_at=now - timedelta(microseconds=1))).rowcount)
+
+
+# -- an organisation removed from the configuration (broker.delivery.handover) ---------
+
+def pending_of(c: Connection, org: str) -> list[tuple[str, str]]:
+    """(id, file name) of ``org``'s deliveries not yet written."""
+    return [(r.id, r.file_name) for r in c.execute(
+        select(d.c.id, d.c.file_name).where(d.c.organisation == org, d.c.state == "pending"))]
+
+
+def undo_delivery(c: Connection, delivery_id: str, *, to: str) -> int:
+    """A pending delivery is undone: its items are held again, for organisation ``to``."""
+    n = c.execute(update(a).where(a.c.delivery_id == delivery_id).values(
+        state="held", delivery_id=None, organisation=to)).rowcount
+    c.execute(delete(d).where(d.c.id == delivery_id))
+    return int(n)
+
+
+def move_held(c: Connection, org: str, *, to: str) -> int:
+    """Every item held for ``org`` is held for ``to`` instead (keeping its release time)."""
+    return int(c.execute(update(a).where(a.c.organisation == org, a.c.state == "held")
+                         .values(organisation=to)).rowcount)

@@ -36,7 +36,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    insert,
     select,
+    update,
 )
 from sqlalchemy.engine import Connection
 
@@ -170,6 +172,99 @@ def unsettled_upload(c: Connection, organisation: str, name: str, sha256: str) -
     return c.execute(select(rf).where(
         rf.c.organisation == organisation, rf.c.name == name, rf.c.sha256 == sha256,
         rf.c.settled_at.is_(None)).order_by(rf.c.id.desc())).first()
+
+
+# -- a response's verdict and changes (broker.responses.process decides them) -----------
+
+def record_verdict(c: Connection, **values: Any) -> int:
+    """The verdict row of one upload (with its rendered ack), pending until written."""
+    return int(c.execute(insert(response_files).values(state="pending", **values))
+               .inserted_primary_key[0])  # type: ignore[index]
+
+
+def record_accepted_input(c: Connection, *, organisation: str, name: str, sha256: str,
+                          size: int, now: datetime, response_id: str, count: int) -> int:
+    """The input_files row an accepted response's changes hang off."""
+    return int(c.execute(insert(input_files).values(
+        source=organisation, kind="response", name=name, sha256=sha256, size=size,
+        status="accepted", received_at=now, batch_id=response_id, items=count,
+    )).inserted_primary_key[0])  # type: ignore[index]
+
+
+def apply_receipt(c: Connection, row_id: int, assignment_id: int, organisation: str,
+                  notification_id: str, line: int | None, handled: date,
+                  now: datetime) -> bool:
+    """A receipt: the assignment is handled on ``handled``; False if it was not the
+    organisation's released (or handled) assignment any more."""
+    a = assignments
+    changed = c.execute(update(a).where(
+        a.c.id == assignment_id, a.c.organisation == organisation,
+        a.c.state.in_(("released", "handled"))).values(
+        state="handled", handled_on=handled)).rowcount
+    if changed != 1:
+        return False
+    c.execute(insert(response_events).values(
+        response_file_id=row_id, assignment_id=assignment_id,
+        notification_id=notification_id, organisation=organisation, kind="receipt",
+        line=line, handled_on=handled, at=now))
+    return True
+
+
+def apply_transfer(c: Connection, row_id: int, organisation: str, t: Any,
+                   now: datetime) -> bool:
+    """A transfer (``responses.rules.PlannedTransfer``): the assignment is transferred
+    and a new one, due at once, made for the receiving organisation; False if it was not
+    the organisation's released assignment any more."""
+    a = assignments
+    changed = c.execute(update(a).where(
+        a.c.id == t.assignment_id, a.c.organisation == organisation, a.c.state == "released")
+        .values(state="transferred")).rowcount
+    if changed != 1:
+        return False
+    new_id = c.execute(insert(a).values(
+        item_seq=t.item_seq, organisation=t.to_organisation, type=t.type, release_at=now,
+        state="held", transferred_from=t.assignment_id,
+        created_at=now)).inserted_primary_key[0]  # type: ignore[index]
+    c.execute(insert(response_events).values(
+        response_file_id=row_id, assignment_id=t.assignment_id,
+        notification_id=t.transfer.notification_id, organisation=organisation,
+        kind="transfer", line=t.transfer.line, to_municipality=t.transfer.to_municipality,
+        to_organisation=t.to_organisation, new_assignment_id=new_id,
+        reason=t.transfer.reason, at=now))
+    return True
+
+
+def add_demand(c: Connection, row_id: int, organisation: str, d: Any, now: datetime) -> None:
+    """An accepted payment demand (``responses.rules`` checked it is new)."""
+    c.execute(insert(payment_demands).values(
+        organisation=organisation, demand_id=d.id, response_file_id=row_id, pic=d.pic,
+        municipality=d.municipality, benefit=d.benefit, period_start=d.period_start,
+        period_end=d.period_end, amount=d.amount, payee_iban=d.payee_iban,
+        content_hash=d.content_hash, received_at=now))
+
+
+def verdict(c: Connection, row_id: int) -> Any:
+    return c.execute(select(response_files).where(response_files.c.id == row_id)).one()
+
+
+def mark_written(c: Connection, row_id: int) -> None:
+    c.execute(update(response_files).where(response_files.c.id == row_id)
+              .values(state="written"))
+
+
+def unfinished(c: Connection) -> list[Any]:
+    """Verdicts whose files are not written, or whose upload has not left the inbox."""
+    rf = response_files
+    return list(c.execute(select(rf.c.id, rf.c.state, rf.c.organisation, rf.c.name,
+                                 rf.c.sha256)
+                          .where((rf.c.state == "pending") | rf.c.settled_at.is_(None))))
+
+
+def settle(c: Connection, row_id: int, now: datetime | None) -> None:
+    """The upload left the inbox (at ``now``; None: when it was received)."""
+    rf = response_files
+    c.execute(update(rf).where(rf.c.id == row_id).values(settled_at=now or c.execute(
+        select(rf.c.received_at).where(rf.c.id == row_id)).scalar()))
 
 
 @dataclass(frozen=True)
