@@ -11,6 +11,7 @@ import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import pytest
 from daemon_support import make_home
 from sqlalchemy import select
 
@@ -20,6 +21,8 @@ from broker.intake.synthetic import write_batch
 from broker.storage.audit import HEAD_FILE, audit_refs, audit_table, verify
 from broker.storage.state_db import make_engine
 from broker.storage.store import Store, deliveries
+
+pytestmark = pytest.mark.both_engines  # conftest.py: SQLite and PostgreSQL
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
@@ -33,7 +36,6 @@ from broker.storage.state_db import make_engine
 from broker.delivery.release import Releaser
 from broker.storage.store import Store
 
-pytestmark = pytest.mark.both_engines  # conftest.py: SQLite and PostgreSQL
 cfg = load_config(Path(sys.argv[1]))
 releaser = Releaser(cfg, Store(make_engine(cfg.storage_url)))
 start = datetime.fromisoformat(sys.argv[2])
