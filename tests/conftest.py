@@ -1,4 +1,10 @@
-"""The test harness's fixtures: the storage engines, and the throwaway PostgreSQL cluster.
+"""The test harness's fixtures: a home, the daemon, the storage engines, and the throwaway
+PostgreSQL cluster.
+
+``home`` is a new broker home (the sample config, on this run's engine);
+``start_daemon(home)`` runs the real daemon on it (free ports) and every daemon a test
+started is stopped after it, whatever happened; ``daemon`` is one running on ``home``.
+Waiting is ``daemon_support.wait_for(condition)``, never a bare sleep.
 
 A module (or test) marked ``pytest.mark.both_engines`` runs once on SQLite and once on
 PostgreSQL: its ids end in ``[sqlite]`` and ``[postgresql]``. The cluster starts once per
@@ -10,10 +16,12 @@ root) the PostgreSQL runs are skipped, saying so.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import storage_support
+from daemon_support import DaemonProcess, make_home
 from pg_cluster import Cluster, find_pg_bin, start_cluster
 
 ENGINES = ("sqlite", "postgresql")
@@ -62,3 +70,33 @@ def storage(request: pytest.FixtureRequest) -> Iterator[str]:
     finally:
         storage_support.current = None
         cluster.drop_database(name)
+
+
+@pytest.fixture
+def home(tmp_path: Path, storage: str) -> Path:
+    """A new broker home at ``tmp_path/home`` on this run's engine."""
+    return make_home(tmp_path / "home")
+
+
+@pytest.fixture
+def start_daemon() -> Iterator[Callable[..., DaemonProcess]]:
+    """``start_daemon(home, **options)``: the real daemon, started and waited for; each is
+    stopped (SIGTERM, then kill) when the test ends."""
+    started: list[DaemonProcess] = []
+
+    def start(home: Path, **options: object) -> DaemonProcess:
+        d = DaemonProcess(home, **options)  # type: ignore[arg-type]
+        started.append(d)
+        return d.start()
+
+    try:
+        yield start
+    finally:
+        for d in started:
+            d.stop()
+
+
+@pytest.fixture
+def daemon(home: Path, start_daemon: Callable[..., DaemonProcess]) -> DaemonProcess:
+    """The daemon running on ``home``."""
+    return start_daemon(home)

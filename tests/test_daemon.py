@@ -45,15 +45,6 @@ def assert_valid_delivery(path: Path) -> etree._Element:
     return doc.getroot()
 
 
-@pytest.fixture()
-def daemon(tmp_path: Path):  # type: ignore[no-untyped-def]
-    d = DaemonProcess(make_home(tmp_path / "home")).start()
-    try:
-        yield d
-    finally:
-        d.stop()
-
-
 def test_demo_batch_is_released_and_next_day_types_are_held(daemon: DaemonProcess) -> None:
     home = daemon.home
     cli(home, "demo", "--count", "60", "--lists", "2")
