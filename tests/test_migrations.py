@@ -156,3 +156,19 @@ def test_db_status_names_the_engine(tmp_path: Path, storage: str) -> None:
     out = _cli(home, "db", "status").stdout
     assert ("engine: postgresql" if storage != "sqlite" else "engine: sqlite") in out
     assert "password" not in out
+
+
+def test_a_used_home_pointed_at_an_empty_postgresql_database_is_refused(
+        tmp_path: Path, pg_cluster) -> None:  # type: ignore[no-untyped-def]
+    """The wrong (or a freshly restored, empty) database in [storage] url is the lost
+    state.db of a server: refused, not filled anew, and no password is shown."""
+    home = _old_home(tmp_path)  # used: an audit trail, and its database
+    url = pg_cluster.create_database("empty_one").replace("postgres@", "postgres:s3cret@")
+    toml = home / "config" / "broker.toml"
+    toml.write_text(toml.read_text().replace('url = "sqlite:///var/state.db"', f'url = "{url}"'))
+    for args in (("status",), ("db", "upgrade")):
+        r = _cli(home, *args)
+        assert r.returncode == 1 and "refusing" in r.stderr, r.stderr
+        assert "s3cret" not in r.stderr + r.stdout
+    with open_engine(url).connect() as c:
+        assert revision(c) is None  # nothing was made there
