@@ -68,7 +68,7 @@ def test_recovery_clears_a_temp_file_a_crash_left_beside_its_finished_file(
     """kill -9 between linking a delivery file to its name and removing the temp name."""
     cfg, store = home_with_example(tmp_path)
     releaser = Releaser(cfg, store)
-    claimed = releaser._claim(releaser.due_groups(NOW), NOW)  # pending, as a crash leaves them
+    claimed, _ = releaser._claim(releaser.due_groups(NOW), NOW)  # pending, as a crash leaves them
     for delivery_id in claimed:  # the files are written, the delivery not yet confirmed
         releaser._write_files(delivery_id, ReleaseResult())
     written = [p for p in (tmp_path / "outbox").rglob("*") if p.is_file()]
@@ -87,7 +87,7 @@ def test_a_delivery_another_pass_is_writing_is_left_to_it(tmp_path: Path) -> Non
     writing them: it must neither mix bytes into them nor confirm them itself."""
     cfg, store = home_with_example(tmp_path)
     releaser = Releaser(cfg, store)
-    claimed = releaser._claim(releaser.due_groups(NOW), NOW)  # pending, as a crash leaves them
+    claimed, _ = releaser._claim(releaser.due_groups(NOW), NOW)  # pending, as a crash leaves them
     with store.engine.connect() as c:
         busy_id, org, name = c.execute(select(
             deliveries.c.id, deliveries.c.organisation, deliveries.c.file_name)
@@ -183,3 +183,30 @@ def test_passes_side_by_side_release_every_notification_exactly_once(tmp_path: P
         assert not c.execute(select(func.count()).select_from(assignments)
                              .where(assignments.c.state != "released")).scalar()
     assert verify(store.engine, cfg.var / HEAD_FILE) == []
+
+
+def test_a_row_locked_elsewhere_holds_up_only_its_own_delivery(
+        tmp_path: Path, storage: str) -> None:
+    """On PostgreSQL a claim skips rows another transaction holds (an operator's command,
+    a handover): that one delivery waits for the next pass, every other goes out now."""
+    if storage == "sqlite":
+        pytest.skip("SQLite has no row locks: one writer at a time holds the whole file")
+    cfg, store = home_with_example(tmp_path)
+    with store.engine.connect() as c:
+        locked = c.execute(select(assignments.c.id, assignments.c.organisation)
+                           .where(assignments.c.organisation == "helsinki")).first()
+    assert locked is not None
+    holder = store.engine.connect()
+    tx = holder.begin()
+    try:
+        holder.execute(select(assignments.c.id).where(assignments.c.id == locked.id)
+                       .with_for_update())
+        result = Releaser(cfg, store).run(NOW)
+        assert result.notifications == 3  # the example's other three
+        with store.engine.connect() as c:
+            assert c.execute(select(assignments.c.state)
+                             .where(assignments.c.id == locked.id)).scalar() == "held"
+    finally:
+        tx.rollback()
+        holder.close()
+    assert Releaser(cfg, store).run(NOW).notifications == 1  # next pass: it goes too

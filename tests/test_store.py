@@ -157,3 +157,32 @@ def test_a_held_write_lock_is_busy_in_the_error_tree(tmp_path: Path) -> None:
         holder.execute("ROLLBACK")
     assert kind_of(caught.value) is DbFailure.BUSY
     assert isinstance(store_error(DBAPIError("BEGIN", None, caught.value)), StoreBusy)
+
+
+def test_sizes_of_gigabytes_fit(tmp_path: Path) -> None:
+    """max_file_mb allows 4 GiB: a size past 32 bits is stored on both engines."""
+    store = _store(tmp_path)
+    size = 3 * 1024**3
+    with store.writer.begin() as c:
+        c.execute(insert(input_files).values(
+            source="kela", kind="batch", name="big.xml", sha256="1" * 64, size=size,
+            status="rejected", received_at=datetime(2026, 1, 1, tzinfo=UTC), items=0))
+        assert c.execute(select(input_files.c.size)).scalar() == size
+
+
+def test_a_counter_behind_its_table_never_hands_out_a_taken_number(tmp_path: Path) -> None:
+    """An older release still running beside an upgraded database numbers by max + 1
+    and leaves the counter behind: the next number is still past every row."""
+    from broker.storage.store import deliveries
+
+    store = _store(tmp_path)
+    with store.writer.begin() as c:
+        assert counters.take(c, counters.DELIVERIES) == 1
+        for seq in (1, 2, 3):  # what the old code wrote meanwhile
+            c.execute(insert(deliveries).values(
+                id=f"D-{seq}", organisation="x", type="IMMIGRANT", kind="notification",
+                file_name=f"D-{seq}.xml", created_at=datetime(2026, 1, 1, tzinfo=UTC),
+                count=1, state="written", seq=seq))
+    with store.writer.begin() as c:
+        assert counters.take(c, counters.DELIVERIES, 2) == 4
+        assert counters.take(c, counters.DELIVERIES) == 6

@@ -59,12 +59,14 @@ class Home:
     @cached_property
     def store(self) -> Store:
         from broker.errors import StoreError
+        from broker.storage.files import private_dir
         from broker.storage.state_db import make_engine
         from broker.storage.state_guard import check_state_store
         from broker.storage.store import Store
 
         try:  # never create an empty database in a home that has been used
             check_state_store(self.config)
+            private_dir(self.config.var)  # the trail's key and anchor live there
             return Store(make_engine(self.config.storage_url))
         except StoreError as exc:  # also a schema newer than this release
             fail(str(exc))

@@ -22,6 +22,7 @@ from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Row
+from sqlalchemy.engine import Connection
 
 from broker import logs
 from broker.config.settings import Config, Organisation
@@ -36,7 +37,7 @@ from broker.delivery.render import (
 )
 from broker.domain.model import Notification, PersonList
 from broker.domain.schedule import due_groups, plan_first_delivery
-from broker.errors import DeliveryError, StoreConflict
+from broker.errors import DeliveryError
 from broker.storage import audit, releases
 from broker.storage.audit import anchor_head
 from broker.storage.files import atomic_writer, file_digest, private_dir, temp_path
@@ -56,6 +57,10 @@ def retry_delay(attempts: int) -> timedelta:
 
 class _Busy(Exception):
     """Another process is writing this delivery's file right now."""
+
+
+class _LostRace(Exception):
+    """Some of a group's items were no longer held and due when it came to claim them."""
 
 
 @dataclass(frozen=True)
@@ -117,12 +122,12 @@ class Releaser:
         result = ReleaseResult()
         self.recover(result, now)
         self.form_plans(now, result)
-        try:
-            claimed = self._claim(self.due_groups(now, only_org=only_org), now)
-        except StoreConflict:
-            # Another process (an operator's release-due beside the daemon) claimed some
-            # of the same rows between our read and our claim; ours rolled back whole.
-            claimed = self._claim(self.due_groups(now, only_org=only_org), now)
+        claimed, lost = self._claim(self.due_groups(now, only_org=only_org), now)
+        if lost:
+            # Another process (an operator's release-due beside the daemon) claimed or
+            # changed some of the same rows between our read and our claim: decide again
+            # for what is still held (what stays locked waits for the next pass).
+            claimed += self._claim(self.due_groups(now, only_org=only_org), now)[0]
         self._write_and_finish(claimed, result, now)
         return result
 
@@ -143,9 +148,12 @@ class Releaser:
                 for g in due_groups(self.store.held_items(now, only_org), now)]
 
     # -- releasing -------------------------------------------------------------
-    def _claim(self, groups: list[_Group], now: datetime) -> list[str]:
-        """Commit 1: a pending delivery row per group, its assignments claimed."""
+    def _claim(self, groups: list[_Group], now: datetime) -> tuple[list[str], int]:
+        """Commit 1: a pending delivery row per group, its assignments claimed. Returns
+        the deliveries, and how many groups lost a race (each undone alone, in its own
+        savepoint: its number, row and claims; the others go on)."""
         claimed: list[str] = []
+        lost = 0
         with self.store.writer.begin() as c:
             blocked = releases.blocked_organisations(c)
             for group in groups:
@@ -154,24 +162,29 @@ class Releaser:
                     # Removed from the config (config check refuses that while it holds
                     # items), or its earlier delivery still cannot be written: keep holding.
                     continue
-                seq = releases.next_delivery_number(c)
-                if group.kind == "list":
-                    plist = PersonList.from_json(releases.payloads(c, group.assignment_ids)[0])
-                    name = list_file_name(org.id, plist, now, seq, org.format, self.tz)
-                    delivery_id = Path(name).stem
-                else:
-                    delivery_id = delivery_stem(org.id, group.type, now, seq, self.tz)
-                    name = delivery_file_name(delivery_id)
-                releases.new_delivery(c, delivery_id=delivery_id, organisation=org.id,
-                                      type_=group.type, kind=group.kind, file_name=name,
-                                      now=now, count=len(group.assignment_ids),
-                                      portion=group.portion, seq=seq)
-                n = releases.claim(c, delivery_id, group.assignment_ids)
-                if n != len(group.assignment_ids):  # another pass claimed some first
-                    raise StoreConflict(f"release of {delivery_id}: assignments changed "
-                                        "underneath")
-                claimed.append(delivery_id)
-        return claimed
+                try:
+                    with c.begin_nested():
+                        claimed.append(self._claim_group(c, org, group, now))
+                except _LostRace:
+                    lost += 1
+        return claimed, lost
+
+    def _claim_group(self, c: Connection, org: Organisation, group: _Group,
+                     now: datetime) -> str:
+        seq = releases.next_delivery_number(c)
+        if group.kind == "list":
+            plist = PersonList.from_json(releases.payloads(c, group.assignment_ids)[0])
+            name = list_file_name(org.id, plist, now, seq, org.format, self.tz)
+            delivery_id = Path(name).stem
+        else:
+            delivery_id = delivery_stem(org.id, group.type, now, seq, self.tz)
+            name = delivery_file_name(delivery_id)
+        releases.new_delivery(c, delivery_id=delivery_id, organisation=org.id,
+                              type_=group.type, kind=group.kind, file_name=name, now=now,
+                              count=len(group.assignment_ids), portion=group.portion, seq=seq)
+        if releases.claim(c, delivery_id, group.assignment_ids, now) != len(group.assignment_ids):
+            raise _LostRace(delivery_id)  # claimed, locked or re-planned by another
+        return delivery_id
 
     def recover(self, result: ReleaseResult | None = None, now: datetime | None = None) -> int:
         """Finish deliveries a crash (or a failed write) left pending; returns how many were

@@ -56,9 +56,9 @@ from sqlalchemy.exc import DBAPIError
 
 from broker.storage.audit_anchor import Anchor, read_anchor, write_anchor
 from broker.storage.bulk import Many
-from broker.storage.db import audit_metadata, serialize, writer
+from broker.storage.db import ByteSize, audit_metadata, serialize, writer
 from broker.storage.db_errors import is_busy, is_conflict
-from broker.storage.files import atomic_write
+from broker.storage.files import atomic_write, private_dir
 
 GENESIS = "0" * 64
 KEY_FILE = "audit.key"
@@ -74,7 +74,7 @@ audit_table = Table(
     Column("org", String(100), nullable=True, index=True),
     Column("address", String(100), nullable=True),
     Column("path", Text, nullable=True),
-    Column("size", Integer, nullable=True),
+    Column("size", ByteSize, nullable=True),
     Column("sha256", String(64), nullable=True),
     Column("detail", Text, nullable=True),
     Column("prev_hash", String(64), nullable=False, unique=True),
@@ -160,7 +160,7 @@ _keys_lock = threading.Lock()
 
 def audit_key(var: Path) -> bytes:
     """The home's secret for person digests (``var/audit.key``), made on first use."""
-    path = var / KEY_FILE
+    path = private_dir(var) / KEY_FILE  # var/ holds no state.db on a PostgreSQL home
     with _keys_lock:
         if path in _keys:
             return _keys[path]

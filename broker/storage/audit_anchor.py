@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.storage.files import atomic_write
+from broker.storage.files import atomic_write, private_dir
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def write_anchor(path: Path, anchor: Anchor) -> None:
     """Anchor ``anchor`` unless a later head is anchored already."""
+    private_dir(path.parent)  # var/ holds no state.db on a PostgreSQL home: it may be new
     with _locked(path):
         try:
             current = read_anchor(path)

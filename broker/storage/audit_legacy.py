@@ -34,7 +34,7 @@ from broker.storage.audit import (
     head,
     timestamp,
 )
-from broker.storage.db import writer
+from broker.storage.db import serialize, writer
 from broker.storage.files import fsync_dir
 
 _SELECT = ("SELECT id, at, action, org, address, path, size, sha256, detail, prev_hash,"
@@ -91,6 +91,7 @@ def migrate_legacy(engine: Engine, legacy_path: Path, anchor: Path | None,
     legacy_head = rows[-1].row_hash if rows else GENESIS
     copied = 0
     with writer(engine).begin() as conn:
+        serialize(conn, "audit")  # two processes starting at once copy it once
         done = conn.execute(select(audit_table.c.id).where(
             audit_table.c.action == "audit-migrated",
             audit_table.c.sha256 == legacy_head)).first()

@@ -9,7 +9,7 @@ write lock. Never ``max(seq) + 1``: that reads a snapshot another writer may be 
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, String, Table, select, update
+from sqlalchemy import BigInteger, Column, String, Table, column, func, select, table, update
 from sqlalchemy.engine import Connection
 
 from broker.storage.db import insert_ignoring, metadata
@@ -23,6 +23,10 @@ counters = Table(
 ITEMS = "items"  # items.seq: arrival order, for "oldest first"
 DELIVERIES = "deliveries"  # deliveries.seq: the number in every delivery file's name
 
+# The column each counter numbers (its table's name is the counter's).
+_NUMBERED = {ITEMS: table(ITEMS, column("seq")).c.seq,
+             DELIVERIES: table(DELIVERIES, column("seq")).c.seq}
+
 
 def take(conn: Connection, name: str, n: int = 1) -> int:
     """Reserve ``n`` consecutive numbers of counter ``name``; returns the first."""
@@ -34,7 +38,16 @@ def take(conn: Connection, name: str, n: int = 1) -> int:
     if last is None:  # first use in this database
         conn.execute(insert_ignoring(conn, counters).values(name=name, value=0))
         last = conn.execute(advance).scalar_one()
-    return int(last) - n + 1
+    first = int(last) - n + 1
+    # The counter row is locked now. A release before counters (still running beside an
+    # upgraded database, numbering by max + 1) may have gone past it: never hand out a
+    # number the table holds (one look at the end of a unique index).
+    top = int(conn.execute(select(func.max(_NUMBERED[name]))).scalar() or 0)
+    if top >= first:
+        first = top + 1
+        conn.execute(update(counters).where(counters.c.name == name)
+                     .values(value=first + n - 1))
+    return first
 
 
 def peek(conn: Connection, name: str) -> int:

@@ -23,7 +23,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, create_engine, event, text
+from sqlalchemy import BigInteger, Engine, Integer, MetaData, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.sql.dml import Insert
@@ -32,6 +32,10 @@ from sqlalchemy.sql.dml import Insert
 # the audit trail, which only ever grows and is verified on its own.
 metadata = MetaData()
 audit_metadata = MetaData()
+
+# A size in bytes: files reach gigabytes (max_file_mb = 4096), past a 32-bit integer on
+# PostgreSQL. SQLite's INTEGER is 64-bit already, so its schema stays as it was.
+ByteSize = BigInteger().with_variant(Integer(), "sqlite")
 
 _BEGIN_OPTION = "sqlite_begin"
 DEFAULT_URL = "sqlite:///var/state.db"

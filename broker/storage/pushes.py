@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Column, Engine, Integer, String, Table, Text, select
+from sqlalchemy import Column, Engine, String, Table, Text, select
 
 from broker.storage.audit import AuditEvent, anchor_head, append
-from broker.storage.db import insert_ignoring, metadata, writer
+from broker.storage.db import ByteSize, insert_ignoring, metadata, writer
 from broker.storage.db_errors import retrying
 from broker.storage.files import is_hidden_or_partial
 from broker.storage.tables import UTCDateTime
@@ -22,7 +22,7 @@ pushes = Table(
     "pushes", metadata,
     Column("organisation", String(64), primary_key=True),
     Column("file", Text, primary_key=True),  # relative to outbox/<org>/, e.g. acks/x.ack.xml
-    Column("size", Integer, nullable=False),
+    Column("size", ByteSize, nullable=False),
     Column("pushed_at", UTCDateTime, nullable=False),
     Column("remote", String(255), nullable=False),
 )

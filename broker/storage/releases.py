@@ -23,7 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from broker.domain.schedule import Candidate, PlannedRelease
 from broker.storage import counters
 from broker.storage.bulk import Many
-from broker.storage.db import insert_ignoring, is_sqlite
+from broker.storage.db import insert_ignoring, is_sqlite, serialize
 from broker.storage.store import IN_CHUNK
 from broker.storage.tables import assignments, deliveries, items, stagger_plans
 
@@ -33,7 +33,9 @@ a, d, i, p = assignments, deliveries, items, stagger_plans
 def first_delivery_candidates(c: Connection, now: datetime) -> dict[tuple[str, str],
                                                                      list[Candidate]]:
     """Per (organisation, type) never delivered nor planned: its held notifications due
-    by ``now`` under normal timing (a stagger plan may then hold them back), oldest first."""
+    by ``now`` under normal timing (a stagger plan may then hold them back), oldest first.
+    Takes the ``plans`` lock: plans are formed, and moved early, one at a time."""
+    serialize(c, "plans")
     q = (select(a.c.id, a.c.organisation, a.c.type, i.c.decision_date, i.c.seq)
          .select_from(a.join(i, i.c.seq == a.c.item_seq))
          .where(a.c.state == "held", a.c.planned_at.is_(None), a.c.release_at <= now,
@@ -81,9 +83,12 @@ def new_delivery(c: Connection, *, delivery_id: str, organisation: str, type_: s
         created_at=now, count=count, portion=portion, state="pending", seq=seq))
 
 
-def claim(c: Connection, delivery_id: str, assignment_ids: Sequence[int]) -> int:
+def claim(c: Connection, delivery_id: str, assignment_ids: Sequence[int],
+          now: datetime) -> int:
     """Claim the held ``assignment_ids`` for a pending delivery; returns how many were
-    still held and free (fewer: another pass took some, and the caller rolls back)."""
+    still held, due by ``now`` (a plan formed meanwhile may have moved them) and free
+    (fewer: another pass took, locked or re-planned some, and the caller undoes this)."""
+    due = func.coalesce(a.c.planned_at, a.c.release_at) <= now
     claimed = 0
     for n in range(0, len(assignment_ids), IN_CHUNK):
         ids = assignment_ids[n:n + IN_CHUNK]
@@ -92,11 +97,11 @@ def claim(c: Connection, delivery_id: str, assignment_ids: Sequence[int]) -> int
             # The writer holds SQLite's one write lock: nothing to skip. coalesce() keeps
             # SQLite on the primary key (a bare state = 'held' lures it onto the state
             # index and a scan of every held row, 16 ms a claim after a big batch).
-            which = a.c.id.in_(ids) & (func.coalesce(a.c.state, "") == "held")
+            which = a.c.id.in_(ids) & (func.coalesce(a.c.state, "") == "held") & due
         else:
-            # Rows another pass has locked are skipped, not waited for: the count then
-            # falls short and this pass rolls back and decides again.
-            which = a.c.id.in_(select(a.c.id).where(a.c.id.in_(ids), a.c.state == "held")
+            # Rows another transaction has locked are skipped, not waited for: the count
+            # then falls short, this group is undone, and the others go on.
+            which = a.c.id.in_(select(a.c.id).where(a.c.id.in_(ids), a.c.state == "held", due)
                                .with_for_update(skip_locked=True).scalar_subquery())
         claimed += c.execute(update(a).where(which)
                              .values(state="releasing", delivery_id=delivery_id)).rowcount
@@ -173,7 +178,9 @@ def release_early(c: Connection, org: str, type_: str | None, *, everything: boo
                   now: datetime) -> int:
     """An operator's early release: the held items of ``org`` (of ``type_``) become due
     just before ``now``; all of them, or only the earliest held slot of each type (the
-    next staggered portion). Returns how many."""
+    next staggered portion). Returns how many. Takes the ``plans`` lock, so a plan being
+    formed is seen whole, not as every row due at once."""
+    serialize(c, "plans")
     due_at = func.coalesce(a.c.planned_at, a.c.release_at)
     where = [a.c.state == "held", a.c.organisation == org]
     if type_:

@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from broker.storage.db import metadata
+from broker.storage.db import ByteSize, metadata
 from broker.storage.states import DeliveryState, Verdict, state_column_type
 from broker.storage.tables import UTCDateTime, assignments, deliveries, input_files, items
 
@@ -54,7 +54,7 @@ response_files = Table(
     Column("organisation", String(64), nullable=False),
     Column("name", Text, nullable=False),  # the upload's name
     Column("sha256", String(64), nullable=False),
-    Column("size", Integer, nullable=False, default=0),
+    Column("size", ByteSize, nullable=False, default=0),
     Column("status", state_column_type(Verdict, "response_verdict"), nullable=False,
            default="accepted"),
     Column("response_id", String(64), nullable=False),

@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from broker.storage.db import metadata
+from broker.storage.db import ByteSize, metadata
 from broker.storage.states import AssignmentState, DeliveryState, Verdict, state_column_type
 
 
@@ -73,7 +73,7 @@ input_files = Table(
     Column("kind", String(16), nullable=False),  # "batch" | "response"
     Column("name", Text, nullable=False),
     Column("sha256", String(64), nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", ByteSize, nullable=False),
     Column("status", state_column_type(Verdict, "input_verdict"), nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
     Column("batch_id", String(64)),
@@ -132,7 +132,7 @@ deliveries = Table(
     Column("portion", Integer),
     Column("state", state_column_type(DeliveryState, "delivery_state"), nullable=False),
     Column("sha256", String(64)),
-    Column("size", Integer),
+    Column("size", ByteSize),
     # Allocated inside the claiming write transaction; unique, so two passes can never
     # name two files alike (names are never reused, SPEC 5).
     Column("seq", Integer, nullable=False, unique=True),
@@ -172,6 +172,6 @@ stagger_plans = Table(
 blobs = Table(
     "blobs", metadata,
     Column("sha256", String(64), primary_key=True),
-    Column("size", Integer, nullable=False),
+    Column("size", ByteSize, nullable=False),
     Column("data", LargeBinary, nullable=False),
 )
