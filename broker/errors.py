@@ -116,6 +116,10 @@ class StoreConflict(StoreError):
     """A concurrent change won (a unique key, a serialisation failure): decide again."""
 
 
+class AlreadyAccepted(StoreConflict):
+    """The same bytes were accepted meanwhile (two takers of one file): a duplicate."""
+
+
 class StoreUnavailable(StoreError):
     """The database server cannot be reached."""
 

@@ -44,3 +44,33 @@ def test_conflicts_found_before_a_schema_error_are_reported_with_it(tmp_path: Pa
     messages = [p.message for p in out.problems]
     assert any("received before with different content" in m for m in messages), messages
     assert any("DecisionDate" in m for m in messages), messages
+
+
+def test_two_takers_of_one_file_at_once_accept_it_once(tmp_path: Path) -> None:
+    """The daemon and an operator's `ingest` on the same batch at the same moment, each
+    with its own engine: one accepts it, the other reports a duplicate, nothing fails."""
+    import threading
+
+    config = load_config(make_home(tmp_path / "home"))
+    batch = tmp_path / "twice.xml"
+    write_batch(batch, count=3000, municipalities=MUNICIPALITIES[:50], decision_date=DAY,
+                batch_id="TWICE", seed=2)
+    verdicts: list[str] = []
+    errors: list[BaseException] = []
+
+    def take() -> None:
+        store = Store(make_engine(config.storage_url))
+        try:
+            verdicts.append(ingest_batch(batch, config=config, store=store, now=NOW).status)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            store.engine.dispose()
+
+    threads = [threading.Thread(target=take) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(verdicts) == ["accepted", "duplicate"]

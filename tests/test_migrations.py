@@ -172,3 +172,22 @@ def test_a_used_home_pointed_at_an_empty_postgresql_database_is_refused(
         assert "s3cret" not in r.stderr + r.stdout
     with open_engine(url).connect() as c:
         assert revision(c) is None  # nothing was made there
+
+
+def test_an_unreachable_server_is_not_called_a_damaged_database(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = make_home(tmp_path / "home")
+    toml = home / "config" / "broker.toml"
+    toml.write_text(toml.read_text().replace(
+        'url = "sqlite:///var/state.db"',
+        f'url = "postgresql+psycopg://broker:s3cret@127.0.0.1:{port}/broker"'))
+    for args in (("status",), ("db", "upgrade"), ("run", "--sftp-listen", "127.0.0.1:0",
+                                                   "--metrics-listen", "127.0.0.1:0")):
+        r = _cli(home, *args)
+        assert r.returncode != 0
+        assert "cannot be reached" in r.stderr and "restore" not in r.stderr.lower(), r.stderr
+        assert "s3cret" not in r.stderr and "Traceback" not in r.stderr

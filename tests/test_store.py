@@ -186,3 +186,19 @@ def test_a_counter_behind_its_table_never_hands_out_a_taken_number(tmp_path: Pat
     with store.writer.begin() as c:
         assert counters.take(c, counters.DELIVERIES, 2) == 4
         assert counters.take(c, counters.DELIVERIES) == 6
+
+
+def test_the_bulk_path_checks_values_and_maps_errors_like_any_statement(
+        tmp_path: Path) -> None:
+    """Many rows at once (executemany on SQLite, COPY on PostgreSQL): a naive time is
+    refused, and a duplicate key is a DBAPIError the error tree knows."""
+    from broker.storage.bulk import Many
+
+    store = _store(tmp_path)
+    cols = ("source", "kind", "name", "sha256", "size", "status", "received_at", "items")
+    row = ("kela", "batch", "x", "0" * 64, 1, "accepted", datetime(2026, 1, 1, tzinfo=UTC), 0)
+    with pytest.raises(ValueError, match="naive"), store.writer.begin() as c:
+        Many(c, input_files, cols).run([(*row[:6], datetime(2026, 1, 1), 0)])
+    with pytest.raises(DBAPIError) as caught, store.writer.begin() as c:
+        Many(c, input_files, cols).run([row, row])
+    assert kind_of(caught.value) is DbFailure.CONFLICT

@@ -62,8 +62,12 @@ class LazyGroup(click.Group):
         except Exception as exc:
             from sqlalchemy.exc import DBAPIError  # only now: keeps start-up light
 
+            from broker.errors import BrokerError
             from broker.storage.db_errors import DbFailure, kind_of
 
+            if isinstance(exc, BrokerError):  # the broker's own: its message says it all
+                click.echo(f"kela-broker: {exc}", err=True)
+                ctx.exit(1)
             if not isinstance(exc, DBAPIError):
                 raise
             kind = kind_of(exc)
@@ -72,6 +76,10 @@ class LazyGroup(click.Group):
                 # The daemon holds the write lock while it takes in a large file.
                 click.echo("kela-broker: the state database is busy (the daemon is taking in "
                            "a large file); nothing was changed, try again shortly", err=True)
+            elif kind is DbFailure.CONFLICT:
+                click.echo("kela-broker: another process changed the same records at the same "
+                           f"moment ({first}); this command's change was not made, run it "
+                           "again", err=True)
             elif kind is DbFailure.UNAVAILABLE:
                 click.echo(f"kela-broker: the state database cannot be reached ({first}); "
                            "nothing was changed", err=True)

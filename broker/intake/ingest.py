@@ -16,7 +16,7 @@ from broker.config.routing import decide
 from broker.config.settings import Config
 from broker.domain.model import StoredItem
 from broker.domain.schedule import release_time
-from broker.errors import InputChanged, InvalidFile, Problem, RoutingError
+from broker.errors import AlreadyAccepted, InputChanged, InvalidFile, Problem, RoutingError
 from broker.intake.batch_chunks import ParallelBatchReader, SplitFailed
 from broker.intake.read_policy import use_parallel
 from broker.intake.validation import BatchContext, BatchReader
@@ -81,6 +81,9 @@ def ingest_batch(path: Path, *, config: Config, store: Store, now: datetime,
                             still)
         except InvalidFile as exc:
             out.problems = sorted(exc.problems, key=lambda p: (p.line is None, p.line or 0))
+        except AlreadyAccepted:  # another taker (the CLI beside the daemon) was first
+            out.status, out.new, out.unchanged = "duplicate", 0, 0
+            return out
     if out.problems and not still():
         raise InputChanged("the file changed while it was read", file=path.name)
     if out.problems:

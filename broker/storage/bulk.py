@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Table, insert
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert, UpdateBase
 
 _Processor = Callable[[Any], Any]
@@ -74,12 +75,21 @@ class Many:
 
 
     def _copy_rows(self, rows: Iterable[Sequence[Any]]) -> int:
-        n = 0
-        cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        with cursor.copy(self._copy) as copy:
-            for row in rows:
-                copy.write_row(row)
-                n += 1
+        """COPY, with each value through its column's bind processor as for any other
+        statement (aware UTC times, checked states); a driver error comes out as
+        SQLAlchemy's, like every other statement's, for one error mapping."""
+        steps, n = self._steps, 0
+        driver = self.conn.connection.driver_connection
+        dbapi = self.conn.dialect.dbapi
+        assert driver is not None and dbapi is not None and self._copy is not None
+        try:
+            with driver.cursor().copy(self._copy) as copy:
+                for row in rows:
+                    copy.write_row([v if p is None else p(v)
+                                    for p, v in zip(steps, row, strict=True)])
+                    n += 1
+        except dbapi.Error as exc:
+            raise DBAPIError.instance(self._copy, None, exc, dbapi.Error) from exc
         return n
 
 

@@ -31,9 +31,12 @@ class DbFailure(Enum):
 # SQLite primary result codes (the low byte of the extended code).
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CONSTRAINT = 5, 6, 19
 _SQLITE_UNIQUE = (1555, 2067)  # SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE
-# PostgreSQL SQLSTATEs: lock not available, serialization failure, deadlock, unique.
-_PG_BUSY = {"55P03"}
+# PostgreSQL SQLSTATEs: lock not available, statement timeout; serialization failure,
+# deadlock, unique; wrong login, no such database, too many connections (and class 08,
+# connection, and 57P0x, the server shutting down).
+_PG_BUSY = {"55P03", "57014"}
 _PG_CONFLICT = {"40001", "40P01", "23505"}
+_PG_UNAVAILABLE = {"28000", "28P01", "3D000", "53300"}
 
 
 def kind_of(exc: BaseException) -> DbFailure | None:
@@ -55,7 +58,7 @@ def kind_of(exc: BaseException) -> DbFailure | None:
         return DbFailure.BUSY
     if sqlstate in _PG_CONFLICT:
         return DbFailure.CONFLICT
-    if sqlstate is None or sqlstate.startswith(("08", "57P")):  # connection, shutdown
+    if sqlstate is None or sqlstate in _PG_UNAVAILABLE or sqlstate.startswith(("08", "57P")):
         return DbFailure.UNAVAILABLE
     return DbFailure.BROKEN
 

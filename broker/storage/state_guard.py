@@ -18,8 +18,8 @@ from pathlib import Path
 from sqlalchemy.pool import NullPool
 
 from broker.config.settings import Config
-from broker.errors import StoreError
-from broker.storage.db_errors import store_error
+from broker.errors import StoreError, StoreUnavailable
+from broker.storage.db_errors import DbFailure, kind_of, store_error
 
 
 class StateMissing(StoreError):
@@ -46,7 +46,8 @@ def evidence(config: Config) -> list[str]:
 
 
 def database_state(config: Config) -> str:
-    """"missing", "empty" (no tables of ours), "unreadable: <why>" or "ok"."""
+    """"missing", "empty" (no tables of ours), "unreadable: <why>", "unreachable: <why>"
+    (a server that does not answer) or "ok"."""
     path = config.database
     if path is None:
         return _server_state(config.storage_url)
@@ -73,6 +74,8 @@ def _server_state(url: str) -> str:
         with engine.connect() as c:
             return "ok" if inspect(c).has_table("input_files") else "empty"
     except DBAPIError as exc:
+        if kind_of(exc) is DbFailure.UNAVAILABLE:
+            return f"unreachable: {store_error(exc)}"
         return f"unreadable: {store_error(exc)}"
     finally:
         engine.dispose()
@@ -91,6 +94,10 @@ def check_state_store(config: Config, *, initialise: bool = False) -> None:
     """Raise StateMissing (or StoreError for an unreadable file) before opening the store."""
     state = database_state(config)
     where = store_name(config)
+    if state.startswith("unreachable"):  # the server, not the data: never "restore"
+        raise StoreUnavailable(f"{state[13:]}; nothing was changed. Check that the server "
+                               "runs and [storage] url (host, port, database, user)",
+                               file=where)
     if state.startswith("unreadable"):
         raise StoreError(f"the state database is not readable ({state[12:]}); restore it "
                          "from the backup, nothing was changed", file=where)

@@ -21,10 +21,10 @@ from sqlalchemy.exc import DBAPIError
 
 from broker.domain.model import StoredItem
 from broker.domain.schedule import HeldItem
-from broker.errors import StoreError
+from broker.errors import AlreadyAccepted, StoreError
 from broker.storage import counters
 from broker.storage.bulk import Many
-from broker.storage.db import insert_ignoring, is_sqlite, upsert_adding, writer
+from broker.storage.db import insert_ignoring, is_sqlite, serialize, upsert_adding, writer
 from broker.storage.tables import (
     assignments,
     blobs,
@@ -129,8 +129,17 @@ class Store:
     @contextmanager
     def ingesting(self, *, source: str, kind: str, name: str, sha256: str, size: int,
                   now: datetime) -> Iterator[IngestTx]:
-        """One transaction for a whole accepted file; an exception rolls it all back."""
+        """One transaction for a whole accepted file; an exception rolls it all back.
+
+        Files are taken in one at a time (SQLite: the write lock; PostgreSQL: the
+        ``ingest`` lock), so what one finds already known is what the other committed;
+        the same bytes accepted meanwhile raise AlreadyAccepted (a duplicate)."""
         with self.writer.begin() as c:
+            serialize(c, "ingest")
+            if c.execute(select(input_files.c.id).where(
+                    input_files.c.source == source, input_files.c.sha256 == sha256,
+                    input_files.c.status == "accepted")).first() is not None:
+                raise AlreadyAccepted(f"{name} was accepted meanwhile", file=name)
             file_id = int(c.execute(insert(input_files).values(
                 source=source, kind=kind, name=name, sha256=sha256, size=size,
                 status="accepted", received_at=now, items=0,
