@@ -114,7 +114,15 @@ def parse_storage(r: Reader, storage: Any, broker: Mapping[str, Any], home: Path
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in _STORAGE_SCHEMES:
         r.error(f"must be sqlite:///path or postgresql+psycopg://user@host/db, found "
-                f"{url.split('@')[-1]!r}", "storage", "url")  # never echo a password
+                f"{url.split('@')[-1].split(':')[0]!r}", "storage", "url")  # no password
+        return f"sqlite:///{home / 'var/state.db'}"
+    from sqlalchemy.engine import make_url  # here only: config is read by light commands
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url).port  # noqa: B018 -- a port that is not a number fails here, not later
+    except (ValueError, ArgumentError):
+        r.error("is not a database URL (user@host:port/database)", "storage", "url")
         return f"sqlite:///{home / 'var/state.db'}"
     if scheme == "postgresql":
         return f"postgresql+psycopg://{rest}"

@@ -212,6 +212,10 @@ class Releaser:
         if not done and not failed:
             return
         with self.store.writer.begin() as c:
+            # Only what is still pending: two passes recovering one delivery (or a handover
+            # undoing it) confirm it, and audit its release, once.
+            pending = releases.still_pending(c, [w.delivery_id for w in done])
+            done = [w for w in done if w.delivery_id in pending]
             if done:
                 releases.mark_written(c, [w.record for w in done])
                 audit.append(c, [w.event for w in done], now)

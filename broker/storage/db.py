@@ -95,9 +95,12 @@ def open_engine(url: str | Path) -> Engine:
     if path is None:
         # pool_pre_ping: a daemon outlives server restarts; a dropped connection in the
         # pool is replaced instead of failing the next pass.
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                             hide_parameters=True)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    engine = create_engine(url)
+    # hide_parameters: an error's text never carries the statement's values (payloads
+    # with identity codes) into a log line or a traceback.
+    engine = create_engine(url, hide_parameters=True)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:

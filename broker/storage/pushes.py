@@ -14,7 +14,7 @@ from sqlalchemy import Column, Engine, String, Table, Text, select
 
 from broker.storage.audit import AuditEvent, anchor_head, append
 from broker.storage.db import ByteSize, insert_ignoring, metadata, writer
-from broker.storage.db_errors import retrying
+from broker.storage.db_errors import DbFailure, kind_of, retrying
 from broker.storage.files import is_hidden_or_partial
 from broker.storage.tables import UTCDateTime
 
@@ -59,6 +59,9 @@ def record(engine: Engine, org: str, file: str, size: int, remote: str, now: dat
                 append(c, [AuditEvent("push", org, path=file, size=size, sha256=sha256,
                                       detail=remote)], now)
 
-    retrying(record_it)  # the file is on their server: the record must not be lost
+    # The file is on their server: the record must not be lost. Busy or a dropped
+    # connection is tried again; the insert is idempotent (a commit that landed before
+    # the connection dropped adds nothing, not even a second audit row).
+    retrying(record_it, when=lambda e: kind_of(e) in (DbFailure.BUSY, DbFailure.UNAVAILABLE))
     if anchor is not None:
         anchor_head(engine, anchor)

@@ -149,6 +149,17 @@ class WrittenDelivery:
     created: datetime
 
 
+def still_pending(c: Connection, delivery_ids: Sequence[str]) -> set[str]:
+    """Which of ``delivery_ids`` are pending, their rows locked until commit (PostgreSQL;
+    on SQLite the writer holds the write lock)."""
+    found: set[str] = set()
+    for n in range(0, len(delivery_ids), IN_CHUNK):
+        found.update(c.execute(select(d.c.id).where(d.c.id.in_(delivery_ids[n:n + IN_CHUNK]),
+                                                    d.c.state == "pending")
+                               .with_for_update()).scalars())
+    return found
+
+
 def mark_written(c: Connection, done: Sequence[WrittenDelivery]) -> None:
     """Commit 3: the deliveries are on disk, their assignments released."""
     Many(c, update(d).where(d.c.id == bindparam("did"))

@@ -87,7 +87,8 @@ def store_name(config: Config) -> str:
 
     if config.database is not None:
         return str(config.database)
-    return make_url(config.storage_url).render_as_string(hide_password=True)
+    url = make_url(config.storage_url)
+    return url.set(query={}).render_as_string(hide_password=True)  # ?password= too
 
 
 def check_state_store(config: Config, *, initialise: bool = False) -> None:

@@ -7,6 +7,7 @@ pass's statements are in ``broker.storage.releases``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -153,7 +154,8 @@ class Store:
             # PostgreSQL plans by its statistics, which autovacuum updates only later:
             # straight after a big batch it would think the tables still small and scan
             # them for every claim of the release that follows.
-            with self.engine.begin() as c:
+            with contextlib.suppress(DBAPIError), self.engine.begin() as c:
+                # The file is stored whatever happens here; autovacuum catches up.
                 c.exec_driver_sql("ANALYZE items, assignments")
 
     @contextmanager

@@ -10,7 +10,10 @@ connection = context.config.attributes["connection"]
 context.configure(
     connection=connection,
     target_metadata=[metadata, audit_metadata],
-    render_as_batch=True,  # SQLite alters a table by copying it; batch mode does that
+    # SQLite alters a table by copying it; batch mode does that. A future batch step on a
+    # table others reference must run with PRAGMA foreign_keys off, which SQLite allows
+    # only outside a transaction: such a step needs its own handling here.
+    render_as_batch=True,
     transactional_ddl=True,  # both engines roll DDL back: a failed step changes nothing
 )
 with context.begin_transaction():
