@@ -53,6 +53,7 @@ class DaemonProcess:
     info: dict[str, object] = field(default_factory=dict)
     log_path: Path | None = None
     nofile: int | None = None  # RLIMIT_NOFILE (soft and hard) for the daemon, if set
+    until_idle: bool = False  # the daemon stops by itself once it has nothing to do
 
     def _limits(self) -> None:
         import resource
@@ -67,7 +68,7 @@ class DaemonProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [KELA_BROKER, "--home", str(self.home), "run", "--sftp-listen", "127.0.0.1:0",
-             "--metrics-listen", "127.0.0.1:0"],
+             "--metrics-listen", "127.0.0.1:0", *(["--until-idle"] if self.until_idle else [])],
             stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             preexec_fn=self._limits if self.nofile is not None else None)
         log.close()
@@ -86,6 +87,14 @@ class DaemonProcess:
     @property
     def metrics_port(self) -> int:
         return int(self.info["metrics_port"])  # type: ignore[arg-type]
+
+    def wait_idle(self, timeout: float = 120.0) -> int:
+        """Wait for a daemon started ``until_idle`` to stop by itself; its exit code."""
+        assert self.until_idle and self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"daemon not idle within {timeout} s:\n{self.log()}") from None
 
     def log(self) -> str:
         """The raw log (for failure messages; tests assert on :meth:`events`)."""

@@ -237,21 +237,10 @@ def test_run_then_demo_gives_the_same_deliveries_on_postgresql_as_on_sqlite(
                 decision_date=today, batch_id="SAME", seed=11, lists=2, attachment_bytes=64)
     seen = {}
     for engine, home in homes.items():
-        d = DaemonProcess(home).start()
-        try:
-            drop(home, batch)
-            wait_for(lambda h=home: any((h / "var" / "archive").rglob("*-demo.xml")),
-                     what=f"batch taken on {engine}")
-
-            def settled(h: Path = home) -> bool:
-                status = json.loads(cli(h, "status", "--json").stdout)
-                states = [a["state"] for a in status["assignments"]]
-                counted = sum(a["count"] for a in status["assignments"]
-                              if a["state"] in ("held", "released"))
-                return counted == 122 and "released" in states and "releasing" not in states
-            wait_for(settled, what=f"release settled on {engine}")
-            seen[engine] = _deliveries(home)
-        finally:
-            d.stop()
+        drop(home, batch)  # waiting before the start: taken, released, then it stops
+        d = DaemonProcess(home, until_idle=True).start()
+        assert d.wait_idle() == 0
+        assert d.events("stopped")
+        seen[engine] = _deliveries(home)
     assert seen["sqlite"], "nothing was delivered"
     assert seen["postgresql"] == seen["sqlite"]

@@ -28,9 +28,11 @@ def _host_port(text: str) -> tuple[str, int]:
 @click.option("--initialise", is_flag=True,
               help="Make a new, empty state database even though this home has been used "
                    "(only when the old one is lost for good).")
+@click.option("--until-idle", is_flag=True,
+              help="Stop once everything waiting is taken in and everything due released.")
 @click.pass_context
 def run(ctx: click.Context, sftp_listen: str | None, metrics_listen: str | None,
-        initialise: bool) -> None:
+        initialise: bool, until_idle: bool) -> None:
     """Run the broker daemon: watch inboxes, release on schedule, serve SFTP."""
     from broker import logs
     from broker.runtime.daemon import Daemon, Overrides
@@ -39,7 +41,7 @@ def run(ctx: click.Context, sftp_listen: str | None, metrics_listen: str | None,
     home = home_of(ctx)
     overrides = Overrides(sftp=_host_port(sftp_listen) if sftp_listen else None,
                           metrics=_host_port(metrics_listen) if metrics_listen else None,
-                          initialise=initialise)
+                          initialise=initialise, until_idle=until_idle)
     try:
         daemon = Daemon(home.path, overrides)
         asyncio.run(daemon.run())

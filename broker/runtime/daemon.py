@@ -36,6 +36,7 @@ from broker.delivery.release import Releaser
 from broker.errors import ConfigError, ConfigErrors
 from broker.responses.process import finish_pending
 from broker.runtime.cut_uploads import answer_cut, answer_cuts_left, incomplete_dir
+from broker.runtime.idle import Activity, stop_when_idle, waiting_files
 from broker.runtime.inputs import Inputs
 from broker.runtime.metrics import Metrics
 from broker.runtime.push_runner import PushRunner
@@ -69,6 +70,7 @@ class Overrides:
     sftp: tuple[str, int] | None = None
     metrics: tuple[str, int] | None = None
     initialise: bool = False  # make a new state database even in a used home
+    until_idle: bool = False  # stop once there is nothing to do (broker.runtime.idle)
 
 
 class Daemon:
@@ -85,6 +87,7 @@ class Daemon:
         self._config_mtime = self.config.path.stat().st_mtime_ns
         self._restarts: dict[str, datetime] = {}
         self._db_problem: str | None = None
+        self._handling = 0  # items on the worker thread now
         self.ready = asyncio.Event()
 
     # -- start -----------------------------------------------------------------
@@ -154,6 +157,9 @@ class Daemon:
     # -- loop --------------------------------------------------------------------
     async def run(self) -> None:
         await self.start()
+        if self.overrides.until_idle:
+            self._idle_watch = asyncio.ensure_future(
+                stop_when_idle(self._activity, utcnow, self.stop))
         try:
             await self.loop_forever()
         finally:
@@ -307,7 +313,17 @@ class Daemon:
         self.loop.call_soon_threadsafe(arm)
 
     async def _in_worker(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        self._handling += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        finally:
+            self._handling -= 1
+
+    def _activity(self) -> Activity:
+        return Activity(queued=self._queue.qsize(), armed=len(self._timers),
+                        handling=self._handling, pushing=self.pushes.busy(),
+                        waiting_files=waiting_files(self._inboxes(self.config)),
+                        next_due=self.store.next_release())
 
     def _schedule_wake(self, when: datetime | None) -> None:
         if when is None or self._stopping.is_set():

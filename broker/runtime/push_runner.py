@@ -117,6 +117,11 @@ class PushRunner:
         age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
         self.metrics.push_backlog_age.labels(organisation=org).set(age)
 
+    def busy(self) -> bool:
+        """A push job is running now."""
+        with self._lock:
+            return any(s.running for s in self._orgs.values())
+
     def problems(self) -> list[str]:
         with self._lock:
             return [f"push to {org} failing ({s.failures} in a row, next try "
