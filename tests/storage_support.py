@@ -9,7 +9,13 @@ both engines without naming one.
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.storage.store import Store
 
 # The URL of the running test's database; None: the sample config's SQLite in var/.
 current: str | None = None
@@ -29,3 +35,32 @@ def apply(home: Path) -> Path:
 
 def is_postgresql() -> bool:
     return current is not None and current.startswith("postgresql")
+
+
+def side_by_side(url: str, work: Callable[[Store], object], n: int) -> list[object]:
+    """Run ``work(store)`` in ``n`` threads at once, each with its own engine on ``url``
+    (its own connections, as separate processes would have); their results, in no order.
+    An exception in any thread is raised here."""
+    from broker.storage.state_db import make_engine
+    from broker.storage.store import Store
+
+    results: list[object] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        store = Store(make_engine(url))
+        try:
+            results.append(work(store))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.engine.dispose()
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+import storage_support
 from daemon_support import make_home
 
 from broker.config.settings import load_config
@@ -49,28 +50,11 @@ def test_conflicts_found_before_a_schema_error_are_reported_with_it(tmp_path: Pa
 def test_two_takers_of_one_file_at_once_accept_it_once(tmp_path: Path) -> None:
     """The daemon and an operator's `ingest` on the same batch at the same moment, each
     with its own engine: one accepts it, the other reports a duplicate, nothing fails."""
-    import threading
-
     config = load_config(make_home(tmp_path / "home"))
     batch = tmp_path / "twice.xml"
     write_batch(batch, count=3000, municipalities=MUNICIPALITIES[:50], decision_date=DAY,
                 batch_id="TWICE", seed=2)
-    verdicts: list[str] = []
-    errors: list[BaseException] = []
-
-    def take() -> None:
-        store = Store(make_engine(config.storage_url))
-        try:
-            verdicts.append(ingest_batch(batch, config=config, store=store, now=NOW).status)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-        finally:
-            store.engine.dispose()
-
-    threads = [threading.Thread(target=take) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    verdicts = storage_support.side_by_side(
+        config.storage_url,
+        lambda store: ingest_batch(batch, config=config, store=store, now=NOW).status, 2)
     assert sorted(verdicts) == ["accepted", "duplicate"]

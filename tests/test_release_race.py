@@ -134,7 +134,6 @@ def test_passes_side_by_side_release_every_notification_exactly_once(tmp_path: P
     """Four release passes at once, each with its own engine (on PostgreSQL they really
     run side by side: claims skip locked rows, numbers come from the counter row): every
     notification lands in exactly one file, file numbers are unique, the trail holds."""
-    import threading
     from datetime import date
 
     from daemon_support import delivered_ids
@@ -149,31 +148,19 @@ def test_passes_side_by_side_release_every_notification_exactly_once(tmp_path: P
                 types=["IMMIGRANT", "SOCIAL_WORK_NEED"], decision_date=date(2026, 11, 20),
                 batch_id="SIDE-BY-SIDE", seed=5, start_id=500_000)
     assert ingest_batch(batch, config=cfg, store=store, now=NOW).status == "accepted"
-    errors: list[BaseException] = []
 
-    def one_pass() -> None:
-        own = Store(make_engine(cfg.storage_url))
-        try:
-            for _ in range(20):
-                try:
-                    Releaser(cfg, own).run(NOW)
-                except StoreError:
-                    continue  # lost a race twice in a row: decide again
-                with own.engine.connect() as c:
-                    if not c.execute(select(func.count()).select_from(assignments)
-                                     .where(assignments.c.state != "released")).scalar():
-                        return
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-        finally:
-            own.engine.dispose()
+    def release_until_done(own: Store) -> None:
+        for _ in range(20):
+            try:
+                Releaser(cfg, own).run(NOW)
+            except StoreError:
+                continue  # lost a race: decide again
+            with own.engine.connect() as c:
+                if not c.execute(select(func.count()).select_from(assignments)
+                                 .where(assignments.c.state != "released")).scalar():
+                    return
 
-    threads = [threading.Thread(target=one_pass) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    storage_support.side_by_side(cfg.storage_url, release_until_done, 4)
     ids = [i for folder in (tmp_path / "outbox").iterdir() if folder.is_dir()
            for i in delivered_ids(folder)]
     assert len(ids) == len(set(ids)) == 604  # the example's four and the 600
