@@ -49,8 +49,3 @@ def take(conn: Connection, name: str, n: int = 1) -> int:
                      .values(value=first + n - 1))
     return first
 
-
-def peek(conn: Connection, name: str) -> int:
-    """The last number handed out (0 before the first)."""
-    return int(conn.execute(select(counters.c.value).where(counters.c.name == name))
-               .scalar() or 0)
