@@ -203,7 +203,7 @@ def test_a_corrupt_database_fails_health_not_status(tmp_path: Path) -> None:
             f.write(b"this is no longer a database" * 2000)
         _, body = wait_for(lambda: (h := health(d.metrics_port))[0] == 503 and h,
                               timeout=60, what="unhealthy")  # type: ignore[misc]
-        assert "state database unreadable" in body
+        assert "the state database cannot be used" in body
         out = cli(home, "status", check=False)
         assert out.returncode == 1 and "Traceback" not in out.stderr
         assert "state database" in out.stderr and "backup" in out.stderr

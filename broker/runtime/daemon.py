@@ -45,6 +45,7 @@ from broker.storage import pushes
 from broker.storage.audit import HEAD_FILE, AuditEvent
 from broker.storage.audit_writer import start_trail
 from broker.storage.bans import BANS_FILE
+from broker.storage.db_errors import describe
 from broker.storage.files import atomic_write, file_digest, is_hidden_or_partial, private_dir
 from broker.storage.incomplete import (
     purge_incomplete,
@@ -243,15 +244,15 @@ class Daemon:
             return ["stopping"]
         found = []
         if self._db_problem:
-            found.append(f"state database unreadable: {self._db_problem}")
+            found.append(self._db_problem)  # "the state database cannot be ..."
         else:
             try:
                 for row in self.store.failing_deliveries():
                     found.append(f"deliveries to {row.organisation} failing ({row.attempts} "
                                  f"attempt(s), next at {row.next_attempt_at:%H:%M:%S}Z): "
                                  f"{row.last_error}")
-            except Exception as exc:  # the probe below says what
-                found.append(f"state database unreadable: {type(exc).__name__}")
+            except Exception as exc:  # before the next probe notices
+                found.append(describe(exc))
         found += self.pushes.problems()
         now = utcnow()
         found += [f"{name} thread died and was restarted at {at:%H:%M:%S}Z"

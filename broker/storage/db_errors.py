@@ -84,6 +84,13 @@ def store_error(exc: DBAPIError) -> StoreError:
     return StoreError(f"the state database cannot be used ({detail})")
 
 
+def describe(exc: BaseException) -> str:
+    """What an operator reads of any failure of a read (health, status)."""
+    if isinstance(exc, DBAPIError):
+        return str(store_error(exc))
+    return f"the state database cannot be used ({type(exc).__name__})"
+
+
 def retrying(work: Callable[[], T], *, when: Callable[[BaseException], bool] = is_busy,
              give_up_after: float = 600.0,
              waiting: Callable[[float], None] | None = None) -> T:

@@ -26,6 +26,7 @@ from broker.errors import AlreadyAccepted, StoreError
 from broker.storage import counters
 from broker.storage.bulk import Many
 from broker.storage.db import insert_ignoring, is_sqlite, serialize, upsert_adding, writer
+from broker.storage.db_errors import store_error
 from broker.storage.tables import (
     assignments,
     blobs,
@@ -176,8 +177,8 @@ class Store:
         try:
             with self.engine.connect() as c:
                 c.execute(select(func.count()).select_from(deliveries)).scalar()
-        except DBAPIError as exc:
-            return str(exc.orig) if exc.orig is not None else type(exc).__name__
+        except DBAPIError as exc:  # "cannot be reached (...)" or "cannot be used (...)"
+            return str(store_error(exc))
         return None
 
     # -- counts for status ----------------------------------------------------
