@@ -56,7 +56,7 @@ from sqlalchemy.exc import DBAPIError
 
 from broker.storage.audit_anchor import Anchor, read_anchor, write_anchor
 from broker.storage.bulk import Many
-from broker.storage.db import ByteSize, audit_metadata, serialize, writer
+from broker.storage.db import ByteSize, audit_metadata, in_chunks, serialize, writer
 from broker.storage.db_errors import is_busy, is_conflict
 from broker.storage.files import atomic_write, private_dir
 
@@ -352,11 +352,10 @@ class AuditLog:
         out: dict[int, list[str]] = defaultdict(list)
         wanted = [int(i) for i in ids]
         with self._engine.connect() as conn:
-            for n in range(0, len(wanted), 500):  # under SQLite's cap on parameters
+            for chunk in in_chunks(wanted):
                 for event_id, item in conn.execute(
                         select(audit_refs.c.event_id, audit_refs.c.item)
-                        .where(audit_refs.c.event_id.in_(wanted[n:n + 500]))
-                        .order_by(audit_refs.c.id)):
+                        .where(audit_refs.c.event_id.in_(chunk)).order_by(audit_refs.c.id)):
                     out[event_id].append(item)
         return out
 

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from broker.domain.model import Notification, PersonList
 from broker.storage.audit import audit_refs, audit_table, person_digest
+from broker.storage.db import in_chunks
 from broker.storage.tables import assignments, items
 
 # Actions that hand a delivery file (by name) to an organisation after its release.
@@ -45,12 +46,12 @@ def _transfers(c: Connection, item_ids: list[str]) -> list[Disclosure]:
     """Transfers of the person's notifications between organisations, from the store."""
     a, b = assignments, assignments.alias("b")
     out: list[Disclosure] = []
-    for n in range(0, len(item_ids), 500):  # under SQLite's cap on parameters
+    for chunk in in_chunks(item_ids):
         q = (select(a.c.created_at, a.c.organisation, b.c.organisation.label("source"),
                     items.c.id)
              .select_from(a.join(items, items.c.seq == a.c.item_seq)
                           .join(b, b.c.id == a.c.transferred_from))
-             .where(items.c.id.in_(item_ids[n:n + 500])))
+             .where(items.c.id.in_(chunk)))
         out.extend(Disclosure(at=at, action="transfer", org=to_org, path=None,
                               detail=f"notification {item} transferred from {from_org}")
                    for at, to_org, from_org, item in c.execute(q))

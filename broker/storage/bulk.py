@@ -31,7 +31,7 @@ class Many:
                  repeating: Iterable[str] = ()) -> None:
         dialect = conn.dialect
         # A plain INSERT into a table on PostgreSQL goes in by COPY, its bulk path
-        # (an order of magnitude past executemany); the driver adapts the values.
+        # (an order of magnitude past executemany).
         self._copy: str | None = None
         if isinstance(stmt, Table) and dialect.name == "postgresql":
             quote = dialect.identifier_preparer.quote
@@ -63,10 +63,10 @@ class Many:
         """Execute for every row; returns how many rows there were."""
         if self._copy is not None:
             return self._copy_rows(rows)
-        steps, names, order = self._steps, self.names, self._order
+        names, order = self.names, self._order
         prepared: list[Any] = []
         for row in rows:
-            values = [v if p is None else p(v) for p, v in zip(steps, row, strict=True)]
+            values = self._processed(row)
             prepared.append(dict(zip(names, values, strict=True)) if order is None
                             else tuple(values[i] for i in order))
         if prepared:
@@ -74,19 +74,22 @@ class Many:
         return len(prepared)
 
 
+    def _processed(self, row: Sequence[Any]) -> list[Any]:
+        """The row's values through their bind processors, in ``names`` order."""
+        return [v if p is None else p(v) for p, v in zip(self._steps, row, strict=True)]
+
     def _copy_rows(self, rows: Iterable[Sequence[Any]]) -> int:
         """COPY, with each value through its column's bind processor as for any other
         statement (aware UTC times, checked states); a driver error comes out as
         SQLAlchemy's, like every other statement's, for one error mapping."""
-        steps, n = self._steps, 0
+        n = 0
         driver = self.conn.connection.driver_connection
         dbapi = self.conn.dialect.dbapi
         assert driver is not None and dbapi is not None and self._copy is not None
         try:
             with driver.cursor().copy(self._copy) as copy:
                 for row in rows:
-                    copy.write_row([v if p is None else p(v)
-                                    for p, v in zip(steps, row, strict=True)])
+                    copy.write_row(self._processed(row))
                     n += 1
         except dbapi.Error as exc:
             raise DBAPIError.instance(self._copy, None, exc, dbapi.Error) from exc

@@ -9,10 +9,11 @@ write lock. Never ``max(seq) + 1``: that reads a snapshot another writer may be 
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, String, Table, column, func, select, table, update
+from sqlalchemy import BigInteger, Column, String, Table, func, select, update
 from sqlalchemy.engine import Connection
 
 from broker.storage.db import insert_ignoring, metadata
+from broker.storage.tables import deliveries, items
 
 counters = Table(
     "counters", metadata,
@@ -24,8 +25,7 @@ ITEMS = "items"  # items.seq: arrival order, for "oldest first"
 DELIVERIES = "deliveries"  # deliveries.seq: the number in every delivery file's name
 
 # The column each counter numbers (its table's name is the counter's).
-_NUMBERED = {ITEMS: table(ITEMS, column("seq")).c.seq,
-             DELIVERIES: table(DELIVERIES, column("seq")).c.seq}
+_NUMBERED = {ITEMS: items.c.seq, DELIVERIES: deliveries.c.seq}
 
 
 def take(conn: Connection, name: str, n: int = 1) -> int:

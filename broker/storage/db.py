@@ -20,8 +20,9 @@ Writers, on each engine:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, Engine, Integer, MetaData, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -38,9 +39,16 @@ audit_metadata = MetaData()
 ByteSize = BigInteger().with_variant(Integer(), "sqlite")
 
 _BEGIN_OPTION = "sqlite_begin"
-DEFAULT_URL = "sqlite:///var/state.db"
+T = TypeVar("T")
+
+# Values in one IN list: well under SQLite's cap on bound parameters.
+IN_CHUNK = 500
 
 
+def in_chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``values`` in slices of at most :data:`IN_CHUNK`: one IN list each."""
+    for n in range(0, len(values), IN_CHUNK):
+        yield values[n:n + IN_CHUNK]
 def sqlite_path(url: str) -> Path | None:
     """The database file of a SQLite URL; None for any other engine (or in-memory)."""
     u = make_url(url)
@@ -71,20 +79,25 @@ def serialize(conn: Connection, name: str) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
+def _upsertable(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT with the connection's dialect's ON CONFLICT clauses."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
 def insert_ignoring(conn: Connection, table: Table) -> Insert:
     """``INSERT ... ON CONFLICT DO NOTHING`` in the connection's dialect."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
+    return _upsertable(conn, table).on_conflict_do_nothing()
 
 
 def upsert_adding(conn: Connection, table: Table, keys: list[str], add: dict[str, int],
                   assign: dict[str, Any]) -> Insert:
     """``INSERT ... ON CONFLICT (keys) DO UPDATE``: an existing row gets ``add`` added to
     its columns and ``assign`` set; one statement, so two writers count twice."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     changes: dict[str, Any] = {name: table.c[name] + n for name, n in add.items()}
-    return dialect.insert(table).on_conflict_do_update(index_elements=keys,
-                                                       set_={**changes, **assign})
+    return _upsertable(conn, table).on_conflict_do_update(index_elements=keys,
+                                                          set_={**changes, **assign})
 
 
 def open_engine(url: str | Path) -> Engine:

@@ -29,7 +29,7 @@ class DbFailure(Enum):
 
 
 # SQLite primary result codes (the low byte of the extended code).
-_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CONSTRAINT = 5, 6, 19
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 _SQLITE_UNIQUE = (1555, 2067)  # SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE
 # PostgreSQL SQLSTATEs: lock not available, statement timeout; serialization failure,
 # deadlock, unique; wrong login, no such database, too many connections (and class 08,

@@ -23,8 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from broker.domain.schedule import Candidate, PlannedRelease
 from broker.storage import counters
 from broker.storage.bulk import Many
-from broker.storage.db import insert_ignoring, is_sqlite, serialize
-from broker.storage.store import IN_CHUNK
+from broker.storage.db import in_chunks, insert_ignoring, is_sqlite, serialize
 from broker.storage.tables import assignments, deliveries, items, stagger_plans
 
 a, d, i, p = assignments, deliveries, items, stagger_plans
@@ -90,8 +89,7 @@ def claim(c: Connection, delivery_id: str, assignment_ids: Sequence[int],
     (fewer: another pass took, locked or re-planned some, and the caller undoes this)."""
     due = func.coalesce(a.c.planned_at, a.c.release_at) <= now
     claimed = 0
-    for n in range(0, len(assignment_ids), IN_CHUNK):
-        ids = assignment_ids[n:n + IN_CHUNK]
+    for ids in in_chunks(assignment_ids):
         which: ColumnElement[bool]
         if is_sqlite(c):
             # The writer holds SQLite's one write lock: nothing to skip. coalesce() keeps
@@ -111,10 +109,10 @@ def claim(c: Connection, delivery_id: str, assignment_ids: Sequence[int],
 def payloads(c: Connection, assignment_ids: Sequence[int]) -> list[str]:
     """The items' payloads of ``assignment_ids``, oldest first."""
     rows: list[tuple[int, str]] = []
-    for n in range(0, len(assignment_ids), IN_CHUNK):
+    for ids in in_chunks(assignment_ids):
         rows.extend((r.seq, r.payload) for r in c.execute(
             select(i.c.seq, i.c.payload).select_from(i.join(a, a.c.item_seq == i.c.seq))
-            .where(a.c.id.in_(assignment_ids[n:n + IN_CHUNK]))))
+            .where(a.c.id.in_(ids))))
     return [payload for _, payload in sorted(rows)]
 
 
@@ -153,9 +151,8 @@ def still_pending(c: Connection, delivery_ids: Sequence[str]) -> set[str]:
     """Which of ``delivery_ids`` are pending, their rows locked until commit (PostgreSQL;
     on SQLite the writer holds the write lock)."""
     found: set[str] = set()
-    for n in range(0, len(delivery_ids), IN_CHUNK):
-        found.update(c.execute(select(d.c.id).where(d.c.id.in_(delivery_ids[n:n + IN_CHUNK]),
-                                                    d.c.state == "pending")
+    for ids in in_chunks(delivery_ids):
+        found.update(c.execute(select(d.c.id).where(d.c.id.in_(ids), d.c.state == "pending")
                                .with_for_update()).scalars())
     return found
 
@@ -201,8 +198,8 @@ def release_early(c: Connection, org: str, type_: str | None, *, everything: boo
         first = {t: min(r.due for r in rows if r.type == t) for t in {r.type for r in rows}}
         chosen = [r.id for r in rows if r.due == first[r.type]]
         moved = 0
-        for n in range(0, len(chosen), IN_CHUNK):
-            moved += c.execute(update(a).where(*where, a.c.id.in_(chosen[n:n + IN_CHUNK]))
+        for ids in in_chunks(chosen):
+            moved += c.execute(update(a).where(*where, a.c.id.in_(ids))
                                .values(planned_at=now - timedelta(microseconds=1))).rowcount
         return moved
     return int(c.execute(update(a).where(*where)

@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from broker.storage.db import ByteSize, metadata
+from broker.storage.db import ByteSize, in_chunks, metadata
 from broker.storage.states import DeliveryState, Verdict, state_column_type
 from broker.storage.tables import UTCDateTime, assignments, deliveries, input_files, items
 
@@ -124,8 +124,7 @@ class NoteState:
 def note_states(c: Connection, ids: Iterable[str]) -> dict[str, NoteState]:
     wanted = sorted(set(ids))
     out: dict[str, NoteState] = {}
-    for i in range(0, len(wanted), 500):
-        chunk = wanted[i:i + 500]
+    for chunk in in_chunks(wanted):
         rows = c.execute(
             select(items.c.id, items.c.seq, items.c.kind, items.c.type, items.c.decision_date,
                    assignments.c.id.label("aid"), assignments.c.organisation,
@@ -151,10 +150,10 @@ def note_states(c: Connection, ids: Iterable[str]) -> dict[str, NoteState]:
 def demand_hashes(c: Connection, organisation: str, ids: Iterable[str]) -> dict[str, str]:
     wanted = sorted(set(ids))
     out: dict[str, str] = {}
-    for i in range(0, len(wanted), 500):
+    for chunk in in_chunks(wanted):
         for r in c.execute(select(payment_demands.c.demand_id, payment_demands.c.content_hash)
                            .where(payment_demands.c.organisation == organisation,
-                                  payment_demands.c.demand_id.in_(wanted[i:i + 500]))):
+                                  payment_demands.c.demand_id.in_(chunk))):
             out[r.demand_id] = r.content_hash
     return out
 

@@ -25,7 +25,14 @@ from broker.domain.schedule import HeldItem
 from broker.errors import AlreadyAccepted, StoreError
 from broker.storage import counters
 from broker.storage.bulk import Many
-from broker.storage.db import insert_ignoring, is_sqlite, serialize, upsert_adding, writer
+from broker.storage.db import (
+    in_chunks,
+    insert_ignoring,
+    is_sqlite,
+    serialize,
+    upsert_adding,
+    writer,
+)
 from broker.storage.db_errors import store_error
 from broker.storage.tables import (
     assignments,
@@ -38,9 +45,6 @@ from broker.storage.tables import (
 )
 
 _ANALYZE_AFTER = 2_000  # items in one file (statistics are cheap next to it)
-
-# Ids asked in one IN list: well under SQLite's cap on bound parameters.
-IN_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -104,9 +108,7 @@ class Store:
     # -- input files -------------------------------------------------------
     def accepted_file(self, source: str, sha256: str) -> int | None:
         with self.engine.connect() as c:
-            return c.execute(select(input_files.c.id).where(
-                input_files.c.source == source, input_files.c.sha256 == sha256,
-                input_files.c.status == "accepted")).scalar()
+            return _input_file(c, source, sha256, "accepted")
 
     def record_rejected(self, *, source: str, kind: str, name: str, sha256: str, size: int,
                         now: datetime, report: str) -> int:
@@ -114,18 +116,18 @@ class Store:
             c.execute(insert_ignoring(c, input_files).values(
                 source=source, kind=kind, name=name, sha256=sha256, size=size,
                 status="rejected", received_at=now, report=report, items=0))
-            return int(c.execute(select(input_files.c.id).where(
-                input_files.c.source == source, input_files.c.sha256 == sha256,
-                input_files.c.status == "rejected")).scalar_one())
+            found = _input_file(c, source, sha256, "rejected")
+            if found is None:  # inserted, or there already: never
+                raise StoreError(f"the rejection of {name} was not recorded", file=name)
+            return found
 
     def existing_hashes(self, ids: Sequence[str]) -> dict[str, str]:
         """content_hash of the ids already known, for conflict and resend checks."""
         out: dict[str, str] = {}
         with self.engine.connect() as c:
-            for i in range(0, len(ids), IN_CHUNK):
+            for chunk in in_chunks(ids):
                 out.update((r.id, r.content_hash) for r in c.execute(
-                    select(items.c.id, items.c.content_hash)
-                    .where(items.c.id.in_(ids[i:i + IN_CHUNK]))))
+                    select(items.c.id, items.c.content_hash).where(items.c.id.in_(chunk))))
         return out
 
     @contextmanager
@@ -138,9 +140,7 @@ class Store:
         the same bytes accepted meanwhile raise AlreadyAccepted (a duplicate)."""
         with self.writer.begin() as c:
             serialize(c, "ingest")
-            if c.execute(select(input_files.c.id).where(
-                    input_files.c.source == source, input_files.c.sha256 == sha256,
-                    input_files.c.status == "accepted")).first() is not None:
+            if _input_file(c, source, sha256, "accepted") is not None:
                 raise AlreadyAccepted(f"{name} was accepted meanwhile", file=name)
             file_id = int(c.execute(insert(input_files).values(
                 source=source, kind=kind, name=name, sha256=sha256, size=size,
@@ -258,6 +258,14 @@ class Store:
 _ITEM_COLUMNS = ("seq", "id", "kind", "type", "municipality", "decision_date", "urgent",
                  "content_hash", "payload", "input_file_id", "received_at")
 _ASSIGNMENT_COLUMNS = ("item_seq", "organisation", "type", "release_at", "state", "created_at")
+
+
+def _input_file(c: Connection, source: str, sha256: str, status: str) -> int | None:
+    """The id of ``source``'s input with these bytes and this verdict, if any."""
+    found = c.execute(select(input_files.c.id).where(
+        input_files.c.source == source, input_files.c.sha256 == sha256,
+        input_files.c.status == status)).scalar()
+    return None if found is None else int(found)
 
 
 class IngestTx:
