@@ -48,13 +48,14 @@ def side_by_side(url: str, work: Callable[[Store], object], n: int) -> list[obje
     errors: list[BaseException] = []
 
     def run() -> None:
-        store = Store(make_engine(url))
         try:
-            results.append(work(store))
+            store = Store(make_engine(url))  # opening is part of what runs side by side
+            try:
+                results.append(work(store))
+            finally:
+                store.engine.dispose()
         except BaseException as exc:
             errors.append(exc)
-        finally:
-            store.engine.dispose()
 
     threads = [threading.Thread(target=run) for _ in range(n)]
     for t in threads:

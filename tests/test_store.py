@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import storage_support
 from daemon_support import make_home
-from sqlalchemy import insert, select, text
+from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from broker.config.settings import load_config
@@ -202,3 +202,33 @@ def test_the_bulk_path_checks_values_and_maps_errors_like_any_statement(
     with pytest.raises(DBAPIError) as caught, store.writer.begin() as c:
         Many(c, input_files, cols).run([row, row])
     assert kind_of(caught.value) is DbFailure.CONFLICT
+
+
+@pytest.mark.sqlite_only
+def test_many_first_opens_of_a_new_database_at_once_all_succeed(tmp_path: Path) -> None:
+    """The daemon and commands starting together on a new home: SQLite refuses all but
+    one switch to WAL at once, busy handler or not; every opener still gets the store."""
+    from broker.storage.db import open_engine
+
+    errors: list[BaseException] = []
+
+    def first_connect(engine: Engine, start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            with engine.connect() as c:
+                assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        except BaseException as exc:
+            errors.append(exc)
+
+    for n in range(30):  # the race is lost often, not always: many new files
+        url = f"sqlite:///{tmp_path / f'new-{n}.db'}"
+        engines = [open_engine(url) for _ in range(8)]
+        start = threading.Barrier(len(engines))
+        threads = [threading.Thread(target=first_connect, args=(e, start)) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for e in engines:
+            e.dispose()
+        assert errors == []

@@ -20,6 +20,8 @@ Writers, on each engine:
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +30,8 @@ from sqlalchemy import BigInteger, Engine, Integer, MetaData, Table, create_engi
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.sql.dml import Insert
+
+from broker.storage.db_errors import is_busy
 
 # Two schemas in one database (one backup holds both): the state of the flow, and
 # the audit trail, which only ever grows and is verified on its own.
@@ -100,6 +104,20 @@ def upsert_adding(conn: Connection, table: Table, keys: list[str], add: dict[str
                                                           set_={**changes, **assign})
 
 
+def _use_wal(cur: Any, give_up_after: float = 10.0) -> None:
+    """Put the database in WAL mode (it stays so). Two connections switching a new file
+    at the same moment (the daemon and a command starting together) make SQLite refuse
+    one at once, busy handler or not: that one looks again, and finds it done."""
+    deadline = time.monotonic() + give_up_after
+    while cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def open_engine(url: str | Path) -> Engine:
     """Open the database at ``url`` (a Path is a SQLite file, made if missing)."""
     if isinstance(url, Path):
@@ -120,10 +138,10 @@ def open_engine(url: str | Path) -> Engine:
         # pysqlite's own implicit BEGIN is off: the "begin" hook below says which kind.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=10000")
+        _use_wal(cur)
         cur.execute("PRAGMA synchronous=FULL")  # a committed row survives power loss
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=10000")
         # 64 MiB of page cache (default 2 MiB): a release after a big batch updates rows
         # all over the assignments table and its indexes.
         cur.execute("PRAGMA cache_size=-65536")
