@@ -95,6 +95,39 @@ def test_a_home_of_the_last_release_upgrades_in_place_and_goes_on(tmp_path: Path
         assert c.execute(select(func.count()).select_from(items)).scalar() == 458
 
 
+def test_times_written_without_their_fraction_get_one_text_form(tmp_path: Path) -> None:
+    """0004: a whole-second time stored as ``04:00:00`` (the bulk path's old form) becomes
+    ``04:00:00.000000``, so it compares and groups as the same instant in SQL."""
+    home = _old_home(tmp_path)
+    db = home / "var" / "state.db"
+    with sqlite3.connect(db) as c:
+        c.execute("update assignments set release_at = '2026-11-21 04:00:00' where id = 1")
+        c.execute("update assignments set planned_at = '2026-11-23 11:05:00' where id = 2")
+    assert _cli(home, "db", "upgrade").returncode == 0
+    with sqlite3.connect(db) as c:
+        rows = dict(c.execute("select id, release_at from assignments where id in (1, 2)"))
+        assert rows[1] == "2026-11-21 04:00:00.000000"
+        assert c.execute("select planned_at from assignments where id = 2").fetchone()[0] \
+            == "2026-11-23 11:05:00.000000"
+        assert c.execute("select count(*) from assignments where length(release_at) <> 26"
+                         " or length(created_at) <> 26").fetchone()[0] == 0
+
+
+def test_the_time_text_migration_names_every_time_column() -> None:
+    import importlib.util
+
+    from broker.storage.tables import UTCDateTime
+
+    spec = importlib.util.spec_from_file_location(
+        "m0004", MIGRATIONS / "versions" / "0004_sqlite_time_text.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    columns = {(t.name, c.name) for md in (metadata, audit_metadata) for t in md.sorted_tables
+               for c in t.columns if isinstance(c.type, UTCDateTime)}
+    assert set(module.COLUMNS) == columns
+
+
 def test_an_upgraded_database_has_the_schema_a_new_one_gets(tmp_path: Path) -> None:
     """The migrations and the table definitions agree: nothing for autogenerate to add."""
     from alembic.autogenerate import compare_metadata

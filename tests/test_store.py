@@ -204,6 +204,31 @@ def test_the_bulk_path_checks_values_and_maps_errors_like_any_statement(
     assert kind_of(caught.value) is DbFailure.CONFLICT
 
 
+@pytest.mark.parametrize("when", [datetime(2026, 11, 24, 4, 0, tzinfo=UTC),
+                                  datetime(2026, 11, 24, 4, 0, 0, 5, tzinfo=UTC)])
+def test_the_bulk_path_stores_what_a_plain_statement_stores(
+        tmp_path: Path, when: datetime) -> None:
+    """Every value goes through its dialect's own processing on both paths: the same
+    stored form (on SQLite, the text a time compares as), whatever the column order."""
+    from broker.storage.bulk import Many
+
+    store = _store(tmp_path)
+    values = {"source": "kela", "kind": "batch", "name": "x", "sha256": "0" * 64, "size": 1,
+              "status": "accepted", "received_at": when, "items": 0}
+    cols = ("received_at", "items", "status", "size", "sha256", "name", "kind", "source")
+    with store.writer.begin() as c:
+        c.execute(insert(input_files).values(**values))
+        Many(c, input_files, cols).run([tuple({**values, "name": "y", "sha256": "1" * 64}[k]
+                                             for k in cols)])
+        raw = c.execute(select(text("name"), text("CAST(received_at AS TEXT)"))
+                        .select_from(input_files).order_by(text("name"))).all()
+        plain, bulk = (r[1] for r in raw)
+        assert bulk == plain
+        assert c.execute(select(input_files.c.name)
+                         .where(input_files.c.received_at == when)
+                         .order_by(input_files.c.name)).scalars().all() == ["x", "y"]
+
+
 @pytest.mark.sqlite_only
 def test_many_first_opens_of_a_new_database_at_once_all_succeed(tmp_path: Path) -> None:
     """The daemon and commands starting together on a new home: SQLite refuses all but

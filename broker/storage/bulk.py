@@ -48,16 +48,22 @@ class Many:
         self.names = tuple(names)
         if set(compiled.binds) != set(self.names):
             raise ValueError(f"parameters {sorted(compiled.binds)} are not {sorted(names)}")
-        # Positional drivers (SQLite's qmark) take the values in the compiled order.
-        order = compiled.positiontup if compiled.positional else None
-        self._order = None if order is None else [self.names.index(n) for n in order]
+        # Positional drivers (SQLite's qmark) take the values in the compiled order (None:
+        # the same as ``names``); named ones (psycopg) a dict.
+        self._positional = bool(compiled.positional)
+        order = [self.names.index(n) for n in compiled.positiontup or ()]
+        self._order = None if order == list(range(len(self.names))) else order
         repeat = set(repeating)
-        self._steps: list[_Processor | None] = []
-        for name in self.names:
-            proc: _Processor | None = compiled.binds[name].type.bind_processor(dialect)
-            if proc is not None and name in repeat:
-                proc = _memoised(proc)
-            self._steps.append(proc)
+        # (position, processor) of the values that have one; the others pass as they are.
+        self._steps: list[tuple[int, _Processor]] = []
+        for at, name in enumerate(self.names):
+            # The dialect's own type, as SQLAlchemy's execute uses: a TypeDecorator's
+            # bind_processor alone skips its impl's (SQLite's DATETIME text form), and the
+            # driver's default adapter would then write another text form of the same time.
+            kind = compiled.binds[name].type.dialect_impl(dialect)
+            proc: _Processor | None = kind.bind_processor(dialect)
+            if proc is not None:
+                self._steps.append((at, _memoised(proc) if name in repeat else proc))
 
     def run(self, rows: Iterable[Sequence[Any]]) -> int:
         """Execute for every row; returns how many rows there were."""
@@ -67,16 +73,24 @@ class Many:
         prepared: list[Any] = []
         for row in rows:
             values = self._processed(row)
-            prepared.append(dict(zip(names, values, strict=True)) if order is None
-                            else tuple(values[i] for i in order))
+            if not self._positional:
+                prepared.append(dict(zip(names, values, strict=True)))
+            elif order is None:
+                prepared.append(tuple(values))
+            else:
+                prepared.append(tuple(values[i] for i in order))
         if prepared:
             self.conn.exec_driver_sql(self.sql, prepared)
         return len(prepared)
 
-
     def _processed(self, row: Sequence[Any]) -> list[Any]:
         """The row's values through their bind processors, in ``names`` order."""
-        return [v if p is None else p(v) for p, v in zip(self._steps, row, strict=True)]
+        if len(row) != len(self.names):
+            raise ValueError(f"{len(row)} values for {len(self.names)} parameters")
+        values = list(row)
+        for at, proc in self._steps:
+            values[at] = proc(values[at])
+        return values
 
     def _copy_rows(self, rows: Iterable[Sequence[Any]]) -> int:
         """COPY, with each value through its column's bind processor as for any other
