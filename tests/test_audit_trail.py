@@ -211,6 +211,49 @@ def test_a_lagging_anchor_is_no_false_alarm(trail: AuditLog, env: Env) -> None:
     assert read_anchor(anchor_of(env)) == newest
 
 
+@pytest.mark.parametrize("writer", ["release", "record", "writer"])
+def test_a_crash_after_the_first_commit_of_a_new_trail_is_no_false_alarm(
+        tmp_path: Path, writer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between the very first audit commit and its anchor: the genesis was
+    anchored before that commit, so the anchor lags; it is never missing."""
+    import response_support
+
+    from broker.config.settings import load_config
+    from broker.delivery.release import Releaser
+    from broker.intake.ingest import ingest_batch
+    from broker.storage.store import Store
+
+    home = tmp_path / "home"
+    shutil.copytree(response_support.REPO / "config", home / "config")
+    storage_support.apply(home)
+    env = Env(home, load_config(home), None)  # type: ignore[arg-type]
+    env.store = Store(make_engine(env.config.storage_url))
+    # Every writer's anchoring after its commit is what such a crash never reaches.
+    monkeypatch.setattr("broker.storage.audit.anchor_head", lambda *a: None)
+    monkeypatch.setattr("broker.storage.audit_writer.write_anchor",
+                        lambda *a: None)  # the AuditWriter's own anchoring
+    if writer == "release":
+        monkeypatch.setattr(Releaser, "_anchor", lambda self: None)
+        assert ingest_batch(response_support.EXAMPLES / "decision-batch.xml",
+                            config=env.config, store=env.store, now=T0).status == "accepted"
+        assert Releaser(env.config, env.store).run(T0).deliveries
+    elif writer == "record":
+        AuditLog(env.store.engine, anchor_of(env)).record(AuditEvent("login", "varha"), T1)
+    else:
+        w = AuditWriter(env.store.engine, anchor_of(env))
+        w.start()
+        try:
+            w.submit(AuditEvent("login", "varha"), T1).result(timeout=30)
+        finally:
+            w.stop()
+    assert rows(env.store.engine)
+    assert read_anchor(anchor_of(env)) == Anchor(0, "0" * 64)
+    assert verify(env.store.engine, anchor_of(env)) == []
+    # A genesis anchor proves only the start: another hash there is still caught.
+    anchor_of(env).write_text(json.dumps({"id": 0, "hash": "1" * 64}))
+    assert any("not the row anchored" in p for p in verify(env.store.engine, anchor_of(env)))
+
+
 def test_audit_verify_command_exits_1_when_rows_are_cut_off(trail: AuditLog, env: Env) -> None:
     ok = CliRunner().invoke(audit_group, ["verify"], obj=CliState(env.home))
     assert ok.exit_code == 0 and "intact" in ok.output

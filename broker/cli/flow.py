@@ -252,7 +252,7 @@ def release(ctx: click.Context, org: str, type_: str | None, everything: bool,
         moved = release_early(c, org, type_, everything=everything, now=now)
         audit.append(c, [AuditEvent(action="release-early", org=org, detail=(
             f"{moved} held {type_ or 'notifications'}{' (all)' if everything else ''}; "
-            f"reason: {reason}"))], now)
+            f"reason: {reason}"))], now, home.config.var / audit.HEAD_FILE)
     anchor_head(home.store.engine, home.config.var / audit.HEAD_FILE)
     result = Releaser(home.config, home.store).run(now, only_org=org)
     click.echo(f"released early: {moved} held item(s) in {len(result.deliveries)} file(s) "

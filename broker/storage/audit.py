@@ -204,14 +204,27 @@ def anchor_head(engine: Engine, path: Path) -> Anchor | None:
     return anchor
 
 
-def append_at(conn: Connection, stamped: Iterable[tuple[AuditEvent, str]]) -> list[int]:
+def anchor_genesis(path: Path) -> None:
+    """Anchor the empty trail (row 0), unless a head is anchored already."""
+    write_anchor(path, Anchor(0, GENESIS))
+
+
+def append_at(conn: Connection, stamped: Iterable[tuple[AuditEvent, str]],
+              anchor: Path | None = None) -> list[int]:
     """Chain ``(event, at)`` pairs onto the trail inside the caller's transaction.
 
     The transaction must be a writer's (``writer(engine).begin()``): on SQLite it holds
     the write lock; on PostgreSQL the ``audit`` lock is taken here. Either way the head
-    read here is still the head at commit."""
+    read here is still the head at commit.
+
+    ``anchor``: the home's anchor file, which the caller writes after the commit. The
+    first rows of an empty trail anchor its genesis before they are committed, so a crash
+    between that first commit and its anchor leaves an anchor that lags (as after any
+    later commit), never none at all, which ``verify`` must report as rows cut off."""
     serialize(conn, "audit")
     row_id, prev = head(conn)
+    if anchor is not None and row_id == 0:
+        anchor_genesis(anchor)
     ids: list[int] = []
     refs: list[tuple[int, str | None, str | None]] = []
     for event, at in stamped:
@@ -229,10 +242,12 @@ def append_at(conn: Connection, stamped: Iterable[tuple[AuditEvent, str]]) -> li
     return ids
 
 
-def append(conn: Connection, events: Sequence[AuditEvent], now: datetime) -> list[int]:
-    """Append ``events`` at ``now`` in the caller's (write-locked) transaction."""
+def append(conn: Connection, events: Sequence[AuditEvent], now: datetime,
+           anchor: Path | None = None) -> list[int]:
+    """Append ``events`` at ``now`` in the caller's (write-locked) transaction; ``anchor``
+    as for :func:`append_at`."""
     at = timestamp(now)
-    return append_at(conn, [(e, at) for e in events])
+    return append_at(conn, [(e, at) for e in events], anchor)
 
 
 # -- verifying --------------------------------------------------------------------
@@ -284,9 +299,10 @@ def verify(engine: Engine, anchor: Path | None) -> list[str]:
                                 "the end cannot be ruled out")
             return problems
         # The anchor is written after each commit, so it may lag the table (a crash
-        # between the two) but never lead it: a shorter table lost rows at its end.
-        at_anchor = conn.execute(select(audit_table.c.row_hash)
-                                 .where(audit_table.c.id == anchored.id)).scalar()
+        # between the two) but never lead it: a shorter table lost rows at its end. The
+        # genesis (row 0) is anchored before the first commit, and every chain has it.
+        at_anchor = GENESIS if anchored.id == 0 else conn.execute(
+            select(audit_table.c.row_hash).where(audit_table.c.id == anchored.id)).scalar()
     if last_id < anchored.id:
         problems.append(f"rows cut off the end: the trail ends at row {last_id} but row "
                         f"{anchored.id} was anchored in {anchor}")
@@ -330,7 +346,7 @@ class AuditLog:
             for _ in range(self._RETRIES):
                 try:
                     with writer(self._engine).begin() as conn:
-                        (row_id,) = append(conn, [event], now)
+                        (row_id,) = append(conn, [event], now, self._anchor)
                     break
                 except DBAPIError as exc:
                     # Busy (an ingest holds SQLite's write lock), or a writer that skipped

@@ -26,6 +26,7 @@ from sqlalchemy import Engine, insert, select
 from broker.storage.audit import (
     GENESIS,
     AuditEvent,
+    anchor_genesis,
     anchor_head,
     append_at,
     audit_table,
@@ -98,16 +99,19 @@ def migrate_legacy(engine: Engine, legacy_path: Path, anchor: Path | None,
         if done is None:
             verbatim = head(conn)[0] == 0 and not problems
             if verbatim:
+                if anchor is not None:  # as append_at does for the first rows of a trail
+                    anchor_genesis(anchor)
                 if rows:
                     conn.execute(insert(audit_table), [r._asdict()
                                                        for r in rows])
             else:
-                append_at(conn, [(event_of(r), r.at) for r in rows])
+                append_at(conn, [(event_of(r), r.at) for r in rows], anchor)
             copied = len(rows)
             detail = {"rows": len(rows), "verbatim": verbatim, "problems": problems[:20]}
             append_at(conn, [(AuditEvent("audit-migrated", None, path=legacy_path.name,
                                          size=len(rows), sha256=legacy_head,
-                                         detail=json.dumps(detail)), timestamp(now))])
+                                         detail=json.dumps(detail)), timestamp(now))],
+                      anchor)
     if anchor is not None:
         anchor_head(engine, anchor)
     _set_aside(legacy_path)

@@ -114,7 +114,7 @@ class AuditWriter:
         while True:
             try:
                 with self._engine.begin() as conn:
-                    ids = append_at(conn, [(e, at) for e, at, _ in pending])
+                    ids = append_at(conn, [(e, at) for e, at, _ in pending], self._anchor)
                     head_hash = head(conn)[1]
                 break
             except DBAPIError as exc:

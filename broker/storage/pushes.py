@@ -57,7 +57,7 @@ def record(engine: Engine, org: str, file: str, size: int, remote: str, now: dat
                 organisation=org, file=file, size=size, remote=remote, pushed_at=now)).rowcount
             if done:
                 append(c, [AuditEvent("push", org, path=file, size=size, sha256=sha256,
-                                      detail=remote)], now)
+                                      detail=remote)], now, anchor)
 
     # The file is on their server: the record must not be lost. Busy or a dropped
     # connection is tried again; the insert is idempotent (a commit that landed before
