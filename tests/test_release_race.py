@@ -12,6 +12,7 @@ from sqlalchemy import func, select, update
 
 from broker.config.settings import Config, load_config
 from broker.delivery.release import Releaser, ReleaseResult, _Group
+from broker.domain.schedule import HeldItem
 from broker.intake.ingest import ingest_batch
 from broker.storage.files import atomic_writer, temp_path
 from broker.storage.state_db import make_engine
@@ -29,8 +30,9 @@ class RacedReleaser(Releaser):
 
     raced = False
 
-    def due_groups(self, now: datetime, *, only_org: str | None = None) -> list[_Group]:
-        groups = super().due_groups(now, only_org=only_org)
+    def due_groups(self, now: datetime, *, only_org: str | None = None,
+                   held: list[HeldItem] | None = None) -> list[_Group]:
+        groups = super().due_groups(now, only_org=only_org, held=held)
         if not self.raced:
             self.raced = True
             stolen = groups[0].assignment_ids[0]
@@ -69,8 +71,9 @@ def test_recovery_clears_a_temp_file_a_crash_left_beside_its_finished_file(
     cfg, store = home_with_example(tmp_path)
     releaser = Releaser(cfg, store)
     claimed, _ = releaser._claim(releaser.due_groups(NOW), NOW)  # pending, as a crash leaves them
-    for delivery_id in claimed:  # the files are written, the delivery not yet confirmed
-        releaser._write_files(delivery_id, ReleaseResult())
+    with store.engine.connect() as c, store.blobs() as open_blob:
+        for delivery_id in claimed:  # the files are written, the delivery not yet confirmed
+            releaser._write_files(c, open_blob, delivery_id)
     written = [p for p in (tmp_path / "outbox").rglob("*") if p.is_file()]
     assert written
     for path in written:

@@ -345,6 +345,25 @@ def test_duplicate_notification_in_delivery_is_refused() -> None:
         render([synthetic(1), synthetic(1)])
 
 
+def test_zip_deflates_only_what_is_not_compressed_already() -> None:
+    text = b"Laskelma marraskuu 2026\n" * 200
+    sha = hashlib.sha256(text).hexdigest()
+    blobs = {sha: text}
+    kinds = {"text/plain; charset=utf-8": zipfile.ZIP_DEFLATED,
+             "application/xml": zipfile.ZIP_DEFLATED,
+             "APPLICATION/PDF": zipfile.ZIP_STORED, "image/jpeg": zipfile.ZIP_STORED}
+    note = Notification(
+        id="N-2026-000000009", type="IMMIGRANT", municipality="091",
+        decision_date=date(2026, 11, 20),
+        person=Person(pic.make(date(1990, 5, 5), 951), "Öhman", "Ella", "sv"),
+        attachments=tuple(Attachment(f"liite-{i}", media, sha, len(text))
+                          for i, media in enumerate(kinds)))
+    zf = zipfile.ZipFile(io.BytesIO(zip_of([note], blobs)[0]))
+    assert [i.compress_type for i in zf.infolist()] == list(kinds.values())
+    assert all(zf.read(i) == text for i in zf.infolist())
+    assert zf.infolist()[0].compress_size < len(text) // 10
+
+
 def test_blob_size_mismatch_stops_the_delivery() -> None:
     note, blobs = example_notification()
     assert render([note], blob_size=lambda sha: len(blobs[sha])) == render([note])
@@ -395,7 +414,7 @@ def test_zip_holds_exactly_the_referenced_members() -> None:
         assert hashlib.sha256(member).hexdigest() == r.get("sha256")
         assert member == blobs[r.get("sha256", "")]
     info = zf.getinfo("N-2026-000000001/Laskelma_ marraskuu_2026.pdf")
-    assert info.compress_type == zipfile.ZIP_DEFLATED
+    assert info.compress_type == zipfile.ZIP_STORED  # a PDF is compressed already
     assert info.date_time == (2026, 11, 20, 14, 10, 0)
     assert (info.external_attr >> 16) & 0o777 == 0o600
 

@@ -47,6 +47,25 @@ _NOTIFICATION_ID = re.compile(r"[A-Za-z0-9-]{1,40}")
 _CHUNK = 1 << 20
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _MEMBER_MODE = 0o100600  # regular file, owner read/write: attachments are personal data
+# Formats that are compressed already are stored as they are (as Info-ZIP's -n and 7-Zip
+# do): deflating them again costs more time than the bytes it saves (a PDF's streams are
+# deflated inside it). Anything else is deflated.
+COMPRESSED_TYPES = frozenset({
+    "application/pdf", "application/zip", "application/gzip", "application/x-7z-compressed",
+    "image/jpeg", "image/png", "image/gif", "image/webp", "image/heic", "video/mp4",
+    "audio/mpeg",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/vnd.oasis.opendocument.text",
+    "application/vnd.oasis.opendocument.spreadsheet",
+})
+
+
+def compress_type(media_type: str) -> int:
+    """How a member of ``media_type`` goes into the zip: stored or deflated."""
+    compressed = media_type.split(";", 1)[0].strip().lower() in COMPRESSED_TYPES
+    return zipfile.ZIP_STORED if compressed else zipfile.ZIP_DEFLATED
 
 
 def _utf16_units(s: str) -> int:
@@ -151,10 +170,11 @@ def write_attachments_zip(
     created: datetime | None = None,
     tz: tzinfo = HELSINKI,
 ) -> int:
-    """Write every attachment of the delivery into one deflated zip; return the member count.
+    """Write every attachment of the delivery into one zip; return the member count.
 
     Members are ``<notification id>/<safe document name>`` (same as the XML's fileName),
-    in delivery order. Each blob is streamed from ``open_blob(sha256)`` in 1 MiB chunks
+    in delivery order, deflated unless their media type is compressed already
+    (:func:`compress_type`). Each blob is streamed from ``open_blob(sha256)`` in 1 MiB chunks
     and checked against the attachment's sha256 and size on the way, so the zip can never
     disagree with the XML that describes it (DeliveryError otherwise). Timestamps are the
     delivery's ``created`` (wall clock in ``tz``; 1980-01-01 when None) and every header
@@ -171,7 +191,7 @@ def write_attachments_zip(
             names = safe_member_names(n.id, [a.document_name for a in n.attachments])
             for att, member in zip(n.attachments, names, strict=True):
                 info = zipfile.ZipInfo(member, date_time=when)
-                info.compress_type = zipfile.ZIP_DEFLATED
+                info.compress_type = compress_type(att.media_type)
                 info.create_system = 3  # Unix, so external_attr carries the mode
                 info.external_attr = _MEMBER_MODE << 16
                 info.file_size = att.size  # lets zipfile decide on zip64 up front

@@ -36,11 +36,11 @@ from broker.delivery.render import (
     write_attachments_zip,
 )
 from broker.domain.model import Notification, PersonList
-from broker.domain.schedule import due_groups, plan_first_delivery
+from broker.domain.schedule import HeldItem, PlannedRelease, due_groups, plan_first_delivery
 from broker.errors import DeliveryError
 from broker.storage import audit, releases
 from broker.storage.audit import anchor_head
-from broker.storage.files import atomic_writer, file_digest, private_dir, temp_path
+from broker.storage.files import atomic_writer, file_digest, fsync_dir, private_dir, temp_path
 from broker.storage.store import Store
 
 log = logs.get("broker.delivery.release")
@@ -94,6 +94,8 @@ class _Written:
 
     record: releases.WrittenDelivery
     event: audit.AuditEvent
+    folder: Path  # its names are durable once this folder is synced
+    kind: str  # notification | list
 
     @property
     def delivery_id(self) -> str:
@@ -106,6 +108,7 @@ class Releaser:
         self.store = store
         self.tz = ZoneInfo(config.timezone)  # names, XML and zip times (config checked it)
         self._note: str | None = None
+        self._folders: dict[str, Path] = {}
 
     def run(self, now: datetime, *, only_org: str | None = None,
             note: str | None = None) -> ReleaseResult:
@@ -119,10 +122,11 @@ class Releaser:
         # ``note``: why this pass runs as it does (an operator's forced pass), carried in
         # every release row of the pass, in the transaction of each release.
         self._note = note
+        self._folders = {}
         result = ReleaseResult()
         self.recover(result, now)
-        self.form_plans(now, result)
-        claimed, lost = self._claim(self.due_groups(now, only_org=only_org), now)
+        held = self.form_plans(now, result)
+        claimed, lost = self._claim(self.due_groups(now, only_org=only_org, held=held), now)
         if lost:
             # Another process (an operator's release-due beside the daemon) claimed or
             # changed some of the same rows between our read and our claim: decide again
@@ -132,20 +136,34 @@ class Releaser:
         return result
 
     # -- stagger -------------------------------------------------------------
-    def form_plans(self, now: datetime, result: ReleaseResult) -> None:
-        """A first delivery of a type over the threshold becomes a weekly plan (SPEC 4)."""
+    def form_plans(self, now: datetime, result: ReleaseResult) -> list[HeldItem]:
+        """A first delivery of a type over the threshold becomes a weekly plan (SPEC 4).
+        Returns the held items due by ``now`` as they are after it (read once, for
+        :meth:`due_groups`)."""
         with self.store.writer.begin() as c:
-            for (org, type_), cands in releases.first_delivery_candidates(c, now).items():
+            view = releases.held_for_pass(c, now)
+            moved: dict[int, PlannedRelease] = {}
+            for (org, type_), cands in view.firsts.items():
                 plan = plan_first_delivery(cands, self.config.stagger, now)
                 if plan is not None and releases.save_plan(c, org, type_, plan, now):
                     result.plans.append((org, type_, len(plan)))
+                    moved.update((int(x.id), x) for x in plan)
+        return [h if h.id not in moved else
+                h._replace(planned_at=moved[h.id].release_at, portion=moved[h.id].portion)
+                for h in view.items]
 
     # -- what is due ---------------------------------------------------------
-    def due_groups(self, now: datetime, *, only_org: str | None = None) -> list[_Group]:
+    def due_groups(self, now: datetime, *, only_org: str | None = None,
+                   held: list[HeldItem] | None = None) -> list[_Group]:
         """The pure core decides (domain.schedule.due_groups) from plain rows storage
-        returns: the path the stagger and timing properties are tested on."""
+        returns (``held``, or read now): the path the stagger and timing properties are
+        tested on."""
+        if held is None:
+            held = self.store.held_items(now, only_org)
+        elif only_org is not None:
+            held = [h for h in held if h.organisation == only_org]
         return [_Group(g.organisation, g.type, g.kind, g.portion, g.ids)
-                for g in due_groups(self.store.held_items(now, only_org), now)]
+                for g in due_groups(held, now)]
 
     # -- releasing -------------------------------------------------------------
     def _claim(self, groups: list[_Group], now: datetime) -> tuple[list[str], int]:
@@ -200,15 +218,27 @@ class Releaser:
         """Step 2 (files) for every delivery, then commit 3 for all of them at once."""
         if not delivery_ids:
             return
-        done = []
+        written: list[_Written] = []
         failed: list[Failure] = []
-        for delivery_id in delivery_ids:
+        with self.store.engine.connect() as c, self.store.blobs() as open_blob:
+            for delivery_id in delivery_ids:
+                try:
+                    written.append(self._write_files(c, open_blob, delivery_id))
+                except _Busy:
+                    continue  # stays pending; the pass writing it now confirms it
+                except Exception as exc:  # whatever it is, it stays with its organisation
+                    failed.append(self._failure(delivery_id, exc))
+        # Each file's bytes were synced before it got its name; the names themselves are
+        # made durable here, a folder at a time, before commit 3 relies on them.
+        unsynced: set[Path] = set()
+        for folder in dict.fromkeys(w.folder for w in written):
             try:
-                done.append(self._write_files(delivery_id, result))
-            except _Busy:
-                continue  # stays pending; the pass writing it now confirms it
-            except Exception as exc:  # whatever it is, it stays with its organisation
-                failed.append(self._failure(delivery_id, exc))
+                fsync_dir(folder)
+            except OSError as exc:
+                unsynced.add(folder)
+                failed.extend(self._failure(w.delivery_id, exc)
+                              for w in written if w.folder == folder)
+        done = [w for w in written if w.folder not in unsynced]
         if not done and not failed:
             return
         with self.store.writer.begin() as c:
@@ -218,12 +248,15 @@ class Releaser:
             done = [w for w in done if w.delivery_id in pending]
             if done:
                 releases.mark_written(c, [w.record for w in done])
-                audit.append(c, [w.event for w in done], now)
+                audit.append(c, [w.event for w in done], now,
+                             self.config.var / audit.HEAD_FILE)
             for f in failed:
                 releases.mark_failed(c, f.delivery_id, f.error, now, retry_delay)
         if done:
             self._anchor()
         result.deliveries.extend(w.delivery_id for w in done)
+        result.notifications += sum(w.record.count for w in done if w.kind == "notification")
+        result.lists += sum(1 for w in done if w.kind == "list")
         result.failures.extend(failed)
 
     def _anchor(self) -> None:
@@ -245,42 +278,39 @@ class Releaser:
             log.error("release failed unexpectedly", delivery=delivery_id, exc_info=exc)
         return Failure(delivery_id, str(org), error)
 
-    def _write_files(self, delivery_id: str, result: ReleaseResult) -> _Written:
-        with self.store.engine.connect() as c:
-            d = releases.delivery(c, delivery_id)
-            payloads = releases.delivery_payloads(c, delivery_id)  # oldest first
-            org = self.config.by_id.get(d.organisation)
-            if org is None:
-                raise DeliveryError("organisation is no longer configured",
-                                    key=d.organisation)
-            folder = private_dir(self.config.outbox / org.id)
-            zip_name = None
-            extra: dict[str, object] = {}
-            key = audit.audit_key(self.config.var)
-            if d.kind == "list":
-                plist = PersonList.from_json(payloads[0])
-                digest, size = self._write(folder / d.file_name, lambda f: render_person_list(
-                    f, delivery_id=d.id, organisation=org.id, created=d.created_at,
-                    plist=plist, fmt=org.format, tz=self.tz))
-                refs = tuple(audit.AuditRef(plist.id, audit.person_digest(key, e.pic))
-                             for e in plist.entries)
-                result.lists += 1
-            else:
-                notes = [Notification.from_json(p) for p in payloads]
-                if any(n.attachments for n in notes):
-                    zip_name = attachments_zip_name(d.id)
-                    # The zip goes first: once the XML is visible, everything it names is there.
-                    with self.store.blobs() as open_blob:
-                        zip_sha, zip_size = self._write(
-                            folder / zip_name, lambda f: write_attachments_zip(
-                                f, notes, open_blob, created=d.created_at, tz=self.tz))
-                    extra = {"zip": zip_name, "zip_sha256": zip_sha, "zip_size": zip_size}
-                digest, size = self._write(folder / d.file_name,
-                                           lambda f: self._render_notes(f, d, org, notes,
-                                                                        self.tz))
-                refs = tuple(audit.AuditRef(n.id, audit.person_digest(key, n.person.pic))
-                             for n in notes)
-                result.notifications += len(notes)
+    def _write_files(self, c: Connection, open_blob: Callable[[str], IO[bytes]],
+                     delivery_id: str) -> _Written:
+        d = releases.delivery(c, delivery_id)
+        payloads = releases.delivery_payloads(c, delivery_id)  # oldest first
+        org = self.config.by_id.get(d.organisation)
+        if org is None:
+            raise DeliveryError("organisation is no longer configured",
+                                key=d.organisation)
+        folder = self._folder(org.id)
+        zip_name = None
+        extra: dict[str, object] = {}
+        key = audit.audit_key(self.config.var)
+        if d.kind == "list":
+            plist = PersonList.from_json(payloads[0])
+            digest, size = self._write(folder / d.file_name, lambda f: render_person_list(
+                f, delivery_id=d.id, organisation=org.id, created=d.created_at,
+                plist=plist, fmt=org.format, tz=self.tz))
+            refs = tuple(audit.AuditRef(plist.id, audit.person_digest(key, e.pic))
+                         for e in plist.entries)
+        else:
+            notes = [Notification.from_json(p) for p in payloads]
+            if any(n.attachments for n in notes):
+                zip_name = attachments_zip_name(d.id)
+                # The zip goes first: once the XML is visible, everything it names is there.
+                zip_sha, zip_size = self._write(
+                    folder / zip_name, lambda f: write_attachments_zip(
+                        f, notes, open_blob, created=d.created_at, tz=self.tz))
+                extra = {"zip": zip_name, "zip_sha256": zip_sha, "zip_size": zip_size}
+            digest, size = self._write(folder / d.file_name,
+                                       lambda f: self._render_notes(f, d, org, notes,
+                                                                    self.tz))
+            refs = tuple(audit.AuditRef(n.id, audit.person_digest(key, n.person.pic))
+                         for n in notes)
         if self._note:
             extra["note"] = self._note
         detail = json.dumps({"delivery": d.id, "type": d.type, "kind": d.kind,
@@ -288,7 +318,15 @@ class Releaser:
         event = audit.AuditEvent("release", org.id, path=d.file_name, size=size,
                                  sha256=digest, detail=detail, refs=refs)
         return _Written(releases.WrittenDelivery(delivery_id, digest, size, zip_name,
-                                                 d.created_at), event)
+                                                 d.created_at, len(payloads)),
+                        event, folder, d.kind)
+
+    def _folder(self, org: str) -> Path:
+        """The organisation's outbox folder, made private once per pass."""
+        folder = self._folders.get(org)
+        if folder is None:
+            folder = self._folders[org] = private_dir(self.config.outbox / org)
+        return folder
 
     @staticmethod
     def _render_notes(f: IO[bytes], d: Row[Any], org: Organisation,
@@ -302,7 +340,7 @@ class Releaser:
         """Write via temp + fsync + rename, unless a crash already put the file in place."""
         try:
             if not path.exists():
-                with atomic_writer(path, exclusive=True) as f:
+                with atomic_writer(path, exclusive=True, sync_dir=False) as f:
                     render(f)
             else:
                 # A crash between the link to the real name and the temp's unlink left

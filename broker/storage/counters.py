@@ -9,7 +9,7 @@ write lock. Never ``max(seq) + 1``: that reads a snapshot another writer may be 
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, String, Table, func, select, update
+from sqlalchemy import BigInteger, Column, String, Table, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from broker.storage.db import insert_ignoring, metadata
@@ -28,21 +28,27 @@ DELIVERIES = "deliveries"  # deliveries.seq: the number in every delivery file's
 _NUMBERED = {ITEMS: items.c.seq, DELIVERIES: deliveries.c.seq}
 
 
+# Built once: a release pass draws a number for every delivery it writes.
+_ADVANCE = (update(counters).where(counters.c.name == bindparam("cname"))
+            .values(value=counters.c.value + bindparam("n", type_=BigInteger))
+            .returning(counters.c.value))
+_TOP = {name: select(func.max(column)) for name, column in _NUMBERED.items()}
+
+
 def take(conn: Connection, name: str, n: int = 1) -> int:
     """Reserve ``n`` consecutive numbers of counter ``name``; returns the first."""
     if n < 1:
         raise ValueError("take at least one number")
-    advance = (update(counters).where(counters.c.name == name)
-               .values(value=counters.c.value + n).returning(counters.c.value))
-    last = conn.execute(advance).scalar()
+    params = {"cname": name, "n": n}
+    last = conn.execute(_ADVANCE, params).scalar()
     if last is None:  # first use in this database
         conn.execute(insert_ignoring(conn, counters).values(name=name, value=0))
-        last = conn.execute(advance).scalar_one()
+        last = conn.execute(_ADVANCE, params).scalar_one()
     first = int(last) - n + 1
     # The counter row is locked now. A release before counters (still running beside an
     # upgraded database, numbering by max + 1) may have gone past it: never hand out a
     # number the table holds (one look at the end of a unique index).
-    top = int(conn.execute(select(func.max(_NUMBERED[name]))).scalar() or 0)
+    top = int(conn.execute(_TOP[name]).scalar() or 0)
     if top >= first:
         first = top + 1
         conn.execute(update(counters).where(counters.c.name == name)

@@ -78,10 +78,13 @@ def _locked_temp(tmp: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path, *, exclusive: bool = False) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, *, exclusive: bool = False,
+                  sync_dir: bool = True) -> Iterator[BinaryIO]:
     """Yield a binary file whose content appears at ``path`` only if the block succeeds.
 
-    On success: flush, fsync, rename over ``path``, fsync the directory. On an
+    On success: flush, fsync, rename over ``path``, fsync the directory (with
+    ``sync_dir=False`` the caller does that, once for many files, before it relies on
+    the names: the content is durable before the name appears either way). On an
     exception the temporary file is removed and the exception propagates; ``path``
     is untouched (an older file there stays as it was). With ``exclusive=True`` an
     existing ``path`` is never replaced: FileExistsError is raised instead, which is
@@ -111,7 +114,8 @@ def atomic_writer(path: Path, *, exclusive: bool = False) -> Iterator[BinaryIO]:
         raise
     finally:
         os.close(fd)
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def atomic_write(

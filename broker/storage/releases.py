@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Row, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import BindParameter
 
-from broker.domain.schedule import Candidate, PlannedRelease
+from broker.domain.schedule import Candidate, HeldItem, PlannedRelease
 from broker.storage import counters
 from broker.storage.bulk import Many
 from broker.storage.db import in_chunks, insert_ignoring, is_sqlite, serialize
@@ -29,23 +29,41 @@ from broker.storage.tables import assignments, deliveries, items, stagger_plans
 a, d, i, p = assignments, deliveries, items, stagger_plans
 
 
-def first_delivery_candidates(c: Connection, now: datetime) -> dict[tuple[str, str],
-                                                                     list[Candidate]]:
-    """Per (organisation, type) never delivered nor planned: its held notifications due
-    by ``now`` under normal timing (a stagger plan may then hold them back), oldest first.
-    Takes the ``plans`` lock: plans are formed, and moved early, one at a time."""
+@dataclass(frozen=True)
+class HeldView:
+    """What a release pass decides on, read once: the held assignments due by ``now``,
+    and among them the candidates of first deliveries per (organisation, type)."""
+
+    items: list[HeldItem]
+    firsts: dict[tuple[str, str], list[Candidate]]
+
+
+def held_for_pass(c: Connection, now: datetime) -> HeldView:
+    """The held assignments whose time has come by ``now``, and per (organisation, type)
+    never delivered nor planned its notifications due under normal timing (a stagger
+    plan may then hold them back). Takes the ``plans`` lock: plans are formed, and moved
+    early, one at a time."""
     serialize(c, "plans")
-    q = (select(a.c.id, a.c.organisation, a.c.type, i.c.decision_date, i.c.seq)
+    started = {(r.organisation, r.type) for r in c.execute(
+        select(d.c.organisation, d.c.type).distinct()
+        .union(select(p.c.organisation, p.c.type)))}
+    q = (select(a.c.id, a.c.organisation, a.c.type, i.c.kind, a.c.release_at, a.c.planned_at,
+                a.c.portion, i.c.seq, i.c.decision_date, a.c.transferred_from)
          .select_from(a.join(i, i.c.seq == a.c.item_seq))
-         .where(a.c.state == "held", a.c.planned_at.is_(None), a.c.release_at <= now,
-                a.c.transferred_from.is_(None), i.c.kind == "notification",
-                ~exists().where(d.c.organisation == a.c.organisation, d.c.type == a.c.type),
-                ~exists().where(p.c.organisation == a.c.organisation, p.c.type == a.c.type))
-         .order_by(a.c.organisation, a.c.type, i.c.seq))
-    out: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
-    for aid, org, type_, day, seq in c.execute(q):
-        out[(org, type_)].append(Candidate(id=str(aid), decision_date=day, seq=seq))
-    return out
+         .where(a.c.state == "held", func.coalesce(a.c.planned_at, a.c.release_at) <= now))
+    held: list[HeldItem] = []
+    firsts: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
+    for (aid, org, type_, kind, release_at, planned_at, portion, seq, day,
+         moved) in c.execute(q).all():  # one fetch: after a big batch, 100,000 rows
+        held.append(HeldItem(aid, org, type_, kind, release_at, planned_at, portion, seq))
+        if (planned_at is None and moved is None and kind == "notification"
+                and (org, type_) not in started):
+            firsts[(org, type_)].append(Candidate(str(aid), day, seq))
+    return HeldView(held, dict(firsts))
+
+
+_PLAN = (update(a).where(a.c.id.in_(bindparam("ids", expanding=True)))
+         .values(planned_at=bindparam("at"), portion=bindparam("portion")))
 
 
 def save_plan(c: Connection, org: str, type_: str, plan: Sequence[PlannedRelease],
@@ -57,10 +75,12 @@ def save_plan(c: Connection, org: str, type_: str, plan: Sequence[PlannedRelease
         portions=max(x.portion for x in plan) + 1)).rowcount
     if not formed:
         return False
-    Many(c, update(a).where(a.c.id == bindparam("aid"))
-         .values(planned_at=bindparam("at"), portion=bindparam("portion")),
-         ("aid", "at", "portion"), repeating=("at", "portion")).run(
-        (int(x.id), x.release_at, x.portion) for x in plan)
+    portions: dict[tuple[int, datetime], list[int]] = defaultdict(list)
+    for x in plan:
+        portions[(x.portion, x.release_at)].append(int(x.id))
+    for (portion, at), ids in portions.items():  # a few hundred rows per statement
+        for chunk in in_chunks(ids):
+            c.execute(_PLAN, {"ids": list(chunk), "at": at, "portion": portion})
     return True
 
 
@@ -74,12 +94,32 @@ def next_delivery_number(c: Connection) -> int:
     return counters.take(c, counters.DELIVERIES)
 
 
+_NEW_DELIVERY = insert(d)
+
+
 def new_delivery(c: Connection, *, delivery_id: str, organisation: str, type_: str, kind: str,
                  file_name: str, now: datetime, count: int, portion: int | None,
                  seq: int) -> None:
-    c.execute(insert(d).values(
-        id=delivery_id, organisation=organisation, type=type_, kind=kind, file_name=file_name,
-        created_at=now, count=count, portion=portion, state="pending", seq=seq))
+    c.execute(_NEW_DELIVERY, {
+        "id": delivery_id, "organisation": organisation, "type": type_, "kind": kind,
+        "file_name": file_name, "created_at": now, "count": count, "portion": portion,
+        "state": "pending", "seq": seq})
+
+
+_DUE = func.coalesce(a.c.planned_at, a.c.release_at) <= bindparam("now")
+_IDS: BindParameter[Any] = bindparam("ids", expanding=True)
+# Built once: a release after a big batch claims hundreds of groups.
+# SQLite: the writer holds the one write lock, nothing to skip. coalesce() keeps SQLite
+# on the primary key (a bare state = 'held' lures it onto the state index and a scan of
+# every held row, 16 ms a claim after a big batch).
+_CLAIM_SQLITE = (update(a).where(a.c.id.in_(_IDS), func.coalesce(a.c.state, "") == "held", _DUE)
+                 .values(state="releasing", delivery_id=bindparam("did")))
+# PostgreSQL: rows another transaction has locked are skipped, not waited for: the count
+# then falls short, this group is undone, and the others go on.
+_CLAIM_LOCKING = (update(a).where(a.c.id.in_(
+    select(a.c.id).where(a.c.id.in_(_IDS), a.c.state == "held", _DUE)
+    .with_for_update(skip_locked=True).scalar_subquery()))
+    .values(state="releasing", delivery_id=bindparam("did")))
 
 
 def claim(c: Connection, delivery_id: str, assignment_ids: Sequence[int],
@@ -87,23 +127,9 @@ def claim(c: Connection, delivery_id: str, assignment_ids: Sequence[int],
     """Claim the held ``assignment_ids`` for a pending delivery; returns how many were
     still held, due by ``now`` (a plan formed meanwhile may have moved them) and free
     (fewer: another pass took, locked or re-planned some, and the caller undoes this)."""
-    due = func.coalesce(a.c.planned_at, a.c.release_at) <= now
-    claimed = 0
-    for ids in in_chunks(assignment_ids):
-        which: ColumnElement[bool]
-        if is_sqlite(c):
-            # The writer holds SQLite's one write lock: nothing to skip. coalesce() keeps
-            # SQLite on the primary key (a bare state = 'held' lures it onto the state
-            # index and a scan of every held row, 16 ms a claim after a big batch).
-            which = a.c.id.in_(ids) & (func.coalesce(a.c.state, "") == "held") & due
-        else:
-            # Rows another transaction has locked are skipped, not waited for: the count
-            # then falls short, this group is undone, and the others go on.
-            which = a.c.id.in_(select(a.c.id).where(a.c.id.in_(ids), a.c.state == "held", due)
-                               .with_for_update(skip_locked=True).scalar_subquery())
-        claimed += c.execute(update(a).where(which)
-                             .values(state="releasing", delivery_id=delivery_id)).rowcount
-    return claimed
+    stmt = _CLAIM_SQLITE if is_sqlite(c) else _CLAIM_LOCKING
+    return sum(c.execute(stmt, {"ids": list(ids), "now": now, "did": delivery_id}).rowcount
+               for ids in in_chunks(assignment_ids))
 
 
 def payloads(c: Connection, assignment_ids: Sequence[int]) -> list[str]:
@@ -116,14 +142,19 @@ def payloads(c: Connection, assignment_ids: Sequence[int]) -> list[str]:
     return [payload for _, payload in sorted(rows)]
 
 
+# Built once: the release pass runs these for every delivery it writes.
+_DELIVERY = select(d).where(d.c.id == bindparam("did"))
+_DELIVERY_PAYLOADS = (select(i.c.payload).select_from(i.join(a, a.c.item_seq == i.c.seq))
+                      .where(a.c.delivery_id == bindparam("did")).order_by(i.c.seq))
+
+
 def delivery(c: Connection, delivery_id: str) -> Row[Any]:
-    return c.execute(select(d).where(d.c.id == delivery_id)).one()
+    return c.execute(_DELIVERY, {"did": delivery_id}).one()
 
 
 def delivery_payloads(c: Connection, delivery_id: str) -> list[str]:
     """The payloads in one delivery, oldest first."""
-    return list(c.execute(select(i.c.payload).select_from(i.join(a, a.c.item_seq == i.c.seq))
-                          .where(a.c.delivery_id == delivery_id).order_by(i.c.seq)).scalars())
+    return list(c.execute(_DELIVERY_PAYLOADS, {"did": delivery_id}).scalars().all())
 
 
 def pending_deliveries(c: Connection, now: datetime | None) -> list[str]:
@@ -145,6 +176,7 @@ class WrittenDelivery:
     size: int
     zip_name: str | None
     created: datetime
+    count: int  # notifications in it (1 for a list)
 
 
 def still_pending(c: Connection, delivery_ids: Sequence[str]) -> set[str]:

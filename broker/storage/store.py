@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, Row, delete, func, insert, select, update
+from sqlalchemy import Engine, Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -45,6 +45,8 @@ from broker.storage.tables import (
 )
 
 _ANALYZE_AFTER = 2_000  # items in one file (statistics are cheap next to it)
+# Built once: a release after a big batch reads thousands of blobs.
+_BLOB = select(blobs.c.data).where(blobs.c.sha256 == bindparam("sha"))
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,7 @@ class Store:
         """``open_blob(sha256)`` on one connection, for the many attachments of a delivery."""
         with self.engine.connect() as c:
             def open_blob(sha256: str) -> io.BytesIO:
-                data = c.execute(select(blobs.c.data)
-                                 .where(blobs.c.sha256 == sha256)).scalar()
+                data = c.execute(_BLOB, {"sha": sha256}).scalar()
                 if data is None:
                     raise StoreError(f"attachment {sha256} is not in the store")
                 return io.BytesIO(data)
@@ -230,8 +231,9 @@ class Store:
         if only_org is not None:
             q = q.where(a.c.organisation == only_org)
         with self.engine.connect() as c:
+            # One fetch: after a big batch these are 100,000 rows.
             return [HeldItem(r.id, r.organisation, r.type, r.kind, r.release_at, r.planned_at,
-                             r.portion, r.seq) for r in c.execute(q)]
+                             r.portion, r.seq) for r in c.execute(q).all()]
 
     def held_summary(self, org: str | None = None) -> list[dict[str, object]]:
         """Held assignments per (organisation, type, portion, due time), for ``schedule``."""
