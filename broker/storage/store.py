@@ -47,6 +47,9 @@ from broker.storage.tables import (
 _ANALYZE_AFTER = 2_000  # items in one file (statistics are cheap next to it)
 # Built once: a release after a big batch reads thousands of blobs.
 _BLOB = select(blobs.c.data).where(blobs.c.sha256 == bindparam("sha"))
+# Built once: an ingest asks for every 500 items.
+_HASHES = (select(items.c.id, items.c.content_hash)
+           .where(items.c.id.in_(bindparam("ids", expanding=True))))
 
 
 @dataclass(frozen=True)
@@ -128,8 +131,7 @@ class Store:
         out: dict[str, str] = {}
         with self.engine.connect() as c:
             for chunk in in_chunks(ids):
-                out.update((r.id, r.content_hash) for r in c.execute(
-                    select(items.c.id, items.c.content_hash).where(items.c.id.in_(chunk))))
+                out.update((r[0], r[1]) for r in c.execute(_HASHES, {"ids": list(chunk)}).all())
         return out
 
     @contextmanager
