@@ -22,14 +22,26 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import BigInteger, Engine, Integer, MetaData, Table, create_engine, event, text
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
 
 from broker.storage.db_errors import is_busy
 
@@ -44,6 +56,7 @@ ByteSize = BigInteger().with_variant(Integer(), "sqlite")
 
 _BEGIN_OPTION = "sqlite_begin"
 T = TypeVar("T")
+S = TypeVar("S")
 
 # Values in one IN list: well under SQLite's cap on bound parameters.
 IN_CHUNK = 500
@@ -53,6 +66,31 @@ def in_chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
     """``values`` in slices of at most :data:`IN_CHUNK`: one IN list each."""
     for n in range(0, len(values), IN_CHUNK):
         yield values[n:n + IN_CHUNK]
+
+
+def one_of(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElement[bool]:
+    """``column`` is one of the list bound as ``name``: one array parameter on PostgreSQL
+    (``= ANY(...)``), an expanding IN list elsewhere. Lists of hundreds of ids each
+    rendered as their own bind cost more than the query on PostgreSQL."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+class PerDialect(Generic[S]):
+    """A statement built once per dialect by ``build(dialect name)`` (for :func:`one_of`),
+    then reused: the hot statements of ingest and release."""
+
+    def __init__(self, build: Callable[[str], S]) -> None:
+        self._build = build
+        self._made: dict[str, S] = {}
+
+    def __call__(self, bind: Engine | Connection) -> S:
+        name = bind.dialect.name
+        stmt = self._made.get(name)
+        if stmt is None:
+            stmt = self._made[name] = self._build(name)
+        return stmt
 def sqlite_path(url: str) -> Path | None:
     """The database file of a SQLite URL; None for any other engine (or in-memory)."""
     u = make_url(url)

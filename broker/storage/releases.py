@@ -18,12 +18,13 @@ from typing import Any
 
 from sqlalchemy import Row, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.dml import Update
+from sqlalchemy.sql.elements import ColumnElement
 
 from broker.domain.schedule import Candidate, HeldItem, PlannedRelease
 from broker.storage import counters
 from broker.storage.bulk import Many
-from broker.storage.db import in_chunks, insert_ignoring, is_sqlite, serialize
+from broker.storage.db import PerDialect, in_chunks, insert_ignoring, one_of, serialize
 from broker.storage.tables import assignments, deliveries, items, stagger_plans
 
 a, d, i, p = assignments, deliveries, items, stagger_plans
@@ -62,8 +63,8 @@ def held_for_pass(c: Connection, now: datetime) -> HeldView:
     return HeldView(held, dict(firsts))
 
 
-_PLAN = (update(a).where(a.c.id.in_(bindparam("ids", expanding=True)))
-         .values(planned_at=bindparam("at"), portion=bindparam("portion")))
+_PLAN = PerDialect(lambda dialect: update(a).where(one_of(a.c.id, "ids", dialect))
+                   .values(planned_at=bindparam("at"), portion=bindparam("portion")))
 
 
 def save_plan(c: Connection, org: str, type_: str, plan: Sequence[PlannedRelease],
@@ -80,7 +81,7 @@ def save_plan(c: Connection, org: str, type_: str, plan: Sequence[PlannedRelease
         portions[(x.portion, x.release_at)].append(int(x.id))
     for (portion, at), ids in portions.items():  # a few hundred rows per statement
         for chunk in in_chunks(ids):
-            c.execute(_PLAN, {"ids": list(chunk), "at": at, "portion": portion})
+            c.execute(_PLAN(c), {"ids": list(chunk), "at": at, "portion": portion})
     return True
 
 
@@ -107,19 +108,26 @@ def new_delivery(c: Connection, *, delivery_id: str, organisation: str, type_: s
 
 
 _DUE = func.coalesce(a.c.planned_at, a.c.release_at) <= bindparam("now")
-_IDS: BindParameter[Any] = bindparam("ids", expanding=True)
-# Built once: a release after a big batch claims hundreds of groups.
-# SQLite: the writer holds the one write lock, nothing to skip. coalesce() keeps SQLite
-# on the primary key (a bare state = 'held' lures it onto the state index and a scan of
-# every held row, 16 ms a claim after a big batch).
-_CLAIM_SQLITE = (update(a).where(a.c.id.in_(_IDS), func.coalesce(a.c.state, "") == "held", _DUE)
-                 .values(state="releasing", delivery_id=bindparam("did")))
-# PostgreSQL: rows another transaction has locked are skipped, not waited for: the count
-# then falls short, this group is undone, and the others go on.
-_CLAIM_LOCKING = (update(a).where(a.c.id.in_(
-    select(a.c.id).where(a.c.id.in_(_IDS), a.c.state == "held", _DUE)
-    .with_for_update(skip_locked=True).scalar_subquery()))
-    .values(state="releasing", delivery_id=bindparam("did")))
+
+
+def _claiming(dialect: str) -> Update:
+    which: ColumnElement[bool]
+    if dialect == "sqlite":
+        # The writer holds SQLite's one write lock: nothing to skip. coalesce() keeps
+        # SQLite on the primary key (a bare state = 'held' lures it onto the state index
+        # and a scan of every held row, 16 ms a claim after a big batch).
+        which = one_of(a.c.id, "ids", dialect) & (func.coalesce(a.c.state, "") == "held") & _DUE
+    else:
+        # Rows another transaction has locked are skipped, not waited for: the count
+        # then falls short, this group is undone, and the others go on.
+        which = a.c.id.in_(select(a.c.id).where(one_of(a.c.id, "ids", dialect),
+                                                a.c.state == "held", _DUE)
+                           .with_for_update(skip_locked=True).scalar_subquery())
+    return update(a).where(which).values(state="releasing", delivery_id=bindparam("did"))
+
+
+# Built once per dialect: a release after a big batch claims hundreds of groups.
+_CLAIM = PerDialect(_claiming)
 
 
 def claim(c: Connection, delivery_id: str, assignment_ids: Sequence[int],
@@ -127,9 +135,8 @@ def claim(c: Connection, delivery_id: str, assignment_ids: Sequence[int],
     """Claim the held ``assignment_ids`` for a pending delivery; returns how many were
     still held, due by ``now`` (a plan formed meanwhile may have moved them) and free
     (fewer: another pass took, locked or re-planned some, and the caller undoes this)."""
-    stmt = _CLAIM_SQLITE if is_sqlite(c) else _CLAIM_LOCKING
-    return sum(c.execute(stmt, {"ids": list(ids), "now": now, "did": delivery_id}).rowcount
-               for ids in in_chunks(assignment_ids))
+    return sum(c.execute(_CLAIM(c), {"ids": list(ids), "now": now, "did": delivery_id})
+               .rowcount for ids in in_chunks(assignment_ids))
 
 
 def payloads(c: Connection, assignment_ids: Sequence[int]) -> list[str]:

@@ -26,9 +26,11 @@ from broker.errors import AlreadyAccepted, StoreError
 from broker.storage import counters
 from broker.storage.bulk import Many
 from broker.storage.db import (
+    PerDialect,
     in_chunks,
     insert_ignoring,
     is_sqlite,
+    one_of,
     serialize,
     upsert_adding,
     writer,
@@ -48,8 +50,8 @@ _ANALYZE_AFTER = 2_000  # items in one file (statistics are cheap next to it)
 # Built once: a release after a big batch reads thousands of blobs.
 _BLOB = select(blobs.c.data).where(blobs.c.sha256 == bindparam("sha"))
 # Built once: an ingest asks for every 500 items.
-_HASHES = (select(items.c.id, items.c.content_hash)
-           .where(items.c.id.in_(bindparam("ids", expanding=True))))
+_HASHES = PerDialect(lambda dialect: select(items.c.id, items.c.content_hash)
+                     .where(one_of(items.c.id, "ids", dialect)))
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ class Store:
         out: dict[str, str] = {}
         with self.engine.connect() as c:
             for chunk in in_chunks(ids):
-                out.update((r[0], r[1]) for r in c.execute(_HASHES, {"ids": list(chunk)}).all())
+                out.update((r[0], r[1]) for r in c.execute(_HASHES(c), {"ids": list(chunk)}))
         return out
 
     @contextmanager
