@@ -43,6 +43,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("storage", ENGINES, indirect=True, ids=ENGINES)
 
 
+@pytest.fixture(autouse=True)
+def _engine_of_the_run(request: pytest.FixtureRequest) -> None:
+    """Set up ``storage`` for every test parametrised by it (pytest_generate_tests), also
+    those that do not name it: parametrising alone does not make pytest set a fixture up,
+    and such a test's [postgresql] run would quietly use SQLite."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and "storage" in callspec.params:
+        request.getfixturevalue("storage")
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
     if find_pg_bin() is None:

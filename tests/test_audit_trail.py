@@ -64,11 +64,15 @@ def rows(engine: Engine, action: str | None = None) -> list:
 
 
 def file_of(env: Env, nid: str, org: str) -> str:
+    from broker.storage.tables import assignments, items
+
+    a, i = assignments, items
     with env.store.engine.connect() as c:
-        return c.exec_driver_sql(
-            "SELECT d.file_name FROM deliveries d JOIN assignments a ON a.delivery_id = d.id"
-            " JOIN items i ON i.seq = a.item_seq WHERE i.id = ? AND d.organisation = ?",
-            (nid, org)).scalar_one()
+        return str(c.execute(
+            select(deliveries.c.file_name)
+            .select_from(deliveries.join(a, a.c.delivery_id == deliveries.c.id)
+                         .join(i, i.c.seq == a.c.item_seq))
+            .where(i.c.id == nid, deliveries.c.organisation == org)).scalar_one())
 
 
 # -- releases --------------------------------------------------------------------------
