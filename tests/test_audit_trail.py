@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from response_support import T0, T1, Env, make_env, response, transfer
 from sqlalchemy import Engine, func, select, text
+from structlog.testing import capture_logs
 
 from broker.cli import CliState
 from broker.cli.audit import audit_group
@@ -256,6 +257,37 @@ def test_a_crash_after_the_first_commit_of_a_new_trail_is_no_false_alarm(
     # A genesis anchor proves only the start: another hash there is still caught.
     anchor_of(env).write_text(json.dumps({"id": 0, "hash": "1" * 64}))
     assert any("not the row anchored" in p for p in verify(env.store.engine, anchor_of(env)))
+
+
+def test_a_genesis_anchor_that_cannot_be_written_does_not_stop_the_first_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk under var/ at the first audited commit: the commit goes on (logged),
+    as any anchoring failure does."""
+    import response_support
+
+    from broker.config.settings import load_config
+    from broker.delivery.release import Releaser
+    from broker.intake.ingest import ingest_batch
+    from broker.storage import audit
+    from broker.storage.store import Store
+
+    home = tmp_path / "home"
+    shutil.copytree(response_support.REPO / "config", home / "config")
+    storage_support.apply(home)
+    cfg = load_config(home)
+    store = Store(make_engine(cfg.storage_url))
+
+    def full_disk(path: Path, anchor: Anchor) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(audit, "write_anchor", full_disk)
+    assert ingest_batch(response_support.EXAMPLES / "decision-batch.xml", config=cfg,
+                        store=store, now=T0).status == "accepted"
+    with capture_logs() as logged:
+        result = Releaser(cfg, store).run(T0)
+    assert result.deliveries and not result.failures
+    assert len(rows(store.engine, "release")) == len(result.deliveries)
+    assert any("anchoring the empty trail failed" in e["event"] for e in logged)
 
 
 def test_audit_verify_command_exits_1_when_rows_are_cut_off(trail: AuditLog, env: Env) -> None:

@@ -71,9 +71,8 @@ def test_recovery_clears_a_temp_file_a_crash_left_beside_its_finished_file(
     cfg, store = home_with_example(tmp_path)
     releaser = Releaser(cfg, store)
     claimed, _ = releaser._claim(releaser.due_groups(NOW), NOW)  # pending, as a crash leaves them
-    with store.engine.connect() as c, store.blobs() as open_blob:
-        for delivery_id in claimed:  # the files are written, the delivery not yet confirmed
-            releaser._write_files(c, open_blob, delivery_id)
+    for delivery_id in claimed:  # the files are written, the delivery not yet confirmed
+        releaser._write_files(delivery_id)
     written = [p for p in (tmp_path / "outbox").rglob("*") if p.is_file()]
     assert written
     for path in written:

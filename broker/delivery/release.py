@@ -40,7 +40,7 @@ from broker.domain.schedule import HeldItem, PlannedRelease, due_groups, plan_fi
 from broker.errors import DeliveryError
 from broker.storage import audit, releases
 from broker.storage.audit import anchor_head
-from broker.storage.files import atomic_writer, file_digest, fsync_dir, private_dir, temp_path
+from broker.storage.files import atomic_writer, file_digest, private_dir, temp_path
 from broker.storage.store import Store
 
 log = logs.get("broker.delivery.release")
@@ -94,7 +94,6 @@ class _Written:
 
     record: releases.WrittenDelivery
     event: audit.AuditEvent
-    folder: Path  # its names are durable once this folder is synced
     kind: str  # notification | list
 
     @property
@@ -108,7 +107,6 @@ class Releaser:
         self.store = store
         self.tz = ZoneInfo(config.timezone)  # names, XML and zip times (config checked it)
         self._note: str | None = None
-        self._folders: dict[str, Path] = {}
 
     def run(self, now: datetime, *, only_org: str | None = None,
             note: str | None = None) -> ReleaseResult:
@@ -122,7 +120,6 @@ class Releaser:
         # ``note``: why this pass runs as it does (an operator's forced pass), carried in
         # every release row of the pass, in the transaction of each release.
         self._note = note
-        self._folders = {}
         result = ReleaseResult()
         self.recover(result, now)
         held = self.form_plans(now, result)
@@ -218,27 +215,15 @@ class Releaser:
         """Step 2 (files) for every delivery, then commit 3 for all of them at once."""
         if not delivery_ids:
             return
-        written: list[_Written] = []
+        done: list[_Written] = []
         failed: list[Failure] = []
-        with self.store.engine.connect() as c, self.store.blobs() as open_blob:
-            for delivery_id in delivery_ids:
-                try:
-                    written.append(self._write_files(c, open_blob, delivery_id))
-                except _Busy:
-                    continue  # stays pending; the pass writing it now confirms it
-                except Exception as exc:  # whatever it is, it stays with its organisation
-                    failed.append(self._failure(delivery_id, exc))
-        # Each file's bytes were synced before it got its name; the names themselves are
-        # made durable here, a folder at a time, before commit 3 relies on them.
-        unsynced: set[Path] = set()
-        for folder in dict.fromkeys(w.folder for w in written):
+        for delivery_id in delivery_ids:
             try:
-                fsync_dir(folder)
-            except OSError as exc:
-                unsynced.add(folder)
-                failed.extend(self._failure(w.delivery_id, exc)
-                              for w in written if w.folder == folder)
-        done = [w for w in written if w.folder not in unsynced]
+                done.append(self._write_files(delivery_id))
+            except _Busy:
+                continue  # stays pending; the pass writing it now confirms it
+            except Exception as exc:  # whatever it is, it stays with its organisation
+                failed.append(self._failure(delivery_id, exc))
         if not done and not failed:
             return
         with self.store.writer.begin() as c:
@@ -278,15 +263,17 @@ class Releaser:
             log.error("release failed unexpectedly", delivery=delivery_id, exc_info=exc)
         return Failure(delivery_id, str(org), error)
 
-    def _write_files(self, c: Connection, open_blob: Callable[[str], IO[bytes]],
-                     delivery_id: str) -> _Written:
-        d = releases.delivery(c, delivery_id)
-        payloads = releases.delivery_payloads(c, delivery_id)  # oldest first
+    def _write_files(self, delivery_id: str) -> _Written:
+        # A connection per delivery, its reads over before the files are written: one
+        # dropped connection fails one delivery, and no transaction stays open for a pass.
+        with self.store.engine.connect() as c:
+            d = releases.delivery(c, delivery_id)
+            payloads = releases.delivery_payloads(c, delivery_id)  # oldest first
         org = self.config.by_id.get(d.organisation)
         if org is None:
             raise DeliveryError("organisation is no longer configured",
                                 key=d.organisation)
-        folder = self._folder(org.id)
+        folder = private_dir(self.config.outbox / org.id)
         zip_name = None
         extra: dict[str, object] = {}
         key = audit.audit_key(self.config.var)
@@ -302,9 +289,10 @@ class Releaser:
             if any(n.attachments for n in notes):
                 zip_name = attachments_zip_name(d.id)
                 # The zip goes first: once the XML is visible, everything it names is there.
-                zip_sha, zip_size = self._write(
-                    folder / zip_name, lambda f: write_attachments_zip(
-                        f, notes, open_blob, created=d.created_at, tz=self.tz))
+                with self.store.blobs() as open_blob:
+                    zip_sha, zip_size = self._write(
+                        folder / zip_name, lambda f: write_attachments_zip(
+                            f, notes, open_blob, created=d.created_at, tz=self.tz))
                 extra = {"zip": zip_name, "zip_sha256": zip_sha, "zip_size": zip_size}
             digest, size = self._write(folder / d.file_name,
                                        lambda f: self._render_notes(f, d, org, notes,
@@ -318,15 +306,7 @@ class Releaser:
         event = audit.AuditEvent("release", org.id, path=d.file_name, size=size,
                                  sha256=digest, detail=detail, refs=refs)
         return _Written(releases.WrittenDelivery(delivery_id, digest, size, zip_name,
-                                                 d.created_at, len(payloads)),
-                        event, folder, d.kind)
-
-    def _folder(self, org: str) -> Path:
-        """The organisation's outbox folder, made private once per pass."""
-        folder = self._folders.get(org)
-        if folder is None:
-            folder = self._folders[org] = private_dir(self.config.outbox / org)
-        return folder
+                                                 d.created_at, len(payloads)), event, d.kind)
 
     @staticmethod
     def _render_notes(f: IO[bytes], d: Row[Any], org: Organisation,
@@ -340,7 +320,7 @@ class Releaser:
         """Write via temp + fsync + rename, unless a crash already put the file in place."""
         try:
             if not path.exists():
-                with atomic_writer(path, exclusive=True, sync_dir=False) as f:
+                with atomic_writer(path, exclusive=True) as f:
                     render(f)
             else:
                 # A crash between the link to the real name and the temp's unlink left

@@ -54,6 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from broker import logs
 from broker.storage.audit_anchor import Anchor, read_anchor, write_anchor
 from broker.storage.bulk import Many
 from broker.storage.db import ByteSize, audit_metadata, in_chunks, serialize, writer
@@ -61,6 +62,7 @@ from broker.storage.db_errors import is_busy, is_conflict
 from broker.storage.files import atomic_write, private_dir
 
 GENESIS = "0" * 64
+log = logs.get("broker.storage.audit")
 KEY_FILE = "audit.key"
 HEAD_FILE = "audit.head"
 LEGACY_FILE = "audit.db"
@@ -206,8 +208,13 @@ def anchor_head(engine: Engine, path: Path) -> Anchor | None:
 
 
 def anchor_genesis(path: Path) -> None:
-    """Anchor the empty trail (row 0), unless a head is anchored already."""
-    write_anchor(path, Anchor(0, GENESIS))
+    """Anchor the empty trail (row 0), unless a head is anchored already. A failure is
+    logged, never raised: anchoring must not stop the commit it precedes (the anchor after
+    it is tried as always)."""
+    try:
+        write_anchor(path, Anchor(0, GENESIS))
+    except OSError as exc:
+        log.error("audit: anchoring the empty trail failed", exc_info=exc)
 
 
 def append_at(conn: Connection, stamped: Iterable[tuple[AuditEvent, str]],

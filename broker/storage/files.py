@@ -78,13 +78,10 @@ def _locked_temp(tmp: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path, *, exclusive: bool = False,
-                  sync_dir: bool = True) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, *, exclusive: bool = False) -> Iterator[BinaryIO]:
     """Yield a binary file whose content appears at ``path`` only if the block succeeds.
 
-    On success: flush, fsync, rename over ``path``, fsync the directory (with
-    ``sync_dir=False`` the caller does that, once for many files, before it relies on
-    the names: the content is durable before the name appears either way). On an
+    On success: flush, fsync, rename over ``path``, fsync the directory. On an
     exception the temporary file is removed and the exception propagates; ``path``
     is untouched (an older file there stays as it was). With ``exclusive=True`` an
     existing ``path`` is never replaced: FileExistsError is raised instead, which is
@@ -114,8 +111,7 @@ def atomic_writer(path: Path, *, exclusive: bool = False,
         raise
     finally:
         os.close(fd)
-    if sync_dir:
-        fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write(
@@ -151,6 +147,8 @@ def private_dir(path: Path) -> Path:
         with contextlib.suppress(FileExistsError):  # another process raced us: fine
             d.mkdir(mode=DIR_MODE)
         os.chmod(d, DIR_MODE)  # mkdir's mode is masked by umask
+        # A file made durable in it must not vanish with its folder at a power cut.
+        fsync_dir(d.parent)
     if not path.is_dir():
         raise NotADirectoryError(f"{path}: exists and is not a directory")
     if (path.stat().st_mode & 0o777) != DIR_MODE:
