@@ -15,6 +15,18 @@ from broker.config.route_table import Merger, Route
 from broker.domain.model import Mandate
 from broker.domain.schedule import StaggerPolicy, TypeTiming
 
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for any other engine (or in-memory). The
+    one reading of a storage URL's file, for the config and the storage layer alike."""
+    from sqlalchemy.engine import make_url  # here only: config is read by light commands
+
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
 Format = Literal["xml-v2", "xml-v1", "csv"]
 FORMATS: tuple[str, ...] = ("xml-v2", "xml-v1", "csv")
 LANGUAGES: tuple[str, ...] = ("fi", "sv", "en")
@@ -133,8 +145,7 @@ class Config:
     @property
     def database(self) -> Path | None:
         """The SQLite file of the state database; None when it is on a server."""
-        scheme, _, rest = self.storage_url.partition(":///")
-        return Path(rest) if scheme == "sqlite" and rest and rest != ":memory:" else None
+        return sqlite_path(self.storage_url)
 
     # Folders of the home, in one place so every part agrees on them.
     @property

@@ -39,10 +39,11 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
+from broker.config.types import sqlite_path
 from broker.storage.db_errors import is_busy
 
 # Two schemas in one database (one backup holds both): the state of the flow, and
@@ -91,12 +92,7 @@ class PerDialect(Generic[S]):
         if stmt is None:
             stmt = self._made[name] = self._build(name)
         return stmt
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a SQLite URL; None for any other engine (or in-memory)."""
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
-        return None
-    return Path(u.database)
+
 
 
 def is_sqlite(bind: Engine | Connection) -> bool:

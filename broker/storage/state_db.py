@@ -12,8 +12,9 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from broker.config.types import sqlite_path
 from broker.storage import audit, counters, pushes, response_store, store
-from broker.storage.db import open_engine, sqlite_path
+from broker.storage.db import open_engine
 from broker.storage.schema import ensure_schema
 
 TABLE_MODULES = (audit, counters, pushes, response_store, store)  # each defines tables
