@@ -84,6 +84,24 @@ def test_recovery_clears_a_temp_file_a_crash_left_beside_its_finished_file(
         assert set(c.execute(select(deliveries.c.state)).scalars()) == {"written"}
 
 
+def test_a_file_a_crash_left_in_place_has_its_folder_synced_before_it_counts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash after a file got its name but before its folder was synced: recovery keeps
+    the file and syncs the folder before commit 3 says it is written."""
+    import broker.delivery.release as release_module
+
+    cfg, store = home_with_example(tmp_path)
+    releaser = Releaser(cfg, store)
+    claimed, _ = releaser._claim(releaser.due_groups(NOW), NOW)
+    for delivery_id in claimed:
+        releaser._write_files(delivery_id)
+    synced: list[Path] = []
+    monkeypatch.setattr(release_module, "fsync_dir", synced.append)
+    assert releaser.recover() == len(claimed)
+    folders = {p.parent for p in (tmp_path / "outbox").rglob("*") if p.is_file()}
+    assert folders and folders <= set(synced)
+
+
 def test_a_delivery_another_pass_is_writing_is_left_to_it(tmp_path: Path) -> None:
     """The operator's release-due recovers pending deliveries while the daemon may be
     writing them: it must neither mix bytes into them nor confirm them itself."""

@@ -81,8 +81,8 @@ def test_one_read_gives_the_due_rows_and_the_first_delivery_candidates(
     assert {h.id for h in view.items} == {ids[n] for n in due}
     assert all(h.seq for h in view.items)
     # Only never-delivered, never-planned types, normal timing, not transferred here.
-    assert {k: [x.id for x in v] for k, v in view.firsts.items()} == {
-        ("tampere", "IMMIGRANT"): [str(ids["first"]), str(ids["first-too"])]}
+    assert {k: sorted(x.id for x in v) for k, v in view.firsts.items()} == {
+        ("tampere", "IMMIGRANT"): sorted([str(ids["first"]), str(ids["first-too"])])}
     assert [x.decision_date for x in view.firsts[("tampere", "IMMIGRANT")]] == [DAY, DAY]
 
 
@@ -112,3 +112,41 @@ def test_the_rows_after_forming_plans_are_what_the_database_holds(tmp_path: Path
     for org in ("tampere", "helsinki"):
         assert releaser.due_groups(NOW, held=held, only_org=org) == \
             releaser.due_groups(NOW, only_org=org)
+
+
+def test_a_plan_whose_rows_were_claimed_meanwhile_is_not_formed(tmp_path: Path) -> None:
+    """A claim does not take the plans lock: one that took some of a plan's rows between
+    the read and the save leaves the plan unformed (no row, nothing moved), not a plan
+    over a type that has had its first delivery."""
+    from sqlalchemy import func, select, update
+
+    from broker.domain.schedule import PlannedRelease
+
+    store = Store(make_engine(load_config(make_home(tmp_path / "home")).storage_url))
+    with store.writer.begin() as c:
+        file_id = c.execute(insert(input_files).values(
+            source="kela", kind="batch", name="b.xml", sha256="0" * 64, size=1,
+            status="accepted", received_at=NOW, items=3)).inserted_primary_key[0]
+        aids = []
+        for seq in (1, 2, 3):
+            c.execute(insert(items).values(
+                seq=seq, id=f"N-2026-{seq:09d}", kind="notification", type="IMMIGRANT",
+                municipality="837", decision_date=DAY, urgent=False, content_hash="h" * 8,
+                payload="{}", input_file_id=file_id, received_at=NOW))
+            aids.append(c.execute(insert(assignments).values(
+                item_seq=seq, organisation="tampere", type="IMMIGRANT", release_at=NOW,
+                state="held", created_at=NOW)).inserted_primary_key[0])
+        c.execute(update(assignments).where(assignments.c.id == aids[2])
+                  .values(state="releasing"))  # another pass's claim
+    plan = [PlannedRelease(str(aid), i, NOW + timedelta(days=7 * i))
+            for i, aid in enumerate(aids)]
+    with store.writer.begin() as c:
+        assert releases.save_plan(c, "tampere", "IMMIGRANT", plan, NOW) is False
+    with store.engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(stagger_plans)).scalar() == 0
+        assert c.execute(select(func.count()).select_from(assignments)
+                         .where(assignments.c.planned_at.is_not(None))).scalar() == 0
+    # With every row still held, the same plan is formed.
+    with store.writer.begin() as c:
+        c.execute(update(assignments).where(assignments.c.id == aids[2]).values(state="held"))
+        assert releases.save_plan(c, "tampere", "IMMIGRANT", plan, NOW) is True

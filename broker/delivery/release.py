@@ -40,7 +40,13 @@ from broker.domain.schedule import HeldItem, PlannedRelease, due_groups, plan_fi
 from broker.errors import DeliveryError
 from broker.storage import audit, releases
 from broker.storage.audit import anchor_head
-from broker.storage.files import atomic_writer, file_digest, private_dir, temp_path
+from broker.storage.files import (
+    atomic_writer,
+    file_digest,
+    fsync_dir,
+    private_dir,
+    temp_path,
+)
 from broker.storage.store import Store
 
 log = logs.get("broker.delivery.release")
@@ -326,9 +332,11 @@ class Releaser:
                 # A crash between the link to the real name and the temp's unlink left
                 # both (a pass still writing it would fail at the link: the name is taken).
                 temp_path(path).unlink(missing_ok=True)
+                fsync_dir(path.parent)  # the crash may have come before its folder's sync
         except (BlockingIOError, FileExistsError, FileNotFoundError):
             # Another pass (an operator's beside the daemon) is writing the same delivery,
             # or has just written it: the same bytes either way (rendering is deterministic).
             if not path.exists():
                 raise _Busy(path) from None
+            fsync_dir(path.parent)  # the other pass may not have synced it yet
         return file_digest(path)

@@ -31,7 +31,9 @@ from sqlalchemy import (
     Engine,
     Integer,
     MetaData,
+    String,
     Table,
+    Text,
     any_,
     bindparam,
     create_engine,
@@ -74,7 +76,10 @@ def one_of(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElement
     (``= ANY(...)``), an expanding IN list elsewhere. Lists of hundreds of ids each
     rendered as their own bind cost more than the query on PostgreSQL."""
     if dialect == "postgresql":
-        return column == any_(bindparam(name, type_=postgresql.ARRAY(column.type)))
+        # An array of unbounded text for strings: a cast to varchar(n)[] would cut a
+        # longer value to n characters and compare the cut one.
+        element = Text() if isinstance(column.type, String) else column.type
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(element)))
     return column.in_(bindparam(name, expanding=True))
 
 
@@ -92,7 +97,6 @@ class PerDialect(Generic[S]):
         if stmt is None:
             stmt = self._made[name] = self._build(name)
         return stmt
-
 
 
 def is_sqlite(bind: Engine | Connection) -> bool:

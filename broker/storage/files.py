@@ -147,8 +147,14 @@ def private_dir(path: Path) -> Path:
         with contextlib.suppress(FileExistsError):  # another process raced us: fine
             d.mkdir(mode=DIR_MODE)
         os.chmod(d, DIR_MODE)  # mkdir's mode is masked by umask
-        # A file made durable in it must not vanish with its folder at a power cut.
-        fsync_dir(d.parent)
+        # A file made durable in it must not vanish with its folder at a power cut. Best
+        # effort where the system will not sync the parent (not readable to us, or a
+        # file system that cannot sync folders): the folder is there all the same.
+        try:
+            fsync_dir(d.parent)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EINVAL):
+                raise
     if not path.is_dir():
         raise NotADirectoryError(f"{path}: exists and is not a directory")
     if (path.stat().st_mode & 0o777) != DIR_MODE:

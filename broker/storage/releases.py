@@ -65,25 +65,38 @@ def held_for_pass(c: Connection, now: datetime) -> HeldView:
     return HeldView(held, dict(sorted(firsts.items())))  # plans formed in a fixed order
 
 
-_PLAN = PerDialect(lambda dialect: update(a).where(one_of(a.c.id, "ids", dialect))
-                   .values(planned_at=bindparam("at"), portion=bindparam("portion")))
+# Only rows still held and unplanned: a pass that claimed some of them meanwhile (claims do
+# not take the plans lock) makes the count fall short, and the plan is not formed.
+_PLAN = PerDialect(lambda dialect: update(a).where(
+    one_of(a.c.id, "ids", dialect), a.c.state == "held", a.c.planned_at.is_(None))
+    .values(planned_at=bindparam("at"), portion=bindparam("portion")))
+
+
+class _PlanRace(Exception):
+    """Some of a plan's rows were no longer held and unplanned when it was saved."""
 
 
 def save_plan(c: Connection, org: str, type_: str, plan: Sequence[PlannedRelease],
               now: datetime) -> bool:
     """Record a stagger plan and hold its notifications to it; False (nothing changed)
-    when another pass formed this plan first."""
-    formed = c.execute(insert_ignoring(c, p).values(
-        organisation=org, type=type_, formed_at=now, total=len(plan),
-        portions=max(x.portion for x in plan) + 1)).rowcount
-    if not formed:
-        return False
+    when another pass formed this plan first, or claimed some of its rows meanwhile."""
     portions: dict[tuple[int, datetime], list[int]] = defaultdict(list)
     for x in plan:
         portions[(x.portion, x.release_at)].append(int(x.id))
-    for (portion, at), ids in portions.items():  # a few hundred rows per statement
-        for chunk in in_chunks(ids):
-            c.execute(_PLAN(c), {"ids": list(chunk), "at": at, "portion": portion})
+    try:
+        with c.begin_nested():
+            formed = c.execute(insert_ignoring(c, p).values(
+                organisation=org, type=type_, formed_at=now, total=len(plan),
+                portions=max(x.portion for x in plan) + 1)).rowcount
+            if not formed:
+                return False
+            held = sum(c.execute(_PLAN(c), {"ids": list(chunk), "at": at, "portion": portion})
+                       .rowcount for (portion, at), ids in portions.items()
+                       for chunk in in_chunks(ids))  # a few hundred rows per statement
+            if held != len(plan):
+                raise _PlanRace(f"{org} {type_}")  # undone, plan row and all
+    except _PlanRace:
+        return False
     return True
 
 
