@@ -150,3 +150,33 @@ def test_a_plan_whose_rows_were_claimed_meanwhile_is_not_formed(tmp_path: Path) 
     with store.writer.begin() as c:
         c.execute(update(assignments).where(assignments.c.id == aids[2]).values(state="held"))
         assert releases.save_plan(c, "tampere", "IMMIGRANT", plan, NOW) is True
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("which", ["plan", "claim"])
+def test_sqlite_finds_the_rows_of_a_plan_or_claim_by_their_ids(
+        tmp_path: Path, which: str) -> None:
+    """With hundreds of ids and no statistics, a bare ``state = ?`` makes SQLite's planner
+    walk the state index over every held row, for every statement of a big release."""
+    from sqlalchemy import event
+
+    store = Store(make_engine(load_config(make_home(tmp_path / "home")).storage_url))
+    seen: list[tuple[str, object]] = []
+
+    def keep(conn: object, cursor: object, statement: str, parameters: object,
+             context: object, executemany: bool) -> None:
+        if statement.startswith("UPDATE assignments"):
+            seen.append((statement, parameters))
+
+    event.listen(store.engine, "before_cursor_execute", keep)
+    ids = list(range(1, 301))
+    with store.writer.begin() as c:
+        if which == "plan":
+            c.execute(releases._PLAN(c), {"ids": ids, "at": NOW, "portion": 1})
+        else:
+            releases.claim(c, "D-x", ids, NOW)
+    (statement, parameters), = seen
+    with store.engine.connect() as c:
+        plan = c.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
+    assert any("PRIMARY KEY" in str(step) for step in plan), plan
+    assert not any("ix_assign_due" in str(step) for step in plan), plan

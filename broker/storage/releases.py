@@ -65,10 +65,19 @@ def held_for_pass(c: Connection, now: datetime) -> HeldView:
     return HeldView(held, dict(sorted(firsts.items())))  # plans formed in a fixed order
 
 
+def _held(dialect: str) -> ColumnElement[bool]:
+    """``state = 'held'`` for a statement that picks its rows by id. On SQLite through
+    coalesce(): a bare state = ? lures its planner onto the state index and a scan of
+    every held row for each statement (after a big batch, 100,000 rows each time)."""
+    if dialect == "sqlite":
+        return func.coalesce(a.c.state, "") == "held"
+    return a.c.state == "held"
+
+
 # Only rows still held and unplanned: a pass that claimed some of them meanwhile (claims do
 # not take the plans lock) makes the count fall short, and the plan is not formed.
 _PLAN = PerDialect(lambda dialect: update(a).where(
-    one_of(a.c.id, "ids", dialect), a.c.state == "held", a.c.planned_at.is_(None))
+    one_of(a.c.id, "ids", dialect), _held(dialect), a.c.planned_at.is_(None))
     .values(planned_at=bindparam("at"), portion=bindparam("portion")))
 
 
@@ -128,10 +137,9 @@ _DUE = func.coalesce(a.c.planned_at, a.c.release_at) <= bindparam("now")
 def _claiming(dialect: str) -> Update:
     which: ColumnElement[bool]
     if dialect == "sqlite":
-        # The writer holds SQLite's one write lock: nothing to skip. coalesce() keeps
-        # SQLite on the primary key (a bare state = 'held' lures it onto the state index
-        # and a scan of every held row, 16 ms a claim after a big batch).
-        which = one_of(a.c.id, "ids", dialect) & (func.coalesce(a.c.state, "") == "held") & _DUE
+        # The writer holds SQLite's one write lock: nothing to skip (_held: on the
+        # primary key, 16 ms a claim after a big batch otherwise).
+        which = one_of(a.c.id, "ids", dialect) & _held(dialect) & _DUE
     else:
         # Rows another transaction has locked are skipped, not waited for: the count
         # then falls short, this group is undone, and the others go on.
