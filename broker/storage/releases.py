@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Row, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -39,17 +40,31 @@ class HeldView:
     firsts: dict[tuple[str, str], list[Candidate]]
 
 
+def _held_query(until: datetime, only_org: str | None = None) -> Select[Any]:
+    """Held assignments whose time may have come by ``until`` (the bound only spares
+    reading the items held for weeks; the domain applies the rule): a HeldItem's columns,
+    then the item's decision date and where a transfer moved it from."""
+    q = (select(a.c.id, a.c.organisation, a.c.type, i.c.kind, a.c.release_at, a.c.planned_at,
+                a.c.portion, i.c.seq, i.c.decision_date, a.c.transferred_from)
+         .select_from(a.join(i, i.c.seq == a.c.item_seq))
+         .where(a.c.state == "held", func.coalesce(a.c.planned_at, a.c.release_at) <= until))
+    return q if only_org is None else q.where(a.c.organisation == only_org)
+
+
+def held_items(c: Connection, until: datetime, only_org: str | None = None) -> list[HeldItem]:
+    """The held assignments due by ``until`` (see :func:`_held_query`), as plain values
+    for ``domain.schedule.due_groups`` to decide on."""
+    # One fetch: after a big batch these are 100,000 rows.
+    return [HeldItem(*r[:8]) for r in c.execute(_held_query(until, only_org)).all()]
+
+
 def held_for_pass(c: Connection, now: datetime) -> HeldView:
     """The held assignments whose time has come by ``now``, and per (organisation, type)
     never delivered nor planned its notifications due under normal timing (a stagger
     plan may then hold them back). Takes the ``plans`` lock: plans are formed, and moved
     early, one at a time."""
     serialize(c, "plans")
-    q = (select(a.c.id, a.c.organisation, a.c.type, i.c.kind, a.c.release_at, a.c.planned_at,
-                a.c.portion, i.c.seq, i.c.decision_date, a.c.transferred_from)
-         .select_from(a.join(i, i.c.seq == a.c.item_seq))
-         .where(a.c.state == "held", func.coalesce(a.c.planned_at, a.c.release_at) <= now))
-    rows = c.execute(q).all()  # one fetch: after a big batch, 100,000 rows
+    rows = c.execute(_held_query(now)).all()  # one fetch: after a big batch, 100,000 rows
     # After the rows (two statements, two snapshots on PostgreSQL): a first delivery
     # committed in between is seen here, and its type is not planned as a first.
     started = {(r.organisation, r.type) for r in c.execute(

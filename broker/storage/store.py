@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from broker.domain.model import StoredItem
 from broker.domain.schedule import HeldItem
 from broker.errors import AlreadyAccepted, StoreError
-from broker.storage import counters
+from broker.storage import counters, releases
 from broker.storage.bulk import Many
 from broker.storage.db import (
     PerDialect,
@@ -223,21 +223,9 @@ class Store:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     def held_items(self, until: datetime, only_org: str | None = None) -> list[HeldItem]:
-        """Held assignments whose time may have come by ``until``, as plain values for
-        ``domain.schedule.due_groups`` to decide on (the bound only spares reading the
-        items held for weeks; the domain applies the rule)."""
-        a, i = assignments, items
-        effective = func.coalesce(a.c.planned_at, a.c.release_at)
-        q = (select(a.c.id, a.c.organisation, a.c.type, i.c.kind, a.c.release_at,
-                    a.c.planned_at, a.c.portion, i.c.seq)
-             .select_from(a.join(i, i.c.seq == a.c.item_seq))
-             .where(a.c.state == "held", effective <= until))
-        if only_org is not None:
-            q = q.where(a.c.organisation == only_org)
+        """Held assignments whose time may have come by ``until`` (releases.held_items)."""
         with self.engine.connect() as c:
-            # One fetch: after a big batch these are 100,000 rows.
-            return [HeldItem(r.id, r.organisation, r.type, r.kind, r.release_at, r.planned_at,
-                             r.portion, r.seq) for r in c.execute(q).all()]
+            return releases.held_items(c, until, only_org)
 
     def held_summary(self, org: str | None = None) -> list[dict[str, object]]:
         """Held assignments per (organisation, type, portion, due time), for ``schedule``."""
