@@ -30,6 +30,10 @@ from broker.storage.tables import assignments, deliveries, items, stagger_plans
 
 a, d, i, p = assignments, deliveries, items, stagger_plans
 
+# When a held assignment is due: its stagger portion's time, else its normal time (the
+# SQL of domain.schedule.effective_release; every query of due-ness uses this one).
+due_at = func.coalesce(a.c.planned_at, a.c.release_at)
+
 
 @dataclass(frozen=True)
 class HeldView:
@@ -47,7 +51,7 @@ def _held_query(until: datetime, only_org: str | None = None) -> Select[Any]:
     q = (select(a.c.id, a.c.organisation, a.c.type, i.c.kind, a.c.release_at, a.c.planned_at,
                 a.c.portion, i.c.seq, i.c.decision_date, a.c.transferred_from)
          .select_from(a.join(i, i.c.seq == a.c.item_seq))
-         .where(a.c.state == "held", func.coalesce(a.c.planned_at, a.c.release_at) <= until))
+         .where(a.c.state == "held", due_at <= until))
     return q if only_org is None else q.where(a.c.organisation == only_org)
 
 
@@ -146,7 +150,7 @@ def new_delivery(c: Connection, *, delivery_id: str, organisation: str, type_: s
         "state": "pending", "seq": seq})
 
 
-_DUE = func.coalesce(a.c.planned_at, a.c.release_at) <= bindparam("now")
+_DUE = due_at <= bindparam("now")
 
 
 def _claiming(dialect: str) -> Update:
@@ -266,7 +270,6 @@ def release_early(c: Connection, org: str, type_: str | None, *, everything: boo
     next staggered portion). Returns how many. Takes the ``plans`` lock, so a plan being
     formed is seen whole, not as every row due at once."""
     serialize(c, "plans")
-    due_at = func.coalesce(a.c.planned_at, a.c.release_at)
     where = [a.c.state == "held", a.c.organisation == org]
     if type_:
         where.append(a.c.type == type_)

@@ -205,8 +205,8 @@ class Store:
 
     def next_release(self) -> datetime | None:
         """The earliest time a held assignment becomes due (the scheduler wakes then)."""
-        due = func.coalesce(assignments.c.planned_at, assignments.c.release_at)
-        return self._min_time(select(func.min(due)).where(assignments.c.state == "held"))
+        return self._min_time(select(func.min(releases.due_at))
+                              .where(assignments.c.state == "held"))
 
     def next_retry(self) -> datetime | None:
         """When the earliest pending delivery that could not be written is tried again."""
@@ -229,7 +229,7 @@ class Store:
 
     def held_summary(self, org: str | None = None) -> list[dict[str, object]]:
         """Held assignments per (organisation, type, portion, due time), for ``schedule``."""
-        due = func.coalesce(assignments.c.planned_at, assignments.c.release_at)
+        due = releases.due_at
         q = (select(assignments.c.organisation, assignments.c.type, assignments.c.portion,
                     due.label("due"), func.count().label("n"))
              .where(assignments.c.state == "held")
