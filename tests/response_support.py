@@ -57,7 +57,9 @@ class Env:
         return process_upload(path, cfg.by_id[org_id], config=cfg, store=self.store, now=now)
 
 
-def make_env(tmp_path: Path) -> Env:
+def make_env(tmp_path: Path, *, release: bool = True) -> Env:
+    """A home with the contract's decision batch taken in at T0 and (unless ``release``
+    is False) released."""
     home = tmp_path / "home"
     shutil.copytree(REPO / "config", home / "config")
     storage_support.apply(home)
@@ -65,7 +67,8 @@ def make_env(tmp_path: Path) -> Env:
     env = Env(home, config, Store(make_engine(config.storage_url)))
     out = ingest_batch(EXAMPLES / "decision-batch.xml", config=config, store=env.store, now=T0)
     assert out.status == "accepted", out.problems
-    assert env.release(T0)
+    if release:
+        assert env.release(T0)
     return env
 
 

@@ -221,26 +221,15 @@ def test_a_crash_after_the_first_commit_of_a_new_trail_is_no_false_alarm(
         tmp_path: Path, writer: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed between the very first audit commit and its anchor: the genesis was
     anchored before that commit, so the anchor lags; it is never missing."""
-    import response_support
-
-    from broker.config.settings import load_config
     from broker.delivery.release import Releaser
-    from broker.intake.ingest import ingest_batch
-    from broker.storage.store import Store
 
-    home = tmp_path / "home"
-    shutil.copytree(response_support.REPO / "config", home / "config")
-    storage_support.apply(home)
-    env = Env(home, load_config(home), None)  # type: ignore[arg-type]
-    env.store = Store(make_engine(env.config.storage_url))
+    env = make_env(tmp_path, release=False)  # the trail still empty
     # Every writer's anchoring after its commit is what such a crash never reaches.
     monkeypatch.setattr("broker.storage.audit.anchor_head", lambda *a: None)
     monkeypatch.setattr("broker.storage.audit_writer.write_anchor",
                         lambda *a: None)  # the AuditWriter's own anchoring
     if writer == "release":
         monkeypatch.setattr(Releaser, "_anchor", lambda self: None)
-        assert ingest_batch(response_support.EXAMPLES / "decision-batch.xml",
-                            config=env.config, store=env.store, now=T0).status == "accepted"
         assert Releaser(env.config, env.store).run(T0).deliveries
     elif writer == "record":
         AuditLog(env.store.engine, anchor_of(env)).record(AuditEvent("login", "varha"), T1)
@@ -263,26 +252,16 @@ def test_a_genesis_anchor_that_cannot_be_written_does_not_stop_the_first_commit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk under var/ at the first audited commit: the commit goes on (logged),
     as any anchoring failure does."""
-    import response_support
-
-    from broker.config.settings import load_config
     from broker.delivery.release import Releaser
-    from broker.intake.ingest import ingest_batch
     from broker.storage import audit
-    from broker.storage.store import Store
 
-    home = tmp_path / "home"
-    shutil.copytree(response_support.REPO / "config", home / "config")
-    storage_support.apply(home)
-    cfg = load_config(home)
-    store = Store(make_engine(cfg.storage_url))
+    env = make_env(tmp_path, release=False)  # the trail still empty
+    cfg, store = env.config, env.store
 
     def full_disk(path: Path, anchor: Anchor) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(audit, "write_anchor", full_disk)
-    assert ingest_batch(response_support.EXAMPLES / "decision-batch.xml", config=cfg,
-                        store=store, now=T0).status == "accepted"
     with capture_logs() as logged:
         result = Releaser(cfg, store).run(T0)
     assert result.deliveries and not result.failures
