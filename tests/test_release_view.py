@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from daemon_support import make_home
 from sqlalchemy import insert
+from sqlalchemy.engine import Connection
 
 from broker.config.settings import load_config
 from broker.storage import releases
@@ -44,14 +45,25 @@ ROWS = [
 ]
 
 
+def _batch_of(c: Connection, kinds: list[tuple[str, str]]) -> None:
+    """An accepted file holding items 1, 2, ... of these (kind, type), in that order."""
+    file_id = c.execute(insert(input_files).values(
+        source="kela", kind="batch", name="b.xml", sha256="0" * 64, size=1,
+        status="accepted", received_at=NOW, items=len(kinds))).inserted_primary_key[0]
+    for seq, (kind, type_) in enumerate(kinds, 1):
+        c.execute(insert(items).values(
+            seq=seq, id=f"N-2026-{seq:09d}", kind=kind, type=type_, municipality="837",
+            decision_date=DAY if kind == "notification" else None, urgent=False,
+            content_hash=str(seq) * 4, payload="{}", input_file_id=file_id,
+            received_at=NOW))
+
+
 def test_one_read_gives_the_due_rows_and_the_first_delivery_candidates(
         tmp_path: Path) -> None:
     store = Store(make_engine(load_config(make_home(tmp_path / "home")).storage_url))
     ids: dict[str, int] = {}
     with store.writer.begin() as c:
-        file_id = c.execute(insert(input_files).values(
-            source="kela", kind="batch", name="b.xml", sha256="0" * 64, size=1,
-            status="accepted", received_at=NOW, items=len(ROWS))).inserted_primary_key[0]
+        _batch_of(c, [(row[3], row[2]) for row in ROWS])
         c.execute(insert(deliveries).values(
             id="D-vantaa-old", organisation="vantaa", type="IMMIGRANT", kind="notification",
             file_name="D-vantaa-old.xml", created_at=NOW - timedelta(days=30), count=1,
@@ -60,12 +72,7 @@ def test_one_read_gives_the_due_rows_and_the_first_delivery_candidates(
             organisation="espoo", type="IMMIGRANT", formed_at=NOW - timedelta(days=3),
             total=500, portions=2))
         origin = None
-        for seq, (name, org, type_, kind, release_at, planned_at, moved) in enumerate(ROWS, 1):
-            c.execute(insert(items).values(
-                seq=seq, id=f"N-2026-{seq:09d}", kind=kind, type=type_, municipality="837",
-                decision_date=DAY if kind == "notification" else None, urgent=False,
-                content_hash=str(seq) * 4, payload="{}", input_file_id=file_id,
-                received_at=NOW))
+        for seq, (name, org, type_, _, release_at, planned_at, moved) in enumerate(ROWS, 1):
             if moved:  # a transfer: the first assignment handed over, a second one held
                 origin = c.execute(insert(assignments).values(
                     item_seq=seq, organisation="tampere", type=type_, release_at=release_at,
@@ -124,15 +131,9 @@ def test_a_plan_whose_rows_were_claimed_meanwhile_is_not_formed(tmp_path: Path) 
 
     store = Store(make_engine(load_config(make_home(tmp_path / "home")).storage_url))
     with store.writer.begin() as c:
-        file_id = c.execute(insert(input_files).values(
-            source="kela", kind="batch", name="b.xml", sha256="0" * 64, size=1,
-            status="accepted", received_at=NOW, items=3)).inserted_primary_key[0]
+        _batch_of(c, [("notification", "IMMIGRANT")] * 3)
         aids = []
         for seq in (1, 2, 3):
-            c.execute(insert(items).values(
-                seq=seq, id=f"N-2026-{seq:09d}", kind="notification", type="IMMIGRANT",
-                municipality="837", decision_date=DAY, urgent=False, content_hash="h" * 8,
-                payload="{}", input_file_id=file_id, received_at=NOW))
             aids.append(c.execute(insert(assignments).values(
                 item_seq=seq, organisation="tampere", type="IMMIGRANT", release_at=NOW,
                 state="held", created_at=NOW)).inserted_primary_key[0])
