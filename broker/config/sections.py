@@ -22,6 +22,7 @@ from broker.config.types import (
     Organisation,
     PushTarget,
     SftpSettings,
+    sqlite_url,
 )
 from broker.domain.model import ALL_TYPES, Mandate, is_list_type
 from broker.domain.schedule import StaggerPolicy, TypeTiming
@@ -110,25 +111,27 @@ def parse_storage(r: Reader, storage: Any, broker: Mapping[str, Any], home: Path
         r.error("give the database once: [storage] url (or the older [broker] database)",
                 "storage", "url")
     if not url:
-        url = f"sqlite:///{old or 'var/state.db'}"
-    scheme, sep, rest = url.partition("://")
+        return sqlite_url(home / (old or "var/state.db"))  # a relative path: in the home
+    scheme, sep, _ = url.partition("://")
     if not sep or scheme not in _STORAGE_SCHEMES:
         r.error(f"must be sqlite:///path or postgresql+psycopg://user@host/db, found "
                 f"{url.split('@')[-1].split(':')[0]!r}", "storage", "url")  # no password
-        return f"sqlite:///{home / 'var/state.db'}"
+        return sqlite_url(home / "var/state.db")
     from sqlalchemy.engine import make_url  # here only: config is read by light commands
     from sqlalchemy.exc import ArgumentError
 
     try:
-        make_url(url).port  # noqa: B018 -- a port that is not a number fails here, not later
+        u = make_url(url)
+        u.port  # noqa: B018 -- a port that is not a number fails here, not later
     except (ValueError, ArgumentError):
         r.error("is not a database URL (user@host:port/database)", "storage", "url")
-        return f"sqlite:///{home / 'var/state.db'}"
+        return sqlite_url(home / "var/state.db")
     if scheme == "postgresql":
-        return f"postgresql+psycopg://{rest}"
-    if scheme == "sqlite" and rest.startswith("/") and not rest.startswith("//"):
-        # sqlite:///relative/path (three slashes): relative to the home, not to the cwd
-        return f"sqlite:///{home / rest[1:]}"
+        return url.replace("postgresql://", "postgresql+psycopg://", 1)
+    if scheme == "sqlite" and u.database and u.database != ":memory:":
+        # sqlite:///relative/path (three slashes) is relative to the home, not to the cwd;
+        # the URL is made again, so the home's own path is quoted in it.
+        return u.set(database=str(home / u.database)).render_as_string(hide_password=False)
     return url
 
 

@@ -27,6 +27,15 @@ def sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
+def sqlite_url(path: Path | str) -> str:
+    """The SQLite URL of the database file ``path``, quoted: a folder named with ``?``,
+    ``#`` or ``%`` would otherwise be read back as a query, a fragment or an escape, and
+    the state would go to another file (:func:`sqlite_path` reads it back exactly)."""
+    from sqlalchemy.engine import URL  # here only: config is read by light commands
+
+    return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
+
+
 Format = Literal["xml-v2", "xml-v1", "csv"]
 FORMATS: tuple[str, ...] = ("xml-v2", "xml-v1", "csv")
 LANGUAGES: tuple[str, ...] = ("fi", "sv", "en")

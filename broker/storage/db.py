@@ -45,7 +45,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
-from broker.config.types import sqlite_path
+from broker.config.types import sqlite_path, sqlite_url
 from broker.storage.db_errors import is_busy
 
 # Two schemas in one database (one backup holds both): the state of the flow, and
@@ -159,7 +159,7 @@ def _use_wal(cur: Any, give_up_after: float = 10.0) -> None:
 def open_engine(url: str | Path) -> Engine:
     """Open the database at ``url`` (a Path is a SQLite file, made if missing)."""
     if isinstance(url, Path):
-        url = f"sqlite:///{url}"
+        url = sqlite_url(url)
     path = sqlite_path(url)
     if path is None:
         # pool_pre_ping: a daemon outlives server restarts; a dropped connection in the
