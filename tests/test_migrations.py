@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from daemon_support import KELA_BROKER, make_home
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from broker.config.settings import load_config
 from broker.intake.ingest import ingest_batch
@@ -224,3 +224,35 @@ def test_an_unreachable_server_is_not_called_a_damaged_database(tmp_path: Path) 
         assert r.returncode != 0
         assert "cannot be reached" in r.stderr and "restore" not in r.stderr.lower(), r.stderr
         assert "s3cret" not in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.both_engines
+def test_an_emptied_version_table_is_refused_not_guessed(tmp_path: Path, storage: str) -> None:
+    """A version table with no row once read as "made before migrations": every migration
+    was then replayed over tables that may already have had them."""
+    home = make_home(tmp_path / "home")
+    assert _cli(home, "db", "upgrade").returncode == 0
+    engine = open_engine(load_config(home).storage_url)
+    with engine.begin() as c:
+        c.execute(text("DELETE FROM alembic_version"))
+    for args in (("status",), ("db", "upgrade")):
+        r = _cli(home, *args)
+        assert r.returncode == 1, r.stdout
+        assert "no revision in it" in r.stderr and "nothing was changed" in r.stderr
+        assert "Traceback" not in r.stderr
+    with engine.connect() as c:  # still unstamped: nothing was replayed or stamped
+        assert c.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 0
+
+
+def test_migrations_run_from_an_install_path_with_a_percent_sign(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alembic reads its options through ConfigParser, where a bare % is an interpolation:
+    a venv under such a folder must still upgrade an old home."""
+    from broker.storage import schema
+
+    moved = tmp_path / "venv %(x)s 100%" / "migrations"
+    shutil.copytree(MIGRATIONS, moved)
+    monkeypatch.setattr(schema, "MIGRATIONS", moved)
+    home = _old_home(tmp_path)
+    upgrade = schema.ensure_schema(open_engine(home / "var" / "state.db"))
+    assert upgrade.after == HEAD and upgrade.changed

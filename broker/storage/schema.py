@@ -43,11 +43,26 @@ class Upgrade:
         return self.before != self.after
 
 
+class SchemaUnknown(StoreError):
+    """The database records no revision, yet has a version table: its schema is a guess."""
+
+
 def revision(conn: Connection) -> str | None:
-    """The stamped revision; None when unstamped (new, or made before migrations)."""
+    """The stamped revision; None when unstamped (new, or made before migrations).
+
+    A version table with no row in it is neither: this code never leaves one (the stamp
+    is in the transaction that makes the tables), so someone or something emptied it. Its
+    tables may be at any revision, and replaying migrations over them on a guess could
+    half-apply: refused, with what to do."""
     if not inspect(conn).has_table("alembic_version"):
         return None
-    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    found = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if found is None:
+        raise SchemaUnknown(
+            "the state database has a schema version table with no revision in it, so "
+            "which schema its tables have is unknown; nothing was changed. Restore the "
+            "backup taken before it was emptied")
+    return str(found)
 
 
 def _has_tables(conn: Connection) -> bool:
@@ -85,7 +100,9 @@ def _alembic(conn: Connection, command: str, target: str) -> None:
     from alembic.util.exc import CommandError
 
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    # Alembic's options go through ConfigParser's interpolation: a "%" in the install
+    # path (a venv under such a folder) is written doubled to be read back as itself.
+    cfg.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
     cfg.attributes["connection"] = conn
     current = revision(conn)
     if current is not None:
