@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -12,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.config.settings import load_config
-from broker.config.types import sqlite_path, sqlite_url
+from broker.config.types import sqlite_file_uri, sqlite_path, sqlite_url
+from broker.storage.state_guard import database_state
 
 # Characters a URL gives a meaning of its own (query, fragment, escape), and a space.
 AWKWARD = "h?x=1#y%20z &%"
@@ -37,6 +40,12 @@ def test_a_home_whose_folder_name_looks_like_a_url_keeps_its_state_in_it(
     assert r.returncode == 0, r.stderr
     assert (home / "var" / "state.db").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == [AWKWARD]  # nothing beside it
+    # The guard that looks into an existing file before every start read another path
+    # (SQLite's file: URI) and called the state database unreadable.
+    r = subprocess.run([KELA_BROKER, "--home", str(home), "status"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert database_state(load_config(home)) == "ok"
 
 
 @pytest.mark.parametrize(("line", "expected"), [
@@ -79,3 +88,15 @@ def test_a_postgresql_url_gets_the_psycopg_driver(tmp_path: Path) -> None:
 def test_a_path_comes_back_from_its_url_exactly(parts: list[str]) -> None:
     path = Path("/", *parts, "state.db")
     assert sqlite_path(sqlite_url(path)) == path
+
+
+@pytest.mark.parametrize("name", [AWKWARD, "plain", "100%", "a?mode=rwc", "#x"])
+@pytest.mark.parametrize("mode", ["ro", "rw"])
+def test_sqlite_file_uris_open_the_file_named(tmp_path: Path, name: str, mode: str) -> None:
+    path = tmp_path / name / "state.db"
+    path.parent.mkdir()
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE marker (x)")
+    with contextlib.closing(sqlite3.connect(sqlite_file_uri(path, mode), uri=True)) as c:
+        assert c.execute("SELECT name FROM sqlite_master").fetchall() == [("marker",)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]

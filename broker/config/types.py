@@ -36,6 +36,14 @@ def sqlite_url(path: Path | str) -> str:
     return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
 
 
+def sqlite_file_uri(path: Path, mode: str) -> str:
+    """SQLite's own ``file:`` URI of ``path`` opened in ``mode`` (ro, rw), for
+    ``sqlite3.connect(..., uri=True)``: the path is percent-quoted for the same reason."""
+    from urllib.parse import quote
+
+    return f"file:{quote(str(path))}?mode={mode}"
+
+
 Format = Literal["xml-v2", "xml-v1", "csv"]
 FORMATS: tuple[str, ...] = ("xml-v2", "xml-v1", "csv")
 LANGUAGES: tuple[str, ...] = ("fi", "sv", "en")

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from sqlalchemy import Engine, insert, select
 
+from broker.config.types import sqlite_file_uri
 from broker.storage.audit import (
     GENESIS,
     AuditEvent,
@@ -61,7 +62,7 @@ class _Row(NamedTuple):
 def _legacy_rows(path: Path) -> list[_Row] | None:
     """The old rows; None when the file is gone (another process moved it just now)."""
     try:  # mode=rw: never create an empty file where the old one was
-        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+        conn = sqlite3.connect(sqlite_file_uri(path, "rw"), uri=True)
     except sqlite3.OperationalError:
         if path.exists():
             raise

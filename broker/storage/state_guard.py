@@ -18,6 +18,7 @@ from pathlib import Path
 from sqlalchemy.pool import NullPool
 
 from broker.config.settings import Config
+from broker.config.types import sqlite_file_uri
 from broker.errors import StoreError, StoreUnavailable
 from broker.storage.db_errors import DbFailure, kind_of, store_error
 
@@ -56,7 +57,7 @@ def database_state(config: Config) -> str:
     if path.stat().st_size == 0:
         return "empty"
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as c:
+        with sqlite3.connect(sqlite_file_uri(path, "ro"), uri=True) as c:
             n = c.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'"
                           " AND name = 'input_files'").fetchone()[0]
     except sqlite3.DatabaseError as exc:
