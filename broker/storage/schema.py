@@ -80,15 +80,20 @@ def ensure_schema(engine: Engine) -> Upgrade:
         if before == HEAD:
             return Upgrade(HEAD, HEAD)
         if before is None and not _has_tables(c):
-            metadata.create_all(c)
-            audit_metadata.create_all(c)
-            _alembic(c, "stamp", HEAD)
+            make_at_head(c)
             return Upgrade(None, HEAD)
         if before is None:
             _alembic(c, "stamp", BASELINE)
             before = BASELINE
         _alembic(c, "upgrade", HEAD)
         return Upgrade(before, HEAD)
+
+
+def make_at_head(conn: Connection) -> None:
+    """Make every table of a new database, stamped :data:`HEAD`, in ``conn``'s transaction."""
+    metadata.create_all(conn)
+    audit_metadata.create_all(conn)
+    _alembic(conn, "stamp", HEAD)
 
 
 def _alembic(conn: Connection, command: str, target: str) -> None:
