@@ -55,8 +55,9 @@ from adapters.ssh_policy import (
     fingerprint,
     load_or_create_host_key,
 )
+from broker.config.settings import Config
 from broker.storage.audit import AuditEvent
-from broker.storage.bans import BanList
+from broker.storage.bans import BANS_FILE, BanList
 from broker.storage.incomplete import upload_incomplete
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,25 @@ class SftpOptions:
     @property
     def incomplete_root(self) -> Path:
         return self.incomplete_dir or self.retain_dir.parent / "incomplete"
+
+    @classmethod
+    def from_config(cls, cfg: Config, host: str, port: int,
+                    incomplete_dir: Path) -> SftpOptions:
+        """The server's options from the home's config ([sftp] and its folders)."""
+        s = cfg.sftp
+        return cls(
+            host=host, port=port, host_key_path=cfg.var / "ssh_host_ed25519_key",
+            keys_dir=cfg.keys_dir, outbox_dir=cfg.outbox, inbox_dir=cfg.inbox,
+            retain_dir=cfg.var / "retained", organisations=frozenset(cfg.by_id),
+            idle_timeout=s.idle_timeout, login_grace=s.login_grace,
+            max_sessions_per_org=s.max_sessions_per_org, max_upload_bytes=s.max_upload_bytes,
+            ban_after_failures=s.ban_after_failures, ban_window=s.ban_window,
+            ban_seconds=s.ban_seconds, algorithms=s.algorithms,
+            bans_path=cfg.var / BANS_FILE, max_unauthenticated=s.max_unauthenticated,
+            max_unauthenticated_per_address=s.max_unauthenticated_per_address,
+            max_sessions_total=s.max_sessions_total,
+            max_handles_per_session=s.max_handles_per_session,
+            upload_quota_bytes=s.upload_quota_bytes, incomplete_dir=incomplete_dir)
 
 
 class SftpService:

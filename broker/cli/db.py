@@ -84,7 +84,6 @@ def copy(ctx: click.Context, target_url: str) -> None:
     Stop the daemon first. Nothing is changed in the source; a copy that fails leaves
     the target empty. Then point [storage] url at the target.
     """
-    import json
     import os
     import time
     from pathlib import Path
@@ -94,6 +93,7 @@ def copy(ctx: click.Context, target_url: str) -> None:
 
     from broker.config.types import sqlite_path, sqlite_url
     from broker.errors import StoreError
+    from broker.runtime.run_file import running_pid
     from broker.storage.db import open_engine
     from broker.storage.db_copy import copy_database
     from broker.storage.db_errors import store_error
@@ -123,13 +123,8 @@ def copy(ctx: click.Context, target_url: str) -> None:
     if state != "ok":
         fail(f"the home's database ({store_name(cfg)}) is not there to copy: {state}")
         return
-    running = cfg.var / "run.json"
-    try:
-        pid = int(json.loads(running.read_text())["pid"])
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no daemon, or a stale run file of one that is gone
-    else:
+    pid = running_pid(cfg.var)
+    if pid is not None:
         fail(f"the daemon is running on this home (pid {pid}): stop it first, so that "
              "nothing is written while the copy reads")
         return

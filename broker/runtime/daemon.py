@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import signal
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,15 +37,14 @@ from broker.runtime.idle import Activity, stop_when_idle, waiting_files
 from broker.runtime.inputs import Inputs
 from broker.runtime.metrics import Metrics
 from broker.runtime.push_runner import PushRunner
-from broker.runtime.retention import purge_all
+from broker.runtime.retention import purge_everything
+from broker.runtime.run_file import remove_run_file, write_run_file
 from broker.storage import pushes
 from broker.storage.audit import HEAD_FILE, AuditEvent
 from broker.storage.audit_writer import start_trail
-from broker.storage.bans import BANS_FILE
 from broker.storage.db_errors import describe
-from broker.storage.files import atomic_write, file_digest, is_hidden_or_partial, private_dir
+from broker.storage.files import file_digest, is_hidden_or_partial, private_dir
 from broker.storage.incomplete import (
-    purge_incomplete,
     upload_incomplete,
 )
 from broker.storage.state_db import make_engine
@@ -188,10 +184,7 @@ class Daemon:
         if path == WAKE:
             self.release_pass()
         elif path == PURGE:
-            fragments = purge_incomplete(incomplete_dir(self.config), cfg.inbox,
-                                         cfg.stale_upload_hours * 3600, time.time(),
-                                         self.sftp.is_writing)
-            gone = purge_all(cfg, utcnow()) + len(fragments)
+            gone = purge_everything(cfg, utcnow(), self.sftp.is_writing)
             if gone:
                 log.info("retention: removed files past their retention period", count=gone)
         elif is_hidden_or_partial(path.name):
@@ -286,7 +279,7 @@ class Daemon:
         self.pushes.stop()
         self._worker.shutdown(wait=True)  # let an ingest in progress finish its transaction
         self.audit.stop()  # after everything that submits: commits what is queued
-        (self.config.var / "run.json").unlink(missing_ok=True)
+        remove_run_file(self.config.var)
         log.info("stopped")
 
     # -- helpers -------------------------------------------------------------------
@@ -403,25 +396,9 @@ class Daemon:
 
     def _sftp_options(self, cfg: Config) -> SftpOptions:
         host, port = self._sftp_addr()
-        s = cfg.sftp
-        return SftpOptions(
-            host=host, port=port, host_key_path=cfg.var / "ssh_host_ed25519_key",
-            keys_dir=cfg.keys_dir, outbox_dir=cfg.outbox, inbox_dir=cfg.inbox,
-            retain_dir=cfg.var / "retained", organisations=frozenset(cfg.by_id),
-            idle_timeout=s.idle_timeout, login_grace=s.login_grace,
-            max_sessions_per_org=s.max_sessions_per_org, max_upload_bytes=s.max_upload_bytes,
-            ban_after_failures=s.ban_after_failures, ban_window=s.ban_window,
-            ban_seconds=s.ban_seconds, algorithms=s.algorithms,
-            bans_path=cfg.var / BANS_FILE, max_unauthenticated=s.max_unauthenticated,
-            max_unauthenticated_per_address=s.max_unauthenticated_per_address,
-            max_sessions_total=s.max_sessions_total,
-            max_handles_per_session=s.max_handles_per_session,
-            upload_quota_bytes=s.upload_quota_bytes, incomplete_dir=incomplete_dir(cfg))
+        return SftpOptions.from_config(cfg, host, port, incomplete_dir(cfg))
 
     def _write_run_file(self, sftp_port: int) -> None:
-        """Where the running daemon listens, for operators' tools and tests."""
-        atomic_write(self.config.var / "run.json", json.dumps({
-            "pid": os.getpid(), "sftp_port": sftp_port,
-            "metrics_port": self.metrics_server.port,
-            "host_key": self.sftp.host_key_fingerprint}).encode())
-
+        write_run_file(self.config.var, sftp_port=sftp_port,
+                       metrics_port=self.metrics_server.port,
+                       host_key=self.sftp.host_key_fingerprint)

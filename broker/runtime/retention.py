@@ -12,11 +12,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from broker.runtime.cut_uploads import incomplete_dir
 from broker.storage.files import is_hidden_or_partial
+from broker.storage.incomplete import purge_incomplete
 
 if TYPE_CHECKING:
     from broker.config.settings import Config
@@ -67,3 +70,12 @@ def purge_all(config: Config, now: datetime) -> int:
         n += len(stale_uploads(config.inbox / org.id,
                                timedelta(hours=config.stale_upload_hours), now))
     return n
+
+
+def purge_everything(config: Config, now: datetime,
+                     is_writing: Callable[[Path], bool]) -> int:
+    """The daemon's hourly purge: every retention rule, and the fragments of cut uploads
+    nobody resumed (a file an SFTP client is still writing is left alone)."""
+    fragments = purge_incomplete(incomplete_dir(config), config.inbox,
+                                 config.stale_upload_hours * 3600, now.timestamp(), is_writing)
+    return purge_all(config, now) + len(fragments)
