@@ -124,6 +124,10 @@ class StoreUnavailable(StoreError):
     """The database server cannot be reached."""
 
 
+class HomeBusy(BrokerError):
+    """Another daemon (or a ``db copy``) is using this home now."""
+
+
 class PathError(BrokerError):
     """A client path tried to leave its root or reach something it may not."""
 

@@ -25,6 +25,7 @@ from broker.config.settings import load_config
 from broker.config.types import sqlite_url
 from broker.intake.ingest import ingest_batch
 from broker.intake.synthetic import write_batch
+from broker.runtime.run_file import home_lock
 from broker.storage.db import open_engine
 from broker.storage.db_copy import copy_database, tables_in_order
 from broker.storage.state_db import make_engine
@@ -154,13 +155,50 @@ def test_generated_ids_in_the_copy_never_collide(tmp_path: Path, other_url: str)
 def test_copy_refuses_while_the_daemon_runs_and_into_the_home_itself(
         tmp_path: Path, other_url: str) -> None:
     env = _used_env(tmp_path)
-    run = env.config.var / "run.json"
-    run.write_text(json.dumps({"pid": os.getpid()}))  # a live process: ours
-    r = _cli(env.home, "db", "copy", other_url)
-    assert r.returncode == 1 and "daemon is running" in r.stderr
-    run.write_text(json.dumps({"pid": 2**22 + 1}))  # above pid_max: a stale file
+    with home_lock(env.config.var, "start"):  # what a running daemon holds
+        r = _cli(env.home, "db", "copy", other_url)
+    assert r.returncode == 1 and "daemon is running on this home" in r.stderr
+    (env.config.var / "run.json").write_text(json.dumps({"pid": os.getpid()}))
     own = _cli(env.home, "db", "copy", env.config.storage_url)
     assert own.returncode == 1 and "own database" in own.stderr
     with open_engine(other_url).connect() as c:
         assert inspect(c).get_table_names() == []
+    # A run file left by a daemon killed outright holds nothing back: the lock went with it.
     assert _cli(env.home, "db", "copy", other_url).returncode == 0
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("postgresql://broker:s3cret@db.example:abc/kela", "not a database URL"),
+    ("postgresql:/broker:s3cret@db.example/kela", "must be sqlite:///"),
+    ("mysql://broker:s3cret@db.example/kela", "must be sqlite:///"),
+    ("postgresql+psycopg2://broker:s3cret@db.example/kela", "psycopg is the driver"),
+    ("sqlite://", "in-memory"),
+    ("sqlite:///:memory:", "in-memory"),
+])
+def test_an_unusable_target_is_refused_without_echoing_its_password(
+        tmp_path: Path, url: str, says: str) -> None:
+    env = make_env(tmp_path, release=False)
+    r = _cli(env.home, "db", "copy", url)
+    assert r.returncode == 1 and says in r.stderr, r.stderr
+    assert "s3cret" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.sqlite_only  # its target is then a PostgreSQL database
+def test_a_password_in_the_query_is_never_shown(tmp_path: Path, other_url: str) -> None:
+    env = make_env(tmp_path, release=False)
+    r = _cli(env.home, "db", "copy", other_url + "?password=s3cret")
+    assert r.returncode == 0, r.stderr
+    assert "postgresql+psycopg://" in r.stdout and "s3cret" not in r.stdout + r.stderr
+
+
+@pytest.mark.sqlite_only  # from SQLite to another SQLite file: the target's mode
+def test_a_sqlite_target_is_private_even_if_it_was_there(tmp_path: Path) -> None:
+    env = make_env(tmp_path, release=False)
+    target = tmp_path / "elsewhere" / "state.db"
+    target.parent.mkdir()
+    target.touch(mode=0o644)
+    target.chmod(0o644)
+    r = _cli(env.home, "db", "copy", sqlite_url(target))
+    assert r.returncode == 0, r.stderr
+    for f in target.parent.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o600, f

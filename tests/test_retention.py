@@ -69,3 +69,34 @@ def test_every_retention_rule_of_a_home(tmp_path: Path) -> None:
         days=max(cfg.archive_days, cfg.quarantine_days, cfg.retention_days) + 1)
     assert purge_all(cfg, later) == 3
     assert files["complete"].exists() and (home / "var" / "archive").is_dir()
+
+
+def test_the_hourly_purge_takes_retention_and_unresumed_fragments_together(
+        tmp_path: Path) -> None:
+    """The daemon's one purge (retention.purge_everything): the retention rules, and the
+    fragment of a cut upload nobody resumed, but never one a client is still writing."""
+    import shutil
+
+    from broker.config.settings import load_config
+    from broker.runtime.retention import purge_everything
+    from broker.storage.incomplete import CUT, mark_incomplete, marker_path
+
+    home = tmp_path / "home"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "config", home / "config",
+                    ignore=shutil.ignore_patterns("keys"))
+    cfg = load_config(home)
+    incomplete = home / "var" / "incomplete"
+    archived = home / "var" / "archive" / "kela" / "a.xml"
+    archived.parent.mkdir(parents=True)
+    archived.write_text("x")
+    for name in ("cut.xml", "writing.xml"):
+        (home / "inbox" / "pirha").mkdir(parents=True, exist_ok=True)
+        (home / "inbox" / "pirha" / name).write_bytes(b"<half")
+        mark_incomplete(incomplete, "pirha", name, CUT, 5)
+        marker = marker_path(incomplete, "pirha", name)
+        os.utime(marker, (marker.stat().st_mtime - 7200,) * 2)
+    later = datetime.now(UTC) + timedelta(days=cfg.archive_days + 1, hours=cfg.stale_upload_hours)
+    gone = purge_everything(cfg, later, incomplete, lambda p: p.name == "writing.xml")
+    assert gone == 2
+    assert not archived.exists() and not (home / "inbox" / "pirha" / "cut.xml").exists()
+    assert (home / "inbox" / "pirha" / "writing.xml").exists()

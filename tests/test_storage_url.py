@@ -100,3 +100,13 @@ def test_sqlite_file_uris_open_the_file_named(tmp_path: Path, name: str, mode: s
     with contextlib.closing(sqlite3.connect(sqlite_file_uri(path, mode), uri=True)) as c:
         assert c.execute("SELECT name FROM sqlite_master").fetchall() == [("marker",)]
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_refused_by_the_config_check(tmp_path: Path, url: str) -> None:
+    """It would keep nothing across a restart (and crashed at the engine before)."""
+    from broker.errors import ConfigErrors
+
+    home = _home(tmp_path / "home", f'url = "{url}"')
+    with pytest.raises(ConfigErrors, match="in-memory database"):
+        load_config(home)

@@ -81,71 +81,72 @@ def copy(ctx: click.Context, target_url: str) -> None:
     """Copy the whole state database to TARGET_URL, a new, empty database: moving a home
     from SQLite to PostgreSQL (postgresql://user@host/db), or back (sqlite:///path/x.db).
 
-    Stop the daemon first. Nothing is changed in the source; a copy that fails leaves
-    the target empty. Then point [storage] url at the target.
+    Stop the daemon first (the copy refuses while it runs, and holds it off meanwhile).
+    Nothing is changed in the source; a copy that fails leaves the target empty. A
+    relative SQLite path is the current folder's. Then point [storage] url at the target.
     """
     import os
     import time
     from pathlib import Path
 
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, DBAPIError
+    from sqlalchemy.exc import DBAPIError
 
-    from broker.config.types import sqlite_path, sqlite_url
-    from broker.errors import StoreError
-    from broker.runtime.run_file import running_pid
+    from broker.errors import HomeBusy, StoreError
+    from broker.runtime.run_file import home_lock
     from broker.storage.db import open_engine
-    from broker.storage.db_copy import copy_database
+    from broker.storage.db_copy import copy_database, target_of
     from broker.storage.db_errors import store_error
     from broker.storage.state_guard import database_state, store_name
 
     cfg = home_of(ctx).config
-    url = target_url
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        fail(f"{target_url!r} is not a database URL (sqlite:///path or "
-             "postgresql://user@host/database)")
+        target = target_of(target_url, Path.cwd())
+    except StoreError as exc:
+        fail(str(exc))
         return
-    path = sqlite_path(url)
-    if path is not None:  # a path on the command line is the shell's, not the home's
-        path = path if path.is_absolute() else Path.cwd() / path
-        url = shown = sqlite_url(path)
-    elif make_url(url).get_backend_name() != "postgresql":
-        fail(f"the target must be a SQLite file or a PostgreSQL database, not {shown}")
-        return
-    if url == cfg.storage_url or (path is not None and path == cfg.database):
+    own = cfg.database
+    if target.url == cfg.storage_url or (
+            target.path is not None and own is not None and target.path.exists()
+            and own.exists() and os.path.samefile(target.path, own)):
         fail("the target is the home's own database")
         return
     state = database_state(cfg)
     if state != "ok":
         fail(f"the home's database ({store_name(cfg)}) is not there to copy: {state}")
         return
-    pid = running_pid(cfg.var)
-    if pid is not None:
-        fail(f"the daemon is running on this home (pid {pid}): stop it first, so that "
-             "nothing is written while the copy reads")
-        return
-    if path is not None and not path.exists():  # the state is personal data: 0600 at once
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    source, target = open_engine(cfg.storage_url), open_engine(url)
     started = time.monotonic()
     try:
-        done = copy_database(source, target, on_table=lambda name, n: click.echo(
-            f"  {name}: {n} rows"))
+        # Held for the whole copy: no daemon starts on the home meanwhile (run_file).
+        with home_lock(cfg.var, "copy the state database"):
+            if target.path is not None:  # the state is personal data: 0600 before any byte
+                target.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.close(os.open(target.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+                                 0o600))
+                target.path.chmod(0o600)  # one that was there keeps its mode otherwise
+            source = open_engine(cfg.storage_url)
+            try:
+                dest = open_engine(target.url)
+                try:
+                    done = copy_database(source, dest, on_table=lambda name, n: click.echo(
+                        f"  {name}: {n} rows"))
+                finally:
+                    dest.dispose()
+            finally:
+                source.dispose()
+    except HomeBusy as exc:
+        fail(str(exc))
+        return
     except StoreError as exc:
         fail(f"{exc}; the target was left as it was")
         return
     except DBAPIError as exc:  # through the one mapping: no traceback, no values
-        fail(f"{store_error(exc)}; the target was left as it was")
+        fail(f"copying to {target.shown}: {store_error(exc)}; the target was left as it was")
         return
-    finally:
-        source.dispose()
-        target.dispose()
+    except OSError as exc:
+        fail(f"the target {target.shown}: {exc.strerror or exc}; nothing was copied")
+        return
     click.echo(f"copied {done.rows} rows of {len(done.tables)} tables from "
-               f"{store_name(cfg)} to {shown} in {time.monotonic() - started:.1f} s")
+               f"{store_name(cfg)} to {target.shown} in {time.monotonic() - started:.1f} s")
     click.echo("to use the copy, set in config/broker.toml (with the password, if any):\n"
-               f'[storage]\nurl = "{shown}"')
+               f'[storage]\nurl = "{target.shown}"')
+

@@ -12,7 +12,7 @@ from broker.cli.common import fail, home_of
 from broker.config.municipalities import load_register, packaged_register_path
 from broker.config.sample import render_sample
 from broker.config.settings import Config, load_config, parse_host_port
-from broker.errors import ConfigError, ConfigErrors, StoreError
+from broker.errors import ConfigError, ConfigErrors, HomeBusy, StoreError
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -49,6 +49,8 @@ def run(ctx: click.Context, sftp_listen: str | None, metrics_listen: str | None,
         fail(f"configuration is not valid:\n{exc}")
     except StoreError as exc:
         fail(f"cannot start: {exc}")
+    except HomeBusy as exc:
+        fail(str(exc))
 
 
 @click.command()

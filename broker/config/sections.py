@@ -128,11 +128,15 @@ def parse_storage(r: Reader, storage: Any, broker: Mapping[str, Any], home: Path
         return sqlite_url(home / "var/state.db")
     if scheme == "postgresql":
         return url.replace("postgresql://", "postgresql+psycopg://", 1)
-    if scheme == "sqlite" and u.database and u.database != ":memory:":
-        # sqlite:///relative/path (three slashes) is relative to the home, not to the cwd;
-        # the URL is made again, so the home's own path is quoted in it.
-        return u.set(database=str(home / u.database)).render_as_string(hide_password=False)
-    return url
+    if scheme != "sqlite":
+        return url
+    if not u.database or u.database == ":memory:":
+        r.error("names an in-memory database, which keeps nothing: name a file "
+                "(sqlite:///var/state.db)", "storage", "url")
+        return sqlite_url(home / "var/state.db")
+    # sqlite:///relative/path (three slashes) is relative to the home, not to the cwd;
+    # the URL is made again, so the home's own path is quoted in it.
+    return u.set(database=str(home / u.database)).render_as_string(hide_password=False)
 
 
 def parse_handover(r: Reader, table: Any, ids: set[str]) -> dict[str, str]:

@@ -38,10 +38,13 @@ def sqlite_url(path: Path | str) -> str:
 
 def sqlite_file_uri(path: Path, mode: str) -> str:
     """SQLite's own ``file:`` URI of ``path`` opened in ``mode`` (ro, rw), for
-    ``sqlite3.connect(..., uri=True)``: the path is percent-quoted for the same reason."""
+    ``sqlite3.connect(..., uri=True)``: the path is percent-quoted for the same reason
+    (its bytes, so a name that is not UTF-8 works too), after an empty authority."""
+    import os
     from urllib.parse import quote
 
-    return f"file:{quote(str(path))}?mode={mode}"
+    where = quote(os.fsencode(path))
+    return f"file://{where}?mode={mode}" if path.is_absolute() else f"file:{where}?mode={mode}"
 
 
 Format = Literal["xml-v2", "xml-v1", "csv"]

@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from broker.runtime.cut_uploads import incomplete_dir
 from broker.storage.files import is_hidden_or_partial
 from broker.storage.incomplete import purge_incomplete
 
@@ -72,10 +71,11 @@ def purge_all(config: Config, now: datetime) -> int:
     return n
 
 
-def purge_everything(config: Config, now: datetime,
+def purge_everything(config: Config, now: datetime, incomplete: Path,
                      is_writing: Callable[[Path], bool]) -> int:
     """The daemon's hourly purge: every retention rule, and the fragments of cut uploads
-    nobody resumed (a file an SFTP client is still writing is left alone)."""
-    fragments = purge_incomplete(incomplete_dir(config), config.inbox,
+    nobody resumed (``incomplete``: their markers; a file an SFTP client is still
+    writing is left alone)."""
+    fragments = purge_incomplete(incomplete, config.inbox,
                                  config.stale_upload_hours * 3600, now.timestamp(), is_writing)
     return purge_all(config, now) + len(fragments)

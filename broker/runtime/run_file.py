@@ -1,18 +1,46 @@
-"""``var/run.json``: where the running daemon listens, for operators' tools and tests.
+"""A running daemon's marks in its home: ``var/daemon.lock`` and ``var/run.json``.
 
-Written last at start (tools and tests take it as "ready") and removed at a clean stop;
-a daemon killed outright leaves it behind, so its pid is checked before it is believed.
+The lock is held for the daemon's whole life, from before its first write to the state
+to its exit (the kernel drops it when the process dies, however it dies): a second
+daemon on the home, or a ``db copy`` that must read a state nobody writes, is refused
+instead of racing it. ``run.json`` says where the daemon listens, for operators' tools and
+tests: written last at start (tools take it as "ready") and removed at a clean stop; a
+daemon killed outright leaves it behind, so its pid is checked before it is believed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from broker.storage.files import atomic_write
+from broker.errors import HomeBusy
+from broker.storage.files import atomic_write, private_dir
 
 RUN_FILE = "run.json"
+LOCK_FILE = "daemon.lock"
+
+
+@contextlib.contextmanager
+def home_lock(var: Path, who: str) -> Iterator[None]:
+    """Hold the home's lock while the block runs; HomeBusy at once if another holds it.
+    ``who`` says what is refused ("start", "copy the state database")."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+    fd = os.open(private_dir(var) / LOCK_FILE, flags, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = running_pid(var)
+            raise HomeBusy(f"cannot {who}: the daemon is running on this home"
+                           f"{f' (pid {pid})' if pid else ''}, or a 'db copy' of it; stop it "
+                           "first") from None
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def write_run_file(var: Path, *, sftp_port: int, metrics_port: int, host_key: str) -> None:
@@ -38,6 +66,6 @@ def running_pid(var: Path) -> int | None:
         os.kill(pid, 0)  # signal 0: only asks whether it is there
     except PermissionError:
         return pid  # there, under another user
-    except OSError:
+    except (OSError, OverflowError):
         return None
     return pid

@@ -16,12 +16,15 @@ while the home's daemon is running).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine, Table, func, inspect, select
 from sqlalchemy.engine import Connection
 
+from broker.config.types import sqlite_path, sqlite_url
 from broker.errors import StoreError
 from broker.storage.bulk import Many
 from broker.storage.db import audit_metadata, metadata, serialize, writer
@@ -46,6 +49,39 @@ class Copied:
         return sum(self.tables.values())
 
 
+@dataclass(frozen=True)
+class Target:
+    url: str  # for the engine: the password as given
+    shown: str  # for people: no password, no query (where ?password= may be)
+    path: Path | None  # the SQLite file, absolute; None on a server
+
+
+def target_of(given: str, cwd: Path) -> Target:
+    """The target database of ``db copy`` from the command line's URL; CopyRefused (with a
+    message that never repeats what was given: it may hold a password) if unusable. A
+    relative SQLite path is the shell's (``cwd``), as for any command line argument."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    scheme = given.partition("://")[0]
+    if scheme not in ("sqlite", "postgresql", "postgresql+psycopg"):
+        raise CopyRefused("the target must be sqlite:///path/to/file.db or "
+                          "postgresql://user@host/database (psycopg is the driver)")
+    url = given.replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018 -- a port that is not a number fails here
+    except (ArgumentError, ValueError):
+        raise CopyRefused("the target is not a database URL (user@host:port/database)") from None
+    if scheme != "sqlite":
+        return Target(url, parsed.set(query={}).render_as_string(hide_password=True), None)
+    path = sqlite_path(url)
+    if path is None:
+        raise CopyRefused("the target must be a SQLite file, not an in-memory database")
+    path = Path(os.path.abspath(cwd / path))
+    return Target(sqlite_url(path), sqlite_url(path), path)
+
+
 def tables_in_order() -> list[Table]:
     """Every table of the state database, each after the tables it refers to."""
     assert TABLE_MODULES  # imported: every table is on the metadata
@@ -59,7 +95,8 @@ def copy_database(source: Engine, target: Engine,
     with source.connect() as src:
         if src.dialect.name == "postgresql":
             # One snapshot for every table's read (SQLite's read transaction is one too).
-            src = src.execution_options(isolation_level="REPEATABLE READ")
+            src = src.execution_options(isolation_level="REPEATABLE READ",
+                                        postgresql_readonly=True)
         with src.begin():
             found = revision(src)
             if found != HEAD:
@@ -89,8 +126,8 @@ def _copy_table(src: Connection, dst: Connection, table: Table) -> int:
     rows = Many(dst, table, names)
     key = list(table.primary_key.columns)
     size = BLOB_BATCH if table.name == "blobs" else BATCH
-    result = src.execution_options(stream_results=True, yield_per=size).execute(
-        select(*table.columns).order_by(*key))  # in key order: a row after those it names
+    result = src.execute(select(*table.columns).order_by(*key)  # a row after those it names
+                         .execution_options(yield_per=size))
     n = 0
     for part in result.partitions(size):
         n += rows.run(part)
