@@ -44,6 +44,7 @@ from sqlalchemy import (
     Column,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     String,
     Table,
@@ -81,7 +82,11 @@ audit_table = Table(
     Column("detail", Text, nullable=True),
     Column("prev_hash", String(64), nullable=False, unique=True),
     Column("row_hash", String(64), nullable=False),
+    # The daemon's writer's key for the event (not part of the hash): a commit whose
+    # outcome a dropped connection hid is found by it, not written twice (AuditWriter).
+    Column("event_key", String(32), nullable=True),
 )
+Index("ux_audit_event_key", audit_table.c.event_key, unique=True)
 
 # Whose data an event carried: one row per notification/list (and person) in it, so
 # ``audit person`` is an index lookup, not a scan of every event.
@@ -218,7 +223,7 @@ def anchor_genesis(path: Path) -> None:
 
 
 def append_at(conn: Connection, stamped: Iterable[tuple[AuditEvent, str]],
-              anchor: Path | None = None) -> list[int]:
+              anchor: Path | None = None, keys: Sequence[str] | None = None) -> list[int]:
     """Chain ``(event, at)`` pairs onto the trail inside the caller's transaction.
 
     The transaction must be a writer's (``writer(engine).begin()``): on SQLite it holds
@@ -228,20 +233,22 @@ def append_at(conn: Connection, stamped: Iterable[tuple[AuditEvent, str]],
     ``anchor``: the home's anchor file, which the caller writes after the commit. The
     first rows of an empty trail anchor its genesis before they are committed, so a crash
     between that first commit and its anchor leaves an anchor that lags (as after any
-    later commit), never none at all, which ``verify`` must report as rows cut off."""
+    later commit), never none at all, which ``verify`` must report as rows cut off.
+
+    ``keys``: one per event, stored beside it (the column ``event_key``)."""
     serialize(conn, "audit")
     row_id, prev = head(conn)
     if anchor is not None and row_id == 0:
         anchor_genesis(anchor)
     ids: list[int] = []
     refs: list[tuple[int, str | None, str | None]] = []
-    for event, at in stamped:
+    for n, (event, at) in enumerate(stamped):
         row_id += 1
         digest = row_hash(row_id, at, event, prev)
         conn.execute(insert(audit_table).values(
             id=row_id, at=at, action=event.action, org=event.org, address=event.address,
             path=event.path, size=event.size, sha256=event.sha256, detail=event.detail,
-            prev_hash=prev, row_hash=digest))
+            prev_hash=prev, row_hash=digest, event_key=keys[n] if keys else None))
         refs.extend((row_id, r.item, r.person) for r in event.refs)
         prev = digest
         ids.append(row_id)

@@ -14,23 +14,34 @@ import contextlib
 import queue
 import threading
 import time
+import uuid
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from broker import logs
-from broker.storage.audit import HEAD_FILE, LEGACY_FILE, AuditEvent, append_at, head, timestamp
+from broker.errors import StoreError
+from broker.storage.audit import (
+    HEAD_FILE,
+    LEGACY_FILE,
+    AuditEvent,
+    append_at,
+    audit_table,
+    head,
+    timestamp,
+)
 from broker.storage.audit_anchor import Anchor, write_anchor
 from broker.storage.audit_legacy import migrate_legacy
-from broker.storage.db import writer
-from broker.storage.db_errors import is_busy, is_conflict
+from broker.storage.db import in_chunks, writer
+from broker.storage.db_errors import DbFailure, kind_of
 
 log = logs.get("broker.storage.audit")
 
-_Job = tuple[AuditEvent, str, "Future[int]"]
+_Job = tuple[AuditEvent, str, "Future[int]", str]  # event, its time, its waiter, its key
 
 
 # How long a stopping writer still waits for a locked database before it gives up.
@@ -67,7 +78,7 @@ class AuditWriter:
         with self._lock:
             if self._thread is None or self._stopping or not self._thread.is_alive():
                 raise RuntimeError("audit writer is not running")
-            self._queue.put((event, at, future))
+            self._queue.put((event, at, future, uuid.uuid4().hex))
         return future
 
     def stop(self) -> None:
@@ -100,7 +111,7 @@ class AuditWriter:
             try:
                 self._commit(group)
             except Exception as exc:  # never die with waiters left hanging
-                for _, _, future in group:
+                for _, _, future, _ in group:
                     if not future.done():
                         future.set_exception(exc)
                 with contextlib.suppress(Exception):  # not even if logging fails
@@ -111,19 +122,27 @@ class AuditWriter:
         if not pending:
             return
         delay, started, warn_at = 0.05, time.monotonic(), 10.0
+        unsure = False  # a try whose commit may have happened (the connection dropped)
         while True:
             try:
                 with self._engine.begin() as conn:
-                    ids = append_at(conn, [(e, at) for e, at, _ in pending], self._anchor)
-                    head_hash = head(conn)[1]
+                    ids = _committed(conn, pending) if unsure else None
+                    if ids is None:
+                        ids = append_at(conn, [(e, at) for e, at, _, _ in pending],
+                                        self._anchor, [key for *_, key in pending])
+                    anchor = Anchor(*head(conn))
                 break
             except DBAPIError as exc:
                 # Busy, not broken: an ingest holds the write lock for as long as it
-                # stores a big batch (seconds), or another process chained first. A
+                # stores a big batch (seconds), or another process chained first. Away,
+                # not broken: the server restarts or fails over, and a commit sent as the
+                # connection dropped may or may not have happened (the keys tell). A
                 # disclosure must never go unrecorded, so wait (the SFTP reply waits too).
-                if not (is_busy(exc) or is_conflict(exc)):
+                kind = kind_of(exc)
+                if kind not in (DbFailure.BUSY, DbFailure.CONFLICT, DbFailure.UNAVAILABLE):
                     self._fail(pending, exc)
                     return
+                unsure = unsure or kind is DbFailure.UNAVAILABLE
                 waited = time.monotonic() - started  # each try waits the busy timeout too
                 if self._stopping and waited >= STOP_WAIT_SECONDS:
                     self._fail(pending, exc)  # shutting down: do not hang on a lock forever
@@ -132,29 +151,46 @@ class AuditWriter:
                 delay = min(delay * 2, 1.0)
                 if waited >= warn_at:
                     warn_at += 30
-                    log.warning("audit: the state database is busy; still waiting",
-                                seconds=round(waited), events=len(pending))
+                    log.warning("audit: the state database cannot take the events; still "
+                                "waiting", why=kind.value, seconds=round(waited),
+                                events=len(pending))
             except Exception as exc:
                 self._fail(pending, exc)
                 return
         self.commits += 1
         if self._anchor is not None:
             try:
-                write_anchor(self._anchor, Anchor(ids[-1], head_hash))
+                write_anchor(self._anchor, anchor)
             except OSError as exc:  # the rows are committed; the anchor lags until next
                 log.error("audit: anchoring the head failed", exc_info=exc)
-        for (_, _, future), row_id in zip(pending, ids, strict=True):
+        for (_, _, future, _), row_id in zip(pending, ids, strict=True):
             future.set_result(row_id)
 
     @staticmethod
     def _fail(pending: list[_Job], exc: Exception) -> None:
         """Every waiter learns it (first: a failing log call must not hide it); the
         thread goes on."""
-        for _, _, future in pending:
+        for _, _, future, _ in pending:
             if not future.done():
                 future.set_exception(exc)
         with contextlib.suppress(Exception):
             log.error("audit: group commit failed", events=len(pending), exc_info=exc)
+
+
+def _committed(conn: Connection, pending: list[_Job]) -> list[int] | None:
+    """The row ids of ``pending`` if an earlier try did commit them (its connection
+    dropped before it could say); None if it did not. One transaction: all or none."""
+    keys = [key for *_, key in pending]
+    found: dict[str, int] = {}
+    for chunk in in_chunks(keys):
+        found.update((key, row_id) for key, row_id in conn.execute(
+            select(audit_table.c.event_key, audit_table.c.id)
+            .where(audit_table.c.event_key.in_(chunk))))
+    if not found:
+        return None
+    if len(found) != len(keys):  # cannot be: one transaction commits all its rows or none
+        raise StoreError(f"audit: {len(found)} of {len(keys)} events of one commit found")
+    return [found[key] for key in keys]
 
 
 def start_trail(engine: Engine, var: Path, now: datetime) -> AuditWriter:
