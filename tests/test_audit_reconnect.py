@@ -138,3 +138,33 @@ def test_events_wait_out_a_server_restart_and_are_recorded_once(tmp_path: Path) 
         assert [r[1] for r in _rows(engine)] == ["login", "download"]
         assert verify(engine, cfg.var / HEAD_FILE) == []
         engine.dispose()
+
+
+def test_a_bad_event_fails_at_once_and_the_events_after_it_go_on(env: Env) -> None:
+    """Waiting is for a server that went away, not for a statement the driver refuses
+    (psycopg's own errors carry no SQLSTATE): one bad value must not hold up the trail."""
+    w = AuditWriter(env.store.engine, env.config.var / HEAD_FILE)
+    w.start()
+    try:
+        bad = w.submit(AuditEvent("download", "pirha", detail={"not": "text"}))  # type: ignore[arg-type]
+        with pytest.raises(Exception):  # noqa: B017 -- the driver's own words differ by engine
+            bad.result(timeout=15)
+        assert w.submit(AuditEvent("download", "pirha")).result(timeout=15) > 0
+    finally:
+        w.stop()
+    assert verify(env.store.engine, env.config.var / HEAD_FILE) == []
+
+
+@pytest.mark.sqlite_only  # the mapping alone: no database
+def test_a_driver_error_without_sqlstate_is_unavailable_only_for_a_connection() -> None:
+    from sqlalchemy.exc import DataError, InterfaceError, ProgrammingError
+
+    from broker.storage.db_errors import DbFailure, kind_of
+
+    class NoState(Exception):
+        sqlstate = None
+
+    assert kind_of(OperationalError("x", {}, NoState())) is DbFailure.UNAVAILABLE
+    assert kind_of(InterfaceError("x", {}, NoState())) is DbFailure.UNAVAILABLE
+    assert kind_of(DataError("x", {}, NoState())) is DbFailure.BROKEN
+    assert kind_of(ProgrammingError("x", {}, NoState())) is DbFailure.BROKEN

@@ -256,3 +256,27 @@ def test_migrations_run_from_an_install_path_with_a_percent_sign(
     home = _old_home(tmp_path)
     upgrade = schema.ensure_schema(open_engine(home / "var" / "state.db"))
     assert upgrade.after == HEAD and upgrade.changed
+
+
+@pytest.mark.both_engines
+def test_the_audit_key_migration_goes_down_and_up_with_releases_recorded(
+        tmp_path: Path, storage: str) -> None:
+    """Down to 0004 once audit rows have references (a release): a table rebuild would
+    trip over audit_refs' foreign key."""
+    from response_support import make_env
+    from sqlalchemy import inspect
+
+    from broker.storage.db import writer
+    from broker.storage.schema import _alembic
+
+    env = make_env(tmp_path)  # ingested and released: audit rows with references
+    engine = env.store.engine
+    with writer(engine).begin() as c:
+        _alembic(c, "downgrade", "0004")
+    with engine.connect() as c:
+        assert revision(c) == "0004"
+        assert "event_key" not in {col["name"] for col in inspect(c).get_columns("audit_log")}
+    with writer(engine).begin() as c:
+        _alembic(c, "upgrade", HEAD)
+    with engine.connect() as c:
+        assert revision(c) == HEAD

@@ -38,7 +38,7 @@ from broker.runtime.inputs import Inputs
 from broker.runtime.metrics import Metrics
 from broker.runtime.push_runner import PushRunner
 from broker.runtime.retention import purge_everything
-from broker.runtime.run_file import home_lock, remove_run_file, write_run_file
+from broker.runtime.run_file import hold_home_lock, remove_run_file, write_run_file
 from broker.storage import pushes
 from broker.storage.audit import HEAD_FILE, AuditEvent
 from broker.storage.audit_writer import start_trail
@@ -153,16 +153,17 @@ class Daemon:
 
     # -- loop --------------------------------------------------------------------
     async def run(self) -> None:
-        # The home's lock before the first write to its state (broker.runtime.run_file).
-        with home_lock(self.config.var, "start"):
-            await self.start()
-            if self.overrides.until_idle:
-                self._idle_watch = asyncio.ensure_future(
-                    stop_when_idle(self._activity, utcnow, self.stop))
-            try:
-                await self.loop_forever()
-            finally:
-                await self.shutdown()
+        # The home's lock before the first write to its state, held until the process
+        # exits (broker.runtime.run_file).
+        hold_home_lock(self.config.var, "start")
+        await self.start()
+        if self.overrides.until_idle:
+            self._idle_watch = asyncio.ensure_future(
+                stop_when_idle(self._activity, utcnow, self.stop))
+        try:
+            await self.loop_forever()
+        finally:
+            await self.shutdown()
 
     async def loop_forever(self) -> None:
         while not self._stopping.is_set():

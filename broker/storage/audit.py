@@ -236,6 +236,9 @@ def append_at(conn: Connection, stamped: Iterable[tuple[AuditEvent, str]],
     later commit), never none at all, which ``verify`` must report as rows cut off.
 
     ``keys``: one per event, stored beside it (the column ``event_key``)."""
+    stamped = list(stamped)
+    if keys is not None and len(keys) != len(stamped):
+        raise ValueError(f"{len(keys)} keys for {len(stamped)} events")
     serialize(conn, "audit")
     row_id, prev = head(conn)
     if anchor is not None and row_id == 0:

@@ -36,7 +36,7 @@ from broker.storage.audit import (
 )
 from broker.storage.audit_anchor import Anchor, write_anchor
 from broker.storage.audit_legacy import migrate_legacy
-from broker.storage.db import in_chunks, writer
+from broker.storage.db import in_chunks, serialize, writer
 from broker.storage.db_errors import DbFailure, kind_of
 
 log = logs.get("broker.storage.audit")
@@ -60,13 +60,14 @@ class AuditWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopping = False
+        self._give_up_at = float("inf")
         self.commits = 0  # group commits made (the bench and tests read it)
 
     def start(self) -> None:
         with self._lock:
             if self._thread is not None:
                 return
-            self._stopping = False
+            self._stopping, self._give_up_at = False, float("inf")
             self._thread = threading.Thread(target=self._run, name="audit-writer",
                                             daemon=True)
             self._thread.start()
@@ -85,6 +86,8 @@ class AuditWriter:
         """Commit everything submitted so far, then end the thread."""
         with self._lock:
             thread, self._stopping = self._thread, True
+            # One deadline for everything still queued, not one per group.
+            self._give_up_at = time.monotonic() + STOP_WAIT_SECONDS
             if thread is None:
                 return
             self._queue.put(None)
@@ -126,6 +129,8 @@ class AuditWriter:
         while True:
             try:
                 with self._engine.begin() as conn:
+                    # Under the audit lock: a commit of ours still in flight is done first.
+                    serialize(conn, "audit")
                     ids = _committed(conn, pending) if unsure else None
                     if ids is None:
                         ids = append_at(conn, [(e, at) for e, at, _, _ in pending],
@@ -144,7 +149,7 @@ class AuditWriter:
                     return
                 unsure = unsure or kind is DbFailure.UNAVAILABLE
                 waited = time.monotonic() - started  # each try waits the busy timeout too
-                if self._stopping and waited >= STOP_WAIT_SECONDS:
+                if self._stopping and time.monotonic() >= self._give_up_at:
                     self._fail(pending, exc)  # shutting down: do not hang on a lock forever
                     return
                 time.sleep(delay)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from broker.errors import StoreBusy, StoreConflict, StoreError, StoreUnavailable
 
@@ -58,7 +58,14 @@ def kind_of(exc: BaseException) -> DbFailure | None:
         return DbFailure.BUSY
     if sqlstate in _PG_CONFLICT:
         return DbFailure.CONFLICT
-    if sqlstate is None or sqlstate in _PG_UNAVAILABLE or sqlstate.startswith(("08", "57P")):
+    if sqlstate is None:
+        # No SQLSTATE: the driver's own error. A connection refused, closed or dropped
+        # is an OperationalError or InterfaceError; anything else (a value the driver
+        # cannot send, a NUL in a text) is the statement's, and waiting will not mend it.
+        if isinstance(exc, OperationalError | InterfaceError):
+            return DbFailure.UNAVAILABLE
+        return DbFailure.BROKEN
+    if sqlstate in _PG_UNAVAILABLE or sqlstate.startswith(("08", "57P")):
         return DbFailure.UNAVAILABLE
     return DbFailure.BROKEN
 

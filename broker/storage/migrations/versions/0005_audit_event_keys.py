@@ -23,5 +23,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ux_audit_event_key", table_name="audit_log")
-    with op.batch_alter_table("audit_log") as batch:
-        batch.drop_column("event_key")
+    # A plain ALTER on SQLite too (3.35 and later): a batch rebuild would drop the table
+    # audit_refs refers to, which its foreign key refuses once a release is recorded.
+    op.execute("ALTER TABLE audit_log DROP COLUMN event_key")
