@@ -38,3 +38,45 @@ def test_a_database_restart_is_reported_and_recovered_from(tmp_path: Path) -> No
             assert d.alive()
         finally:
             d.stop()
+
+
+def test_server_connections_give_up_and_notice_a_cut_within_a_minute(pg_cluster) -> None:  # type: ignore[no-untyped-def]
+    """libpq alone waits on the operating system: about two minutes for a server behind a
+    dead route, two hours to notice a connection cut without a word."""
+    from broker.storage.db import SERVER_TIMEOUTS, open_engine
+
+    url = pg_cluster.create_database("timeouts")
+    for suffix, expected in (("", SERVER_TIMEOUTS),
+                             ("?connect_timeout=3", {**SERVER_TIMEOUTS, "connect_timeout": 3})):
+        engine = open_engine(url + suffix)
+        try:
+            with engine.connect() as c:
+                params = c.connection.driver_connection.info.get_parameters()  # type: ignore[union-attr]
+        finally:
+            engine.dispose()
+        assert {k: int(params[k]) for k in expected} == expected
+
+
+def test_a_server_that_never_answers_is_given_up_on(tmp_path: Path) -> None:
+    """A listener that takes the connection and says nothing (a hung server, a proxy
+    whose back end is gone): the broker's command returns, saying so."""
+    import socket
+    import subprocess
+    import time
+
+    from daemon_support import KELA_BROKER
+
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)  # the kernel completes the handshake; nobody ever answers
+        port = mute.getsockname()[1]
+        home = make_home(tmp_path / "home")
+        toml = home / "config" / "broker.toml"
+        toml.write_text(toml.read_text().replace(
+            'url = "sqlite:///var/state.db"',
+            f'url = "postgresql+psycopg://broker@127.0.0.1:{port}/broker"'))
+        started = time.monotonic()
+        r = subprocess.run([KELA_BROKER, "--home", str(home), "status"], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode != 0 and "cannot be reached" in r.stderr, r.stderr
+        assert time.monotonic() - started < 30  # connect_timeout, 10 s (libpq: never)

@@ -41,7 +41,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -156,6 +156,20 @@ def _use_wal(cur: Any, give_up_after: float = 10.0) -> None:
             time.sleep(0.01)
 
 
+# libpq's defaults wait on the operating system: a server behind a dead route takes about
+# two minutes to refuse a connection, and a connection cut without a word (a failover, a
+# firewall's timeout) is noticed after two hours. A daemon must know within a minute.
+SERVER_TIMEOUTS: dict[str, int] = {"connect_timeout": 10, "keepalives": 1,
+                                   "keepalives_idle": 30, "keepalives_interval": 10,
+                                   "keepalives_count": 3}
+
+
+def server_timeouts(url: str) -> dict[str, int]:
+    """The timeouts a server connection gets, unless the URL sets its own."""
+    given = make_url(url).query
+    return {k: v for k, v in SERVER_TIMEOUTS.items() if k not in given}
+
+
 def open_engine(url: str | Path) -> Engine:
     """Open the database at ``url`` (a Path is a SQLite file, made if missing)."""
     if isinstance(url, Path):
@@ -165,7 +179,7 @@ def open_engine(url: str | Path) -> Engine:
         # pool_pre_ping: a daemon outlives server restarts; a dropped connection in the
         # pool is replaced instead of failing the next pass.
         return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
-                             hide_parameters=True)
+                             hide_parameters=True, connect_args=server_timeouts(url))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # hide_parameters: an error's text never carries the statement's values (payloads
     # with identity codes) into a log line or a traceback.

@@ -70,7 +70,9 @@ def _server_state(url: str) -> str:
     from sqlalchemy import create_engine, inspect
     from sqlalchemy.exc import DBAPIError
 
-    engine = create_engine(url, poolclass=NullPool)
+    from broker.storage.db import server_timeouts
+
+    engine = create_engine(url, poolclass=NullPool, connect_args=server_timeouts(url))
     try:
         with engine.connect() as c:
             return "ok" if inspect(c).has_table("input_files") else "empty"
