@@ -9,6 +9,7 @@ import concurrent.futures
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -99,7 +100,14 @@ def test_whole_file_get_with_prefetch(sftp_server: Running) -> None:
     assert (sftp_server.tmp / "got.bin").read_bytes() == BODY
     event = _download_event(sftp_server)
     assert (event.size, event.sha256) == (len(BODY), SHA)
-    assert event.detail == f"read {len(BODY)} of {len(BODY)} bytes"
+    # Read whole, once as far as the file goes. paramiko may also read some of it twice
+    # under load: its prefetch marks itself done whenever its outstanding requests
+    # drain for a moment (its request thread fell behind the replies), and the reader
+    # then asks on its own while that thread goes on asking. The record says so.
+    found = re.fullmatch(rf"read {len(BODY)} of {len(BODY)} bytes"
+                         r"(?: \((\d+) sent with re-reads\))?", event.detail or "")
+    assert found is not None, event.detail
+    assert found.group(1) is None or int(found.group(1)) > len(BODY)
 
 
 class SlowAuditWriter:
