@@ -20,17 +20,22 @@ if TYPE_CHECKING:
 # The URL of the running test's database; None: the sample config's SQLite in var/.
 current: str | None = None
 
-_URL_LINE = re.compile(r'^url = "sqlite:///var/state\.db"$', re.MULTILINE)
+# The sample config's one url line: [storage] url.
+_URL_LINE = re.compile(r'^url = "[^"\n]*"$', re.MULTILINE)
+
+
+def point(home: Path, url: str) -> Path:
+    """Set ``home``'s ``[storage] url`` to ``url`` (whatever it named before)."""
+    path = home / "config" / "broker.toml"
+    text, n = _URL_LINE.subn(lambda _: f'url = "{url}"', path.read_text())
+    assert n == 1, "the sample config's [storage] url line is missing"
+    path.write_text(text)
+    return home
 
 
 def apply(home: Path) -> Path:
     """Point ``home``'s config at the running test's database (no-op for SQLite)."""
-    if current is not None:
-        path = home / "config" / "broker.toml"
-        text, n = _URL_LINE.subn(f'url = "{current}"', path.read_text())
-        assert n == 1, "the sample config's [storage] url line is missing"
-        path.write_text(text)
-    return home
+    return home if current is None else point(home, current)
 
 
 def is_postgresql() -> bool:

@@ -70,11 +70,8 @@ def test_a_server_that_never_answers_is_given_up_on(tmp_path: Path) -> None:
         mute.bind(("127.0.0.1", 0))
         mute.listen(8)  # the kernel completes the handshake; nobody ever answers
         port = mute.getsockname()[1]
-        home = make_home(tmp_path / "home")
-        toml = home / "config" / "broker.toml"
-        toml.write_text(toml.read_text().replace(
-            'url = "sqlite:///var/state.db"',
-            f'url = "postgresql+psycopg://broker@127.0.0.1:{port}/broker"'))
+        home = storage_support.point(make_home(tmp_path / "home"),
+                                     f"postgresql+psycopg://broker@127.0.0.1:{port}/broker")
         started = time.monotonic()
         r = subprocess.run([KELA_BROKER, "--home", str(home), "status"], capture_output=True,
                            text=True, timeout=60)

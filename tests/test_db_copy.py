@@ -80,11 +80,7 @@ def test_a_copied_home_runs_on_the_other_engine_as_it_did(tmp_path: Path,
     assert _rows(open_engine(other_url)) == before  # every row, value for value
     assert _rows(env.store.engine) == before  # the source is only read
 
-    toml = env.home / "config" / "broker.toml"
-    toml.write_text(toml.read_text().replace(load_config(env.home).storage_url, other_url)
-                    if storage_support.is_postgresql() else toml.read_text().replace(
-                        'url = "sqlite:///var/state.db"', f'url = "{other_url}"'))
-    cfg = load_config(env.home)
+    cfg = load_config(storage_support.point(env.home, other_url))
     assert cfg.storage_url == other_url
     assert _cli(env.home, "status", "--json").stdout == status
     verify = _cli(env.home, "audit", "verify")

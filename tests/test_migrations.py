@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+import storage_support
 from daemon_support import KELA_BROKER, make_home
 from sqlalchemy import func, select, text
 
@@ -197,8 +198,7 @@ def test_a_used_home_pointed_at_an_empty_postgresql_database_is_refused(
     state.db of a server: refused, not filled anew, and no password is shown."""
     home = _old_home(tmp_path)  # used: an audit trail, and its database
     url = pg_cluster.create_database("empty_one").replace("postgres@", "postgres:s3cret@")
-    toml = home / "config" / "broker.toml"
-    toml.write_text(toml.read_text().replace('url = "sqlite:///var/state.db"', f'url = "{url}"'))
+    storage_support.point(home, url)
     for args in (("status",), ("db", "upgrade")):
         r = _cli(home, *args)
         assert r.returncode == 1 and "refusing" in r.stderr, r.stderr
@@ -213,11 +213,8 @@ def test_an_unreachable_server_is_not_called_a_damaged_database(tmp_path: Path) 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    home = make_home(tmp_path / "home")
-    toml = home / "config" / "broker.toml"
-    toml.write_text(toml.read_text().replace(
-        'url = "sqlite:///var/state.db"',
-        f'url = "postgresql+psycopg://broker:s3cret@127.0.0.1:{port}/broker"'))
+    home = storage_support.point(make_home(tmp_path / "home"),
+                                 f"postgresql+psycopg://broker:s3cret@127.0.0.1:{port}/broker")
     for args in (("status",), ("db", "upgrade"), ("run", "--sftp-listen", "127.0.0.1:0",
                                                    "--metrics-listen", "127.0.0.1:0")):
         r = _cli(home, *args)

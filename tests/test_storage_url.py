@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import storage_support
 from daemon_support import KELA_BROKER, REPO
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,12 +22,9 @@ from broker.storage.state_guard import database_state
 AWKWARD = "h?x=1#y%20z &%"
 
 
-def _home(root: Path, url_line: str | None = None) -> Path:
+def _home(root: Path, url: str | None = None) -> Path:
     shutil.copytree(REPO / "config", root / "config", ignore=shutil.ignore_patterns("keys"))
-    if url_line is not None:
-        toml = root / "config" / "broker.toml"
-        toml.write_text(toml.read_text().replace('url = "sqlite:///var/state.db"', url_line, 1))
-    return root
+    return root if url is None else storage_support.point(root, url)
 
 
 def test_a_home_whose_folder_name_looks_like_a_url_keeps_its_state_in_it(
@@ -48,19 +46,19 @@ def test_a_home_whose_folder_name_looks_like_a_url_keeps_its_state_in_it(
     assert database_state(load_config(home)) == "ok"
 
 
-@pytest.mark.parametrize(("line", "expected"), [
-    ('url = "sqlite:///data/x.db"', "data/x.db"),  # three slashes: relative to the home
+@pytest.mark.parametrize(("url", "expected"), [
+    ("sqlite:///data/x.db", "data/x.db"),  # three slashes: relative to the home
     (None, "var/state.db"),  # the default
 ])
-def test_relative_sqlite_paths_are_in_the_home(tmp_path: Path, line: str | None,
+def test_relative_sqlite_paths_are_in_the_home(tmp_path: Path, url: str | None,
                                                expected: str) -> None:
-    home = _home(tmp_path / AWKWARD, line)
+    home = _home(tmp_path / AWKWARD, url)
     assert load_config(home).database == home / expected
 
 
 def test_an_absolute_sqlite_url_is_read_as_written(tmp_path: Path) -> None:
     elsewhere = tmp_path / "state dir" / "s.db"
-    home = _home(tmp_path / "home", f'url = "{sqlite_url(elsewhere)}"')
+    home = _home(tmp_path / "home", sqlite_url(elsewhere))
     assert load_config(home).database == elsewhere
 
 
@@ -75,7 +73,7 @@ def test_the_older_broker_database_key_still_names_a_file_in_the_home(tmp_path: 
 
 
 def test_a_postgresql_url_gets_the_psycopg_driver(tmp_path: Path) -> None:
-    home = _home(tmp_path / "home", 'url = "postgresql://broker@db.example/kela"')
+    home = _home(tmp_path / "home", "postgresql://broker@db.example/kela")
     cfg = load_config(home)
     assert cfg.storage_url == "postgresql+psycopg://broker@db.example/kela"
     assert cfg.database is None
@@ -107,6 +105,6 @@ def test_an_in_memory_database_is_refused_by_the_config_check(tmp_path: Path, ur
     """It would keep nothing across a restart (and crashed at the engine before)."""
     from broker.errors import ConfigErrors
 
-    home = _home(tmp_path / "home", f'url = "{url}"')
+    home = _home(tmp_path / "home", url)
     with pytest.raises(ConfigErrors, match="in-memory database"):
         load_config(home)
