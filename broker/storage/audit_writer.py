@@ -129,9 +129,12 @@ class AuditWriter:
         while True:
             try:
                 with self._engine.begin() as conn:
-                    # Under the audit lock: a commit of ours still in flight is done first.
-                    serialize(conn, "audit")
-                    ids = _committed(conn, pending) if unsure else None
+                    ids = None
+                    if unsure:
+                        # Under the audit lock (append_at takes it for every other try): a
+                        # commit of ours still in flight is done before we look.
+                        serialize(conn, "audit")
+                        ids = _committed(conn, pending)
                     if ids is None:
                         ids = append_at(conn, [(e, at) for e, at, _, _ in pending],
                                         self._anchor, [key for *_, key in pending])
